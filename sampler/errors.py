@@ -1,0 +1,102 @@
+"""The exceptions a sampler raises in the caller.
+
+::
+
+    SamplerError
+     +-- SamplerClosedError      you called it after close()
+     +-- BrokenSamplerError      a worker failed earlier; close and rebuild
+     +-- WorkerError             env or agent code raised inside a worker
+     +-- WorkerCrashedError      a worker process died without a word
+     +-- SamplerTimeoutError     timeout= ran out (also a TimeoutError)
+"""
+
+import signal
+
+
+class SamplerError(Exception):
+    """Base class of every error a sampler raises."""
+
+
+class SamplerClosedError(SamplerError):
+    """The sampler was closed; make a new one."""
+
+
+class BrokenSamplerError(SamplerError):
+    """A worker failed and the sampler cannot go on; its ``__cause__`` is
+    the original failure. Close the sampler and make a new one."""
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker's formatted traceback text as an exception, so it
+    prints as the ``__cause__`` of the error raised in the caller."""
+
+    def __init__(self, text):
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self):
+        return f'\n\nWorker traceback:\n"""\n{self.text}"""'
+
+
+class WorkerError(SamplerError):
+    """Env or agent code raised an exception inside a worker.
+
+    Attributes:
+        worker_number: the worker that failed.
+        site: the call that raised, e.g. ``'env.step'``.
+        exc_type: the original exception's type name.
+        exc_message: the original exception's message.
+        worker_traceback: the traceback text, as the worker saw it.
+    """
+
+    def __init__(self, worker_number, site, exc_type, exc_message,
+                 worker_traceback):
+        self.worker_number = worker_number
+        self.site = site
+        self.exc_type = exc_type
+        self.exc_message = exc_message
+        self.worker_traceback = worker_traceback
+        where = f' in {site}' if site else ''
+        super().__init__(f'worker {worker_number} failed{where}: '
+                         f'{exc_type}: {exc_message}')
+
+    def __reduce__(self):
+        return (type(self), (self.worker_number, self.site, self.exc_type,
+                             self.exc_message, self.worker_traceback))
+
+
+class WorkerCrashedError(SamplerError):
+    """A worker process died without reporting an exception (a signal,
+    ``os._exit``, running out of memory).
+
+    Attributes:
+        worker_number: the worker that died.
+        exitcode: its exit code, negative ``-N`` for signal ``N``.
+    """
+
+    def __init__(self, worker_number, exitcode, detail=''):
+        self.worker_number = worker_number
+        self.exitcode = exitcode
+        self.detail = detail
+        super().__init__(f'worker {worker_number} died: '
+                         f'{describe_exitcode(exitcode)}{detail}')
+
+    def __reduce__(self):
+        return (type(self), (self.worker_number, self.exitcode, self.detail))
+
+
+class SamplerTimeoutError(SamplerError, TimeoutError):
+    """A call's ``timeout`` ran out. The sampler stays usable."""
+
+
+def describe_exitcode(exitcode):
+    """``'killed by signal 9 (SIGKILL)'`` or ``'exit code 3'``."""
+    if exitcode is None:
+        return 'exit code unknown'
+    if exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = 'unknown signal'
+        return f'killed by signal {-exitcode} ({name})'
+    return f'exit code {exitcode}'

@@ -1,0 +1,472 @@
+"""Sampler: the base class every backend shares.
+
+A call, whatever the backend::
+
+    obtain_samples(n, agent_update, env_update, timeout=...)
+      |  in the calling thread: check n, the updates (list lengths, env
+      |  ids, picklability); pickle each distinct update once; version += 1
+      |  if anything was updated
+      v
+    backend._sample(goal, updates, deadline)
+      |  every worker: env update -> agent update -> start_round(round,
+      |  version) -> rollout() ... until the goal is met
+      v
+    EpisodeBatch.concatenate(episodes)  -> caller
+
+The base class owns everything that must behave the same on every backend:
+argument checks and their messages, versions and rounds, statistics,
+closed / broken states, and what a replacement worker must be given (the
+current agent, its latest parameters and the env updates since the last
+new env).
+"""
+
+import numbers
+import os
+import time
+
+import cloudpickle
+
+from sampler.errors import (BrokenSamplerError, SamplerClosedError,
+                            SamplerTimeoutError)
+from workers import DefaultWorker, NewEnvUpdate, SetTaskUpdate
+from workers import WorkerFactory
+from workers.agents import as_agent
+from workers.env_update import as_env_update
+from workers.episode_batch import EpisodeBatch
+
+
+def available_cpus():
+    """The CPUs this process may run on (its affinity mask, where known)."""
+    if hasattr(os, 'sched_getaffinity'):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+class Payload:
+    """One worker's share of an update: the pickled object and what it is.
+
+    ``kind`` is ``'agent'`` (replaces the agent), ``'params'`` (for
+    ``set_params``) or ``'env'`` (an EnvUpdate).
+    """
+
+    __slots__ = ('blob', 'kind')
+
+    def __init__(self, blob, kind):
+        self.blob = blob
+        self.kind = kind
+
+    def load(self):
+        return cloudpickle.loads(self.blob)
+
+
+class WorkerRecipe:
+    """What rebuilds a worker as it is now: its agent, the parameters sent
+    since, and the env updates since its last new env."""
+
+    __slots__ = ('agent', 'params', 'envs', '_last_is_task')
+
+    def __init__(self, agent, env):
+        self.agent = agent
+        self.params = None
+        self.envs = [env]
+        self._last_is_task = False
+
+    def record(self, agent, env, env_update):
+        if agent is not None:
+            if agent.kind == 'agent':
+                self.agent, self.params = agent, None
+            else:
+                self.params = agent
+        if env is not None:
+            is_task = isinstance(env_update, SetTaskUpdate)
+            if isinstance(env_update, NewEnvUpdate):
+                self.envs = [env]
+            elif is_task and self._last_is_task:
+                self.envs[-1] = env  # a later task supersedes the previous
+            else:
+                self.envs.append(env)
+            self._last_is_task = is_task
+
+    def payloads(self):
+        """Env updates then agent (and parameters), in the order to apply."""
+        out = list(self.envs) + [self.agent]
+        if self.params is not None:
+            out.append(self.params)
+        return out
+
+
+class Sampler:
+    """Base class of the samplers; see :class:`LocalSampler` for the
+    arguments, which every backend shares.
+
+    Subclasses implement ``_start(options)``, ``_sample(goal, updates,
+    deadline)`` and ``_shutdown()``, and list their options in
+    ``_OPTIONS`` (name -> default).
+    """
+
+    _OPTIONS = {'on_worker_error': 'raise', 'max_restarts': 10}
+
+    def __init__(self, agents, envs, *, worker_factory=None, n_workers=None,
+                 max_episode_length=None, seed=None,
+                 worker_class=DefaultWorker, worker_args=None,
+                 **backend_options):
+        self._closed = True  # until constructed, so __del__ does nothing
+        options = self._check_options(backend_options)
+        if worker_factory is not None:
+            given = {'n_workers': n_workers,
+                     'max_episode_length': max_episode_length,
+                     'seed': seed, 'worker_args': worker_args}
+            clash = [k for k, v in given.items() if v is not None]
+            if worker_class is not DefaultWorker:
+                clash.append('worker_class')
+            if clash:
+                msg = (f'pass either worker_factory or {", ".join(clash)}, '
+                       f'not both: the factory already fixes them')
+                raise ValueError(msg)
+            if not isinstance(worker_factory, WorkerFactory):
+                msg = (f'worker_factory must be a workers.WorkerFactory, got '
+                       f'{worker_factory!r}')
+                raise TypeError(msg)
+        else:
+            if n_workers is None:
+                lists = [len(x) for x in (agents, envs)
+                         if isinstance(x, list)]
+                n_workers = lists[0] if lists else available_cpus()
+            worker_factory = WorkerFactory(
+                max_episode_length=max_episode_length, n_workers=n_workers,
+                seed=seed, worker_class=worker_class,
+                worker_args=worker_args)
+        self._factory = worker_factory
+        agent_list = self._per_worker(agents, 'agents')
+        for i, agent in enumerate(agent_list):
+            as_agent(agent, what=self._name('agents', agents, i))
+        env_list = self._per_worker(envs, 'envs')
+        env_updates = [as_env_update(e, what=self._name('envs', envs, i))
+                       for i, e in enumerate(env_list)]
+        agent_payloads = self._pickle_each('agents', agents, agent_list,
+                                           'agent')
+        env_payloads = self._pickle_each('envs', envs, env_updates, 'env',
+                                         originals=env_list)
+        self._can_set_params = [hasattr(a, 'set_params') for a in agent_list]
+        self._recipes = [WorkerRecipe(a, e)
+                         for a, e in zip(agent_payloads, env_payloads)]
+        self._options = options
+        self._version = 0
+        self._calls = 0
+        self._broken = None
+        self._stats = {'episodes': 0, 'transitions': 0,
+                       'discarded_episodes': 0, 'worker_restarts': 0,
+                       'calls': 0}
+        self._start(options)
+        self._closed = False
+
+    @classmethod
+    def from_worker_factory(cls, worker_factory, agents, envs,
+                            **backend_options):
+        """A sampler whose workers ``worker_factory`` builds.
+
+        Args:
+            worker_factory: a :class:`~workers.WorkerFactory`; it fixes
+                ``n_workers``, the seed, the step cap and the worker class.
+            agents: an agent or a list of one per worker.
+            envs: an env (id, instance, constructor or ``EnvUpdate``) or a
+                list of one per worker.
+            **backend_options: the backend's keyword options.
+        """
+        return cls(agents, envs, worker_factory=worker_factory,
+                   **backend_options)
+
+    # Properties ----------------------------------------------------------
+
+    @property
+    def n_workers(self):
+        """How many workers run episodes."""
+        return self._factory.n_workers
+
+    @property
+    def seed(self):
+        """The root seed; drawn at construction when none was given."""
+        return self._factory.seed
+
+    @property
+    def version(self):
+        """0 at first, one more after every call that carries an update."""
+        return self._version
+
+    @property
+    def closed(self):
+        """True once :meth:`close` ran."""
+        return self._closed
+
+    @property
+    def stats(self):
+        """Counts since construction: ``episodes`` and ``transitions``
+        returned, ``discarded_episodes`` (collected but not returned: of an
+        older version, or beyond what a call asked for), ``worker_restarts``
+        and ``calls``."""
+        return dict(self._stats)
+
+    @property
+    def worker_factory(self):
+        return self._factory
+
+    # Sampling ------------------------------------------------------------
+
+    def obtain_samples(self, num_samples, agent_update=None, env_update=None,
+                       *, timeout=None):
+        """Whole episodes holding at least ``num_samples`` transitions.
+
+        Args:
+            num_samples: int >= 1, the fewest transitions to return.
+            agent_update: an agent (has ``get_action``: replaces the agent)
+                or parameters (passed to ``agent.set_params``); a list gives
+                one to each worker.
+            env_update: an ``EnvUpdate``, ``gymnasium.Env``, env id or
+                zero-argument constructor; a list gives one to each worker.
+            timeout: seconds to wait at most; None waits as long as it
+                takes.
+
+        Returns:
+            EpisodeBatch: every episode collected under the current version.
+
+        Raises:
+            SamplerTimeoutError: ``timeout`` ran out (the sampler stays
+                usable).
+            WorkerError, WorkerCrashedError: a worker failed.
+            SamplerClosedError, BrokenSamplerError: the sampler cannot run.
+        """
+        count = _check_count(num_samples, 'num_samples')
+        return self._call(('samples', count), agent_update, env_update,
+                          timeout, f'obtain_samples({count})')
+
+    def obtain_exact_episodes(self, n_eps_per_worker, agent_update=None,
+                              env_update=None, *, timeout=None):
+        """Exactly ``n_eps_per_worker`` episodes from every worker, worker
+        0's first. Reproducible: the same seed, ``n_workers`` and sequence
+        of calls give the same batches on every backend.
+
+        Takes the same ``agent_update``, ``env_update`` and ``timeout`` as
+        :meth:`obtain_samples`.
+        """
+        count = _check_count(n_eps_per_worker, 'n_eps_per_worker')
+        return self._call(('episodes', count), agent_update, env_update,
+                          timeout, f'obtain_exact_episodes({count})')
+
+    def _call(self, goal, agent_update, env_update, timeout, what):
+        self._check_usable()
+        if timeout is not None and (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, numbers.Real) or not timeout > 0):
+            msg = (f'timeout must be None or a number of seconds > 0, got '
+                   f'{timeout!r}')
+            raise ValueError(msg)
+        agents, can_set_params = self._prepare_agent_update(agent_update)
+        envs, env_objects = self._prepare_env_update(env_update)
+        # Every argument is accepted: only now may the sampler's state change.
+        self._can_set_params = can_set_params
+        updates = []
+        for i, recipe in enumerate(self._recipes):
+            agent = None if agents is None else agents[i]
+            env = None if envs is None else envs[i]
+            recipe.record(agent, env, None if envs is None else env_objects[i])
+            updates.append((env, agent))
+        if agents is not None or envs is not None:
+            self._version += 1
+        deadline = None if timeout is None else time.monotonic() + timeout
+        round_number = self._calls
+        self._calls += 1
+        self._stats['calls'] += 1
+        try:
+            batches = self._sample(goal, updates, round_number, deadline)
+        except SamplerTimeoutError as err:
+            msg = f'{what} timed out after {timeout} s: {err}'
+            raise SamplerTimeoutError(msg) from None
+        batch = EpisodeBatch.concatenate(*batches, missing_infos='mask')
+        self._stats['episodes'] += batch.n_episodes
+        self._stats['transitions'] += len(batch)
+        return batch
+
+    def _prepare_agent_update(self, update):
+        if update is None:
+            return None, self._can_set_params
+        items = self._per_worker(update, 'agent_update')
+        kinds = []
+        for i, item in enumerate(items):
+            if hasattr(item, 'get_action'):
+                kinds.append('agent')
+            elif self._can_set_params[i]:
+                kinds.append('params')
+            else:
+                msg = (f'{self._name("agent_update", update, i)} is not an '
+                       f'agent (it has no get_action), so it would be '
+                       f'parameters, but worker {i}\'s agent has no '
+                       f'set_params; send an agent object to replace the '
+                       f'agent, or give the agent set_params(params)')
+                raise TypeError(msg)
+        payloads = self._pickle_each('agent_update', update, items, kinds)
+        can_set_params = [hasattr(item, 'set_params') if kind == 'agent'
+                          else old for item, kind, old in
+                          zip(items, kinds, self._can_set_params)]
+        return payloads, can_set_params
+
+    def _prepare_env_update(self, update):
+        if update is None:
+            return None, None
+        items = self._per_worker(update, 'env_update')
+        objects = [as_env_update(e, what=self._name('env_update', update, i))
+                   for i, e in enumerate(items)]
+        payloads = self._pickle_each('env_update', update, objects, 'env',
+                                     originals=items)
+        return payloads, objects
+
+    def _per_worker(self, value, name):
+        n = self.n_workers
+        if isinstance(value, list):
+            if len(value) != n:
+                msg = (f'{name} is a list of {len(value)} items but '
+                       f'n_workers is {n}; pass one object (every worker '
+                       f'gets a copy) or a list of exactly {n}, one per '
+                       f'worker')
+                raise ValueError(msg)
+            return value
+        return [value] * n
+
+    @staticmethod
+    def _name(name, given, i):
+        return f'{name}[{i}]' if isinstance(given, list) else name
+
+    def _pickle_each(self, name, given, items, kinds, originals=None):
+        """Pickle each distinct object once; the same object given to every
+        worker is pickled a single time."""
+        originals = items if originals is None else originals
+        blobs = {}
+        payloads = []
+        for i, (item, original) in enumerate(zip(items, originals)):
+            key = id(original)
+            if key not in blobs:
+                try:
+                    blobs[key] = cloudpickle.dumps(item)
+                except Exception as err:
+                    what = self._name(name, given, i)
+                    msg = (f'{what} cannot be pickled by cloudpickle, and it '
+                           f'must be to reach the workers: '
+                           f'{type(err).__name__}: {err}. '
+                           f'{_PICKLE_HINTS[name]}')
+                    raise TypeError(msg) from err
+            kind = kinds if isinstance(kinds, str) else kinds[i]
+            payloads.append(Payload(blobs[key], kind))
+        return payloads
+
+    def _keep_episodes(self, batch, wanted):
+        """The first ``wanted`` episodes of ``batch``; the rest (a VecWorker
+        may finish several at once) are counted as discarded."""
+        if batch.n_episodes <= wanted:
+            return batch
+        self._stats['discarded_episodes'] += batch.n_episodes - wanted
+        return batch.head(wanted)
+
+    # State ---------------------------------------------------------------
+
+    def _check_usable(self):
+        if self._closed:
+            msg = ('this sampler is closed; make a new one to sample again')
+            raise SamplerClosedError(msg)
+        if self._broken is not None:
+            msg = (f'this sampler is broken since {self._broken}; close it '
+                   f'and make a new one (or pass on_worker_error="restart" '
+                   f'to replace failed workers)')
+            raise BrokenSamplerError(msg) from self._broken
+
+    def _worker_failed(self, err):
+        """Record a worker failure; True if the backend should restart the
+        worker, otherwise the sampler is broken and the caller re-raises."""
+        if self._options['on_worker_error'] == 'restart' and \
+                self._stats['worker_restarts'] < self._options['max_restarts']:
+            self._stats['worker_restarts'] += 1
+            return True
+        self._broken = err
+        return False
+
+    def _check_options(self, options):
+        unknown = sorted(set(options) - set(self._OPTIONS))
+        if unknown:
+            msg = (f'{type(self).__name__} got unknown option(s) '
+                   f'{", ".join(unknown)}; its options are '
+                   f'{", ".join(sorted(self._OPTIONS))}')
+            raise TypeError(msg)
+        merged = {**self._OPTIONS, **options}
+        if merged['on_worker_error'] not in ('raise', 'restart'):
+            msg = (f"on_worker_error must be 'raise' or 'restart', got "
+                   f"{merged['on_worker_error']!r}")
+            raise ValueError(msg)
+        restarts = merged['max_restarts']
+        if isinstance(restarts, bool) or not isinstance(
+                restarts, numbers.Integral) or restarts < 0:
+            msg = f'max_restarts must be an int >= 0, got {restarts!r}'
+            raise ValueError(msg)
+        return merged
+
+    # Shutdown ------------------------------------------------------------
+
+    def close(self):
+        """Stop the workers and release everything; calling it again does
+        nothing."""
+        if self._closed:
+            return
+        self._closed = True
+        self._shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc_info):
+        self.close()
+
+    def __del__(self):
+        if not getattr(self, '_closed', True):
+            self.close()
+
+    def __repr__(self):
+        state = 'closed' if self._closed else (
+            'broken' if self._broken is not None else 'open')
+        return (f'<{type(self).__name__} {state}: {self.n_workers} workers, '
+                f'version {self._version}>')
+
+    # Backend hooks ---------------------------------------------------------
+
+    def _start(self, options):
+        raise NotImplementedError
+
+    def _sample(self, goal, updates, round_number, deadline):
+        """Apply ``updates`` (per worker: (env payload or None, agent
+        payload or None)), start round ``round_number`` at the current
+        version and collect until ``goal`` (``('samples', n)`` or
+        ``('episodes', n)``) is met. Return the batches in order; raise
+        SamplerTimeoutError past ``deadline`` (a ``time.monotonic()`` value,
+        or None)."""
+        raise NotImplementedError
+
+    def _shutdown(self):
+        raise NotImplementedError
+
+
+_PICKLE_HINTS = {
+    'agents': ('Keep unpicklable state (locks, open files, sockets, device '
+               'handles) out of the agent, or create it lazily on first '
+               'use.'),
+    'agent_update': ('Send plain parameters (e.g. agent.get_params(), '
+                     'numpy arrays) or a picklable agent.'),
+    'envs': ('Pass an env id or a zero-argument constructor instead, so the '
+             'env is built inside the worker.'),
+    'env_update': ('Pass an env id, a zero-argument constructor or a '
+                   'picklable EnvUpdate instead.'),
+}
+
+
+def _check_count(value, name):
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) \
+            or value < 1:
+        msg = f'{name} must be an int >= 1, got {value!r}'
+        raise ValueError(msg)
+    return int(value)
+

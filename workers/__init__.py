@@ -1,0 +1,27 @@
+"""What runs episodes, in any process: episode batches, agents, workers.
+
+This package knows nothing of processes or queues; :mod:`sampler` decides
+where workers run.
+"""
+
+from workers.agents import CallableAgent, MLPAgent, RandomAgent
+from workers.default_worker import DefaultWorker
+from workers.env_update import EnvUpdate, NewEnvUpdate, SetTaskUpdate
+from workers.episode_batch import EpisodeBatch
+from workers.vec_worker import VecWorker
+from workers.worker import Worker
+from workers.worker_factory import WorkerFactory
+
+__all__ = [
+    'CallableAgent',
+    'DefaultWorker',
+    'EnvUpdate',
+    'EpisodeBatch',
+    'MLPAgent',
+    'NewEnvUpdate',
+    'RandomAgent',
+    'SetTaskUpdate',
+    'VecWorker',
+    'Worker',
+    'WorkerFactory',
+]

@@ -1,0 +1,416 @@
+"""EpisodeBatch: whole episodes as flat numpy arrays."""
+
+import numpy as np
+
+from workers import _nest
+
+_STEP_NESTS = ('observations', 'actions')
+_STEP_INFOS = ('env_infos', 'agent_infos')
+
+
+class EpisodeBatch:
+    """A batch of E whole episodes holding N transitions in all.
+
+    Per-step fields have N rows, episode after episode; per-episode fields
+    have E rows. Observations and actions of ``Dict`` / ``Tuple`` spaces are
+    dicts / tuples of such arrays (``last_observations`` too).
+
+    Construction checks every invariant and raises ``ValueError`` naming the
+    field and the shapes. Arrays are not copied.
+
+    Args:
+        observations: ``(N, ...)`` observation seen before each action.
+        actions: ``(N, ...)`` action taken.
+        rewards: ``(N,)`` reward received (stored as floats).
+        terminated: ``(N,)`` bool; True only at an episode's last step, where
+            the environment reached a terminal state.
+        truncated: ``(N,)`` bool; True only at an episode's last step, where
+            the episode was cut (time limit or ``max_episode_length``). Every
+            last step has ``terminated`` or ``truncated`` set.
+        last_observations: ``(E, ...)`` observation after each episode's
+            final step.
+        lengths: ``(E,)`` ints >= 1 summing to N.
+        env_infos: dict of ``(N, ...)`` arrays from ``env.step``.
+        agent_infos: dict of ``(N, ...)`` arrays from ``agent.get_action``.
+        episode_infos: dict of ``(E, ...)`` arrays (e.g. the reset info).
+        versions: ``(E,)`` ints, the sampler version of each episode
+            (zeros if omitted).
+        worker_numbers: ``(E,)`` ints, the worker that ran each episode
+            (zeros if omitted).
+
+    Example:
+        >>> import numpy as np
+        >>> b = EpisodeBatch(observations=np.zeros((3, 2)),
+        ...                  actions=np.array([0, 1, 1]),
+        ...                  rewards=np.ones(3),
+        ...                  terminated=np.array([False, True, False]),
+        ...                  truncated=np.array([False, False, True]),
+        ...                  last_observations=np.ones((2, 2)),
+        ...                  lengths=np.array([2, 1]))
+        >>> len(b), b.n_episodes, b.episode_returns.tolist()
+        (3, 2, [2.0, 1.0])
+    """
+
+    __slots__ = ('observations', 'actions', 'rewards', 'terminated',
+                 'truncated', 'last_observations', 'env_infos',
+                 'agent_infos', 'episode_infos', 'lengths', 'versions',
+                 'worker_numbers', '_starts')
+
+    def __init__(self, *, observations, actions, rewards, terminated,
+                 truncated, last_observations, lengths, env_infos=None,
+                 agent_infos=None, episode_infos=None, versions=None,
+                 worker_numbers=None):
+        lengths = np.asarray(lengths)
+        if lengths.ndim != 1 or lengths.dtype.kind not in 'iu':
+            msg = (f'lengths must be a 1-D integer array, got shape '
+                   f'{lengths.shape} and dtype {lengths.dtype}')
+            raise ValueError(msg)
+        if lengths.size and lengths.min() < 1:
+            bad = int(np.argmax(lengths < 1))
+            msg = (f'lengths must all be >= 1, got lengths[{bad}] = '
+                   f'{int(lengths[bad])}')
+            raise ValueError(msg)
+        n_eps = len(lengths)
+        n = int(lengths.sum())
+        self.lengths = lengths
+        self.observations = _check_nest('observations', observations, n)
+        self.actions = _check_nest('actions', actions, n)
+        self.rewards = _check_flat('rewards', rewards, n, 'f')
+        self.terminated = _check_flat('terminated', terminated, n, 'b')
+        self.truncated = _check_flat('truncated', truncated, n, 'b')
+        self.last_observations = _check_nest('last_observations',
+                                             last_observations, n_eps,
+                                             'E, the number of episodes')
+        self.env_infos = _check_infos('env_infos', env_infos, n)
+        self.agent_infos = _check_infos('agent_infos', agent_infos, n)
+        self.episode_infos = _check_infos('episode_infos', episode_infos,
+                                          n_eps, 'E, the number of episodes')
+        self.versions = _check_per_episode('versions', versions, n_eps)
+        self.worker_numbers = _check_per_episode('worker_numbers',
+                                                 worker_numbers, n_eps)
+        _check_nest_matches('last_observations', self.last_observations,
+                            'observations', self.observations)
+        self._starts = np.concatenate(([0], np.cumsum(lengths)[:-1])) \
+            if n_eps else np.zeros(0, dtype=np.int64)
+        self._check_episode_ends()
+
+    def _check_episode_ends(self):
+        if not len(self.lengths):
+            return
+        ends = self._starts + self.lengths - 1
+        done = self.terminated | self.truncated
+        missing = ~done[ends]
+        if missing.any():
+            ep = int(np.argmax(missing))
+            msg = (f'terminated/truncated: episode {ep} ends at step '
+                   f'{int(ends[ep])} with neither flag set; the last step of '
+                   f'every episode must have terminated or truncated True')
+            raise ValueError(msg)
+        inside = done.copy()
+        inside[ends] = False
+        if inside.any():
+            step = int(np.argmax(inside))
+            ep = int(np.searchsorted(ends, step))
+            which = 'terminated' if self.terminated[step] else 'truncated'
+            msg = (f'{which}: step {step} lies inside episode {ep} (steps '
+                   f'{int(self._starts[ep])}..{int(ends[ep])}) but is flagged '
+                   f'{which}; only an episode\'s last step may be')
+            raise ValueError(msg)
+
+    # Sizes -------------------------------------------------------------
+
+    def __len__(self):
+        return int(self.rewards.shape[0])
+
+    @property
+    def n_episodes(self):
+        """E, the number of episodes."""
+        return len(self.lengths)
+
+    @property
+    def episode_starts(self):
+        """``(E,)`` index of each episode's first step."""
+        return self._starts
+
+    # Derived fields ----------------------------------------------------
+
+    @property
+    def next_observations(self):
+        """``(N, ...)`` observation after each step: the next step's
+        observation, or ``last_observations`` at an episode's end."""
+        ends = self._starts + self.lengths - 1
+
+        def shift(obs, last):
+            nxt = np.empty_like(obs)
+            nxt[:-1] = obs[1:]
+            nxt[ends] = last
+            return nxt
+
+        return _map2(shift, self.observations, self.last_observations)
+
+    @property
+    def episode_returns(self):
+        """``(E,)`` undiscounted sum of each episode's rewards."""
+        if not self.n_episodes:
+            return np.zeros(0, dtype=self.rewards.dtype)
+        return np.add.reduceat(self.rewards, self._starts)
+
+    # Combining and splitting -------------------------------------------
+
+    @classmethod
+    def concatenate(cls, *batches, missing_infos='raise'):
+        """One batch holding the episodes of ``batches`` in order.
+
+        Args:
+            *batches: at least one EpisodeBatch, all with the same
+                observation and action structure and the same info keys.
+            missing_infos: ``'raise'`` (default) refuses batches whose info
+                dicts have different keys; ``'mask'`` fills a key some
+                batches lack with zeros and a boolean ``_key`` mask.
+
+        Raises:
+            ValueError: no batch given, or their structures or keys differ.
+        """
+        if not batches:
+            msg = ('EpisodeBatch.concatenate needs at least one batch, got '
+                   'none')
+            raise ValueError(msg)
+        if missing_infos not in ('raise', 'mask'):
+            msg = (f"missing_infos must be 'raise' or 'mask', got "
+                   f'{missing_infos!r}')
+            raise ValueError(msg)
+        for b in batches:
+            if not isinstance(b, EpisodeBatch):
+                msg = (f'EpisodeBatch.concatenate takes EpisodeBatch '
+                       f'objects, got {type(b).__name__}')
+                raise ValueError(msg)
+        if len(batches) == 1:
+            return batches[0]
+        first = batches[0]
+        for i, b in enumerate(batches[1:], start=1):
+            for name in ('observations', 'actions', 'last_observations'):
+                _check_same_structure(name, getattr(first, name), 0,
+                                      getattr(b, name), i)
+        n_sizes = [len(b) for b in batches]
+        e_sizes = [b.n_episodes for b in batches]
+
+        def infos(name, sizes):
+            return _nest.concatenate_infos(
+                [getattr(b, name) for b in batches], sizes, what=name,
+                missing=missing_infos)
+
+        def cat(name):
+            return _nest.concatenate([getattr(b, name) for b in batches])
+
+        return cls(observations=cat('observations'),
+                   actions=cat('actions'),
+                   rewards=cat('rewards'),
+                   terminated=cat('terminated'),
+                   truncated=cat('truncated'),
+                   last_observations=cat('last_observations'),
+                   lengths=cat('lengths'),
+                   env_infos=infos('env_infos', n_sizes),
+                   agent_infos=infos('agent_infos', n_sizes),
+                   episode_infos=infos('episode_infos', e_sizes),
+                   versions=cat('versions'),
+                   worker_numbers=cat('worker_numbers'))
+
+    def split(self):
+        """A list of single-episode batches, in order."""
+        return [self.episode(i) for i in range(self.n_episodes)]
+
+    def episode(self, i):
+        """Episode ``i`` as a batch of its own."""
+        if not -self.n_episodes <= i < self.n_episodes:
+            msg = (f'episode index {i} is out of range for a batch of '
+                   f'{self.n_episodes} episodes')
+            raise IndexError(msg)
+        i %= self.n_episodes
+        return self._episodes(i, i + 1)
+
+    def head(self, n_episodes):
+        """A batch of the first ``n_episodes`` episodes (all if fewer)."""
+        return self._episodes(0, min(n_episodes, self.n_episodes))
+
+    def _episodes(self, first, stop):
+        start = int(self._starts[first]) if first < self.n_episodes \
+            else len(self)
+        end = start + int(self.lengths[first:stop].sum())
+        steps = slice(start, end)
+        eps = slice(first, stop)
+        return type(self)(
+            observations=_nest.index(self.observations, steps),
+            actions=_nest.index(self.actions, steps),
+            rewards=self.rewards[steps],
+            terminated=self.terminated[steps],
+            truncated=self.truncated[steps],
+            last_observations=_nest.index(self.last_observations, eps),
+            lengths=self.lengths[eps],
+            env_infos=_nest.index(self.env_infos, steps),
+            agent_infos=_nest.index(self.agent_infos, steps),
+            episode_infos=_nest.index(self.episode_infos, eps),
+            versions=self.versions[eps],
+            worker_numbers=self.worker_numbers[eps])
+
+    def padded(self, max_length=None):
+        """Per-step fields as ``(E, T, ...)`` arrays, zero-padded.
+
+        Args:
+            max_length: T; defaults to the longest episode. A shorter T than
+                the longest episode is a ``ValueError``.
+
+        Returns:
+            dict with ``observations``, ``actions``, ``rewards``,
+            ``terminated``, ``truncated``, ``next_observations``,
+            ``env_infos``, ``agent_infos`` (nests of ``(E, T, ...)``
+            arrays), ``valids`` (``(E, T)`` bool, True on real steps) and
+            ``lengths``.
+        """
+        longest = int(self.lengths.max()) if self.n_episodes else 0
+        if max_length is None:
+            max_length = longest
+        if not isinstance(max_length, (int, np.integer)) or \
+                max_length < longest:
+            msg = (f'max_length must be an int >= the longest episode '
+                   f'({longest}), got {max_length!r}')
+            raise ValueError(msg)
+        max_length = int(max_length)
+        rows = np.repeat(np.arange(self.n_episodes), self.lengths)
+        cols = np.arange(len(self)) - np.repeat(self._starts, self.lengths)
+
+        def pad(arr):
+            out = np.zeros((self.n_episodes, max_length) + arr.shape[1:],
+                           dtype=arr.dtype)
+            out[rows, cols] = arr
+            return out
+
+        valids = np.zeros((self.n_episodes, max_length), dtype=bool)
+        valids[rows, cols] = True
+        return {
+            'observations': _nest.map_nest(pad, self.observations),
+            'actions': _nest.map_nest(pad, self.actions),
+            'rewards': pad(self.rewards),
+            'terminated': pad(self.terminated),
+            'truncated': pad(self.truncated),
+            'next_observations': _nest.map_nest(pad,
+                                                self.next_observations),
+            'env_infos': _nest.map_nest(pad, self.env_infos),
+            'agent_infos': _nest.map_nest(pad, self.agent_infos),
+            'valids': valids,
+            'lengths': self.lengths,
+        }
+
+    # Comparison and display --------------------------------------------
+
+    def __eq__(self, other):
+        if not isinstance(other, EpisodeBatch):
+            return NotImplemented
+        return all(_nest.nest_equal(getattr(self, f), getattr(other, f))
+                   for f in _FIELDS)
+
+    __hash__ = None
+
+    def __repr__(self):
+        return (f'<EpisodeBatch: {self.n_episodes} episodes, {len(self)} '
+                f'transitions, versions {sorted(set(self.versions.tolist()))}'
+                f'>')
+
+
+_FIELDS = ('observations', 'actions', 'rewards', 'terminated', 'truncated',
+           'last_observations', 'env_infos', 'agent_infos', 'episode_infos',
+           'lengths', 'versions', 'worker_numbers')
+
+
+def _map2(fn, a, b):
+    if isinstance(a, dict):
+        return {k: _map2(fn, a[k], b[k]) for k in a}
+    if isinstance(a, tuple):
+        return tuple(_map2(fn, x, y) for x, y in zip(a, b))
+    return fn(a, b)
+
+
+def _check_nest(name, nest, rows, rows_name='N, the sum of lengths'):
+    if nest is None:
+        msg = f'{name} is required, got None'
+        raise ValueError(msg)
+    nest = _nest.as_arrays(nest)
+    for path, leaf in _nest.leaves(nest):
+        if leaf.ndim == 0 or leaf.shape[0] != rows:
+            msg = (f'{name}{path} has shape {leaf.shape}; its leading '
+                   f'dimension must be {rows} ({rows_name})')
+            raise ValueError(msg)
+    return nest
+
+
+def _check_flat(name, values, rows, kind):
+    arr = np.asarray(values)
+    if arr.shape != (rows,):
+        msg = (f'{name} has shape {arr.shape}, expected ({rows},) '
+               f'(N, the sum of lengths)')
+        raise ValueError(msg)
+    if kind == 'b' and arr.dtype != bool:
+        if arr.dtype.kind not in 'biu' or not np.isin(arr, (0, 1)).all():
+            msg = f'{name} must hold booleans, got dtype {arr.dtype}'
+            raise ValueError(msg)
+        arr = arr.astype(bool)
+    elif kind == 'f' and arr.dtype.kind != 'f':
+        if arr.dtype.kind not in 'biu':
+            msg = f'{name} must hold numbers, got dtype {arr.dtype}'
+            raise ValueError(msg)
+        arr = arr.astype(np.float64)
+    return arr
+
+
+def _check_infos(name, infos, rows, rows_name='N, the sum of lengths'):
+    if infos is None:
+        return {}
+    if not isinstance(infos, dict):
+        msg = f'{name} must be a dict of arrays, got {type(infos).__name__}'
+        raise ValueError(msg)
+    return {k: _check_nest(f'{name}[{k!r}]', v, rows, rows_name)
+            for k, v in infos.items()}
+
+
+def _check_per_episode(name, values, n_eps):
+    if values is None:
+        return np.zeros(n_eps, dtype=np.int64)
+    arr = np.asarray(values)
+    if arr.shape != (n_eps,) or (n_eps and arr.dtype.kind not in 'iu'):
+        msg = (f'{name} has shape {arr.shape} and dtype {arr.dtype}, '
+               f'expected ({n_eps},) integers (E, the number of episodes)')
+        raise ValueError(msg)
+    return arr.astype(np.int64, copy=False)
+
+
+def _check_nest_matches(name, nest, ref_name, ref):
+    if _nest.structure(nest) != _nest.structure(ref):
+        msg = (f'{name} has structure {_describe(nest)} but {ref_name} has '
+               f'{_describe(ref)}; they must match')
+        raise ValueError(msg)
+    for (path, a), (_, b) in zip(_nest.leaves(nest), _nest.leaves(ref)):
+        if a.shape[1:] != b.shape[1:]:
+            msg = (f'{name}{path} has per-row shape {a.shape[1:]} but '
+                   f'{ref_name}{path} has {b.shape[1:]}; they must match')
+            raise ValueError(msg)
+
+
+def _check_same_structure(name, a, ia, b, ib):
+    if _nest.structure(a) != _nest.structure(b):
+        msg = (f'{name}: batch {ia} has structure {_describe(a)} but batch '
+               f'{ib} has {_describe(b)}; only batches of the same spaces '
+               f'can be concatenated')
+        raise ValueError(msg)
+    for (path, x), (_, y) in zip(_nest.leaves(a), _nest.leaves(b)):
+        if x.shape[1:] != y.shape[1:]:
+            msg = (f'{name}{path}: batch {ia} has per-row shape '
+                   f'{x.shape[1:]} but batch {ib} has {y.shape[1:]}')
+            raise ValueError(msg)
+
+
+def _describe(nest):
+    if isinstance(nest, dict):
+        return '{' + ', '.join(f'{k!r}: {_describe(v)}'
+                               for k, v in nest.items()) + '}'
+    if isinstance(nest, tuple):
+        return '(' + ', '.join(_describe(v) for v in nest) + ',)'
+    return 'array'

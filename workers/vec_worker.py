@@ -1,0 +1,181 @@
+"""VecWorker: several envs stepped together with batched agent calls."""
+
+import numbers
+
+import cloudpickle
+import numpy as np
+
+from workers import _nest
+from workers._episode import EpisodeRecord, copy_nest, reuses_buffers
+from workers.agents import batched
+from workers.episode_batch import EpisodeBatch
+from workers.worker import Worker
+
+
+class VecWorker(Worker):
+    """Steps ``n_envs`` envs with one batched ``get_actions`` call per step.
+
+    :meth:`rollout` steps all envs until at least one episode completes and
+    returns the episodes that completed on that step (in env order); envs
+    whose episode ended are reset and go on. An agent or env update, or a
+    new round, resets every env, so no episode mixes versions. With
+    ``n_envs=1`` the episodes equal :class:`DefaultWorker`'s for the same
+    seed.
+
+    Args:
+        seed: root seed shared by the sampler's workers.
+        max_episode_length: step cap, or None for the env's own limit.
+        worker_number: this worker's index.
+        n_envs: how many envs this worker steps together.
+    """
+
+    def __init__(self, *, seed, max_episode_length, worker_number, n_envs=8):
+        super().__init__(seed=seed, max_episode_length=max_episode_length,
+                         worker_number=worker_number)
+        if not isinstance(n_envs, numbers.Integral) or n_envs < 1:
+            msg = f'n_envs must be an int >= 1, got {n_envs!r}'
+            raise ValueError(msg)
+        self._n_envs = int(n_envs)
+        self.envs = [None] * self._n_envs
+        self._reset_seeds = [None] * self._n_envs
+        self._copy_observations = [False] * self._n_envs
+        self._records = None  # None: every env needs a reset
+        self._observations = None
+        self._steps = None
+
+    @property
+    def n_envs(self):
+        return self._n_envs
+
+    def update_env(self, env_update):
+        update = self._as_env_update(env_update)
+        new_envs = []
+        for env in self.envs:
+            new_env = self._apply_env_update(update, env)
+            if any(new_env is e for e in new_envs):
+                # An update that returns one object (a NewEnvUpdate of an
+                # env instance) must not make envs share state: copy it.
+                new_env = cloudpickle.loads(cloudpickle.dumps(new_env))
+            new_envs.append(new_env)
+        first = new_envs[0]
+        for i, env in enumerate(new_envs[1:], start=1):
+            if env.observation_space != first.observation_space or \
+                    env.action_space != first.action_space:
+                msg = (f'VecWorker env {i} has spaces '
+                       f'({env.observation_space}, {env.action_space}) but '
+                       f'env 0 has ({first.observation_space}, '
+                       f'{first.action_space}); all envs of a worker must '
+                       f'share their spaces')
+                raise ValueError(msg)
+        self.envs = new_envs
+        self._copy_observations = [False] * self._n_envs
+        self._records = None
+
+    @property
+    def env_spaces(self):
+        """``(observation_space, action_space)`` shared by the envs."""
+        if self.envs[0] is None:
+            return None
+        return self.envs[0].observation_space, self.envs[0].action_space
+
+    def _on_agent_changed(self):
+        self._records = None
+
+    def _n_seeds(self):
+        return 1 + self._n_envs
+
+    def _on_new_round(self, env_seeds):
+        self._reset_seeds = list(env_seeds)
+        self._records = None
+
+    def _reset_env(self, i):
+        obs, info = self.envs[i].reset(seed=self._reset_seeds[i])
+        self._reset_seeds[i] = None
+        self._first_observations[i] = obs
+        self._observations[i] = copy_nest(obs)
+        self._records[i] = EpisodeRecord(info)
+        self._steps[i] = 0
+
+    def rollout(self):
+        self._check_ready(self.envs[0])
+        n_envs = self._n_envs
+        if self._records is None:
+            # None marks an env whose next step starts with a reset.
+            self._records = [None] * n_envs
+            self._observations = [None] * n_envs
+            self._first_observations = [None] * n_envs
+            self._steps = [0] * n_envs
+        agent = self.agent
+        get_actions = batched(agent)
+        reset = getattr(agent, 'reset', None)
+        max_length = self._max_episode_length or float('inf')
+        records, observations = self._records, self._observations
+        steps, envs = self._steps, self.envs
+        copy_obs = self._copy_observations
+        first_observations = self._first_observations
+        where = 'env.reset'
+        try:
+            while True:
+                to_reset = [i for i in range(n_envs) if records[i] is None]
+                if to_reset:
+                    where = 'env.reset'
+                    for i in to_reset:
+                        self._reset_env(i)
+                    if reset is not None:
+                        where = 'agent.reset'
+                        reset(_mask(n_envs, to_reset))
+                where = 'agent.get_actions'
+                actions, agent_infos = get_actions(_nest.stack(observations))
+                completed = []
+                for i in range(n_envs):
+                    where = 'env.step'
+                    action = _nest.index(actions, i)
+                    next_obs, reward, terminated, truncated, env_info = \
+                        envs[i].step(action)
+                    if steps[i] == 0 and not copy_obs[i] and \
+                            reuses_buffers(first_observations[i], next_obs):
+                        copy_obs[i] = True
+                    if copy_obs[i]:
+                        next_obs = copy_nest(next_obs)
+                    record = records[i]
+                    record.observations.append(observations[i])
+                    record.actions.append(action)
+                    record.rewards.append(reward)
+                    record.env_infos.append(env_info)
+                    record.agent_infos.append(
+                        {k: v[i] for k, v in agent_infos.items()}
+                        if agent_infos else agent_infos)
+                    observations[i] = next_obs
+                    steps[i] += 1
+                    if steps[i] >= max_length and not (terminated or
+                                                       truncated):
+                        truncated = True
+                    if terminated or truncated:
+                        where = 'building the episode'
+                        completed.append(record.to_batch(
+                            next_obs, bool(terminated), bool(truncated),
+                            self.version, self._worker_number))
+                        records[i] = None
+                if completed:
+                    where = 'building the episode'
+                    batch = EpisodeBatch.concatenate(*completed,
+                                                     missing_infos='mask')
+                    break
+        except BaseException:
+            self.error_site = where
+            raise
+        self.error_site = None
+        return batch
+
+    def shutdown(self):
+        for env in self.envs:
+            if env is not None:
+                env.close()
+        self.envs = [None] * self._n_envs
+        self._records = None
+
+
+def _mask(n, indices):
+    mask = np.zeros(n, dtype=bool)
+    mask[indices] = True
+    return mask

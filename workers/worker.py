@@ -1,0 +1,198 @@
+"""Worker: the base class of what runs episodes, in whatever process."""
+
+import numbers
+
+import numpy as np
+
+from workers.agents import as_agent
+from workers.env_update import as_env_update
+from workers.spaces import check_stackable
+
+
+class Worker:
+    """Runs episodes with an agent in an environment it owns.
+
+    A worker is built by a :class:`~workers.WorkerFactory` in the process
+    that runs it and is given its env and agent through :meth:`update_env`
+    and :meth:`update_agent`. A sampler then calls :meth:`start_round` at
+    every call and :meth:`rollout` until it has enough episodes.
+
+    Seeding: round ``r`` of worker ``i`` draws its seeds from
+    ``numpy.random.SeedSequence(seed, spawn_key=(i, r))``, the ``r``-th
+    child of the ``i``-th child of ``SeedSequence(seed)``: independent
+    streams for every worker, round, env and agent, and the same episodes
+    for the same seed, worker and sequence of calls whatever process the
+    worker runs in.
+
+    Workers hold live envs and cannot be pickled; pickle their
+    ``WorkerFactory`` and build them where they run.
+
+    Args:
+        seed: root seed (an int >= 0) shared by all workers of a sampler.
+        max_episode_length: cut episodes after this many steps with
+            ``truncated=True``; None leaves it to the env's own time limit.
+        worker_number: this worker's index, 0 .. n_workers - 1.
+
+    Attributes:
+        version: stamped on every episode this worker returns.
+        error_site: after a method raised, which call failed, e.g.
+            ``'env.step'`` or ``'agent.get_action'``; None otherwise.
+    """
+
+    def __init__(self, *, seed, max_episode_length, worker_number):
+        if not isinstance(seed, numbers.Integral) or seed < 0:
+            msg = f'seed must be an int >= 0, got {seed!r}'
+            raise ValueError(msg)
+        if max_episode_length is not None and (
+                not isinstance(max_episode_length, numbers.Integral)
+                or max_episode_length < 1):
+            msg = (f'max_episode_length must be None or an int >= 1, got '
+                   f'{max_episode_length!r}')
+            raise ValueError(msg)
+        if not isinstance(worker_number, numbers.Integral) or \
+                worker_number < 0:
+            msg = f'worker_number must be an int >= 0, got {worker_number!r}'
+            raise ValueError(msg)
+        self._seed = int(seed)
+        self._max_episode_length = max_episode_length
+        self._worker_number = int(worker_number)
+        self.version = 0
+        self.error_site = None
+        self.agent = None
+        self._round = None
+
+    @property
+    def worker_number(self):
+        return self._worker_number
+
+    @property
+    def seed(self):
+        return self._seed
+
+    @property
+    def max_episode_length(self):
+        return self._max_episode_length
+
+    # Updates -------------------------------------------------------------
+
+    def update_agent(self, agent_update):
+        """Replace the agent, or load parameters into it.
+
+        An object with ``get_action`` (or any callable, while the worker has
+        no agent yet) becomes the agent; anything else is passed to
+        ``agent.set_params``. The caller must not share the object with
+        other workers: each worker needs its own copy.
+        """
+        if self.agent is None or hasattr(agent_update, 'get_action'):
+            self.error_site = 'setting the agent'
+            self.agent = as_agent(agent_update)
+        else:
+            self.error_site = 'agent.set_params'
+            set_params = getattr(self.agent, 'set_params', None)
+            if set_params is None:
+                msg = (f'the agent {self.agent!r} has no set_params, so it '
+                       f'cannot take parameters; send an agent (an object '
+                       f'with get_action) to replace it instead')
+                raise TypeError(msg)
+            set_params(agent_update)
+        self.error_site = None
+        self._on_agent_changed()
+
+    @property
+    def env_spaces(self):
+        """``(observation_space, action_space)`` of the worker's envs, or
+        None before its first env update."""
+        raise NotImplementedError
+
+    def update_env(self, env_update):
+        """Apply an env update: an ``EnvUpdate``, ``gymnasium.Env``, env id
+        or zero-argument constructor. Closes envs it replaces."""
+        raise NotImplementedError
+
+    def _apply_env_update(self, update, old_env):
+        """One env update with its checks; returns the new env."""
+        self.error_site = 'env update'
+        new_env = update(old_env)
+        if new_env is not old_env and old_env is not None:
+            self.error_site = 'env.close'
+            old_env.close()
+        self.error_site = 'checking the env spaces'
+        check_stackable(new_env.observation_space, 'observation space')
+        check_stackable(new_env.action_space, 'action space')
+        self.error_site = None
+        return new_env
+
+    @staticmethod
+    def _as_env_update(env_update):
+        return as_env_update(env_update, what='env_update')
+
+    def _on_agent_changed(self):
+        """Hook: the agent was replaced or got new parameters."""
+
+    # Rounds and seeding ----------------------------------------------------
+
+    def start_round(self, round_number, version=None):
+        """Begin a sampler call: reseed the agent and envs for this round.
+
+        Episodes in progress are abandoned, so every episode of the round
+        starts from the round's seeds.
+
+        Args:
+            round_number: the sampler's call counter.
+            version: if given, stamped on the episodes from now on.
+        """
+        if version is not None:
+            self.version = int(version)
+        self._round = int(round_number)
+        seeds = self.round_seeds(self._round, self._n_seeds())
+        if self.agent is not None and hasattr(self.agent, 'seed'):
+            self.error_site = 'agent.seed'
+            self.agent.seed(seeds[0])
+            self.error_site = None
+        self._on_new_round(seeds[1:])
+
+    def round_seeds(self, round_number, n):
+        """``n`` independent seeds (ints < 2**63) of this worker's round."""
+        seq = np.random.SeedSequence(
+            self._seed, spawn_key=(self._worker_number, round_number))
+        state = seq.generate_state(n, dtype=np.uint64)
+        return [int(s >> np.uint64(1)) for s in state]
+
+    def _n_seeds(self):
+        return 2
+
+    def _on_new_round(self, env_seeds):
+        """Hook: reseed the envs with ``env_seeds`` at their next reset."""
+        raise NotImplementedError
+
+    # Sampling ------------------------------------------------------------
+
+    def rollout(self):
+        """Run until at least one episode completes; return the completed
+        episodes as an :class:`~workers.EpisodeBatch`."""
+        raise NotImplementedError
+
+    def shutdown(self):
+        """Close the envs."""
+        raise NotImplementedError
+
+    def _check_ready(self, env):
+        if env is None or self.agent is None:
+            missing = 'env' if env is None else 'agent'
+            msg = (f'worker {self._worker_number} has no {missing}; '
+                   f'call update_env and update_agent before rollout')
+            raise RuntimeError(msg)
+        if self._round is None:
+            self.start_round(0)
+
+    # Pickling --------------------------------------------------------------
+
+    def __reduce__(self):
+        msg = (f'{type(self).__name__} objects hold live envs and cannot be '
+               f'pickled; pickle a WorkerFactory and build the worker in '
+               f'the process that runs it')
+        raise TypeError(msg)
+
+    def __repr__(self):
+        return (f'<{type(self).__name__} {self._worker_number} '
+                f'version={self.version}>')
