@@ -64,10 +64,10 @@ def run(*, env='CartPole-v1', backend='local', workers=1, envs_per_worker=1,
         'envs_per_worker': envs_per_worker, 'agent': agent,
         'samples': samples, 'iterations': iterations,
         'max_episode_length': max_episode_length, 'seed': seed,
-        'transitions_per_s_median': statistics.median(rates),
-        'transitions_per_s_min': min(rates),
-        'transitions_per_s_max': max(rates),
-        'episodes_per_s_median': statistics.median(episode_rates),
+        'median_transitions_per_s': statistics.median(rates),
+        'min_transitions_per_s': min(rates),
+        'max_transitions_per_s': max(rates),
+        'median_episodes_per_s': statistics.median(episode_rates),
         'startup_s': startup_s,
         'discarded_episodes': stats['discarded_episodes'],
         'calls': per_call,
@@ -76,11 +76,11 @@ def run(*, env='CartPole-v1', backend='local', workers=1, envs_per_worker=1,
 
 def format_table(result):
     rows = [
-        ('transitions/s (median)', f"{result['transitions_per_s_median']:,.0f}"),
+        ('transitions/s (median)', f"{result['median_transitions_per_s']:,.0f}"),
         ('transitions/s (min..max)',
-         f"{result['transitions_per_s_min']:,.0f} .. "
-         f"{result['transitions_per_s_max']:,.0f}"),
-        ('episodes/s (median)', f"{result['episodes_per_s_median']:,.1f}"),
+         f"{result['min_transitions_per_s']:,.0f} .. "
+         f"{result['max_transitions_per_s']:,.0f}"),
+        ('episodes/s (median)', f"{result['median_episodes_per_s']:,.1f}"),
         ('discarded episodes', str(result['discarded_episodes'])),
         ('start-up (s)', f"{result['startup_s']:.3f}"),
     ]

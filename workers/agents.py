@@ -11,6 +11,8 @@ Generator`` and make ``get_action(obs)`` consume it exactly as
 DefaultWorker produce identical episodes from the same seed.
 """
 
+import copy
+
 import numpy as np
 from gymnasium import spaces
 
@@ -86,8 +88,9 @@ class RandomAgent:
 
     def __init__(self, action_space, *, seed=None):
         check_stackable(action_space, 'action space')
-        self.action_space = action_space
-        space = action_space
+        # Its own copy: space.sample() draws from the space's generator,
+        # which agents built on one space object would otherwise share.
+        self.action_space = space = copy.deepcopy(action_space)
         if isinstance(space, spaces.Discrete):
             self._kind = 'discrete'
             self._low = int(space.start)

@@ -1,0 +1,158 @@
+"""Environments and agents written for the tests."""
+
+import os
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+
+class DictObsEnv(gym.Env):
+    """A Dict observation nesting every stackable space family; the action
+    space is the test's choice. Episodes end at random (seeded) or after
+    ``max_steps``."""
+
+    def __init__(self, action_space=None, max_steps=8):
+        self.observation_space = spaces.Dict({
+            'position': spaces.Box(-1.0, 1.0, (2,), np.float32),
+            'cell': spaces.Discrete(5),
+            'flags': spaces.MultiBinary(3),
+            'inventory': spaces.MultiDiscrete([3, 4]),
+            'pair': spaces.Tuple((spaces.Discrete(2),
+                                  spaces.Box(0.0, 1.0, (1,), np.float32))),
+        })
+        self.action_space = action_space or spaces.MultiDiscrete([3, 2])
+        self.max_steps = max_steps
+        self._t = 0
+
+    def _obs(self):
+        rng = self.np_random
+        return {
+            'position': rng.uniform(-1, 1, 2).astype(np.float32),
+            'cell': int(rng.integers(5)),
+            'flags': rng.integers(0, 2, 3).astype(np.int8),
+            'inventory': rng.integers(0, [3, 4]).astype(np.int64),
+            'pair': (int(rng.integers(2)),
+                     rng.uniform(0, 1, 1).astype(np.float32)),
+        }
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return self._obs(), {'start': self._t}
+
+    def step(self, action):
+        if not self.action_space.contains(action):
+            msg = f'{action!r} is not in {self.action_space}'
+            raise ValueError(msg)
+        self._t += 1
+        terminated = bool(self.np_random.random() < 0.15)
+        truncated = self._t >= self.max_steps and not terminated
+        return (self._obs(), float(self.np_random.random()), terminated,
+                truncated, {'t': self._t})
+
+
+class FaultyEnv(gym.Env):
+    """Raises from ``reset`` or ``step`` (after ``after`` steps) on demand."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (3,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, fail_in='step', after=3, message='boom'):
+        self.fail_in = fail_in
+        self.after = after
+        self.message = message
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        if self.fail_in == 'reset':
+            raise RuntimeError(self.message)
+        self._t = 0
+        return np.zeros(3, np.float32), {}
+
+    def step(self, action):
+        self._t += 1
+        if self.fail_in == 'step' and self._t > self.after:
+            raise RuntimeError(self.message)
+        return np.full(3, self._t / 100, np.float32), 1.0, self._t >= 10, \
+            False, {}
+
+
+class FailOnceEnv(FaultyEnv):
+    """Fails in ``step`` the first time any instance runs, anywhere: a
+    marker file (not pickled state) remembers that it did."""
+
+    def __init__(self, marker):
+        super().__init__('none')
+        self.marker = marker
+
+    def step(self, action):
+        if self._t >= 2 and not os.path.exists(self.marker):
+            with open(self.marker, 'w'):
+                pass
+            raise RuntimeError('failing once')
+        return super().step(action)
+
+
+class InPlaceEnv(gym.Env):
+    """Returns the same observation array every step, overwritten in place
+    (as some simulators do to avoid allocations)."""
+
+    observation_space = spaces.Box(0.0, 100.0, (2,), np.float64)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self):
+        self._buf = np.zeros(2)
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._buf[:] = 0
+        return self._buf, {}
+
+    def step(self, action):
+        self._t += 1
+        self._buf[:] = self._t
+        return self._buf, 1.0, self._t >= 5, False, {}
+
+
+class TaskEnv(gym.Env):
+    """A meta-RL env: the reward is the task's goal value."""
+
+    observation_space = spaces.Box(-10.0, 10.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self):
+        self.goal = 0.0
+
+    def set_task(self, goal):
+        self.goal = float(goal)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.array([self.goal], np.float32), {}
+
+    def step(self, action):
+        return np.array([self.goal], np.float32), self.goal, True, False, {}
+
+
+class TextEnv(gym.Env):
+    """Observations of a Text space, which cannot be stacked."""
+
+    observation_space = spaces.Text(5)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return 'a', {}
+
+    def step(self, action):
+        return 'b', 0.0, True, False, {}
+
+
+class FirstObsAgent:
+    """Deterministic agent without parameters: action 0 always."""
+
+    def get_action(self, observation):
+        return 0, {}

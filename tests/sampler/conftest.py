@@ -1,0 +1,26 @@
+import pytest
+
+from sampler import LocalSampler
+
+BACKENDS = {'local': LocalSampler}
+
+
+@pytest.fixture(params=sorted(BACKENDS))
+def backend(request):
+    """The sampler class under test; behaviour tests run on every backend."""
+    return BACKENDS[request.param]
+
+
+@pytest.fixture
+def make_sampler(backend):
+    """Build samplers of the backend under test; all are closed afterwards."""
+    made = []
+
+    def make(agents, envs, **kwargs):
+        sampler = backend(agents, envs, **kwargs)
+        made.append(sampler)
+        return sampler
+
+    yield make
+    for sampler in made:
+        sampler.close()

@@ -1,0 +1,255 @@
+import re
+
+import numpy as np
+import pytest
+
+from workers import EpisodeBatch
+
+
+def fields(**overrides):
+    """A valid two-episode batch (lengths 3 and 2, N=5) as keyword args."""
+    base = dict(
+        observations=np.arange(10, dtype=np.float32).reshape(5, 2),
+        actions=np.array([0, 1, 0, 1, 1]),
+        rewards=np.array([1.0, 2.0, 3.0, 4.0, 5.0]),
+        terminated=np.array([False, False, True, False, False]),
+        truncated=np.array([False, False, False, False, True]),
+        last_observations=np.array([[100.0, 101.0], [200.0, 201.0]],
+                                   dtype=np.float32),
+        lengths=np.array([3, 2]),
+        env_infos={'x': np.arange(5)},
+        agent_infos={'logits': np.zeros((5, 2))},
+        episode_infos={'reset': np.array([7, 8])},
+        versions=np.array([4, 4]),
+        worker_numbers=np.array([0, 1]),
+    )
+    base.update(overrides)
+    return base
+
+
+def nested_fields():
+    obs = {'pos': np.arange(10.0).reshape(5, 2),
+           'pair': (np.arange(5), np.ones((5, 1), np.float32))}
+    last = {'pos': np.array([[9.0, 9.0], [8.0, 8.0]]),
+            'pair': (np.array([5, 6]), np.zeros((2, 1), np.float32))}
+    return fields(observations=obs, last_observations=last,
+                  actions=(np.array([0, 1, 0, 1, 1]), np.zeros((5, 3))))
+
+
+@pytest.fixture(params=['flat', 'nested'])
+def batch(request):
+    return EpisodeBatch(**(fields() if request.param == 'flat'
+                           else nested_fields()))
+
+
+# Rejections: each names the field and the shapes. ---------------------------
+
+REJECTIONS = [
+    ('observations leading dim',
+     dict(observations=np.zeros((4, 2))),
+     r"^observations has shape \(4, 2\); its leading dimension must be 5 "
+     r"\(N, the sum of lengths\)$"),
+    ('nested observation leaf',
+     dict(observations={'a': np.zeros((5, 2)), 'b': np.zeros((6,))},
+          last_observations={'a': np.zeros((2, 2)), 'b': np.zeros((2,))}),
+     r"^observations\['b'\] has shape \(6,\); its leading dimension must "
+     r"be 5"),
+    ('actions leading dim',
+     dict(actions=np.zeros(3)),
+     r'^actions has shape \(3,\); its leading dimension must be 5'),
+    ('rewards shape',
+     dict(rewards=np.zeros((5, 1))),
+     r'^rewards has shape \(5, 1\), expected \(5,\)'),
+    ('terminated shape',
+     dict(terminated=np.zeros(4, bool)),
+     r'^terminated has shape \(4,\), expected \(5,\)'),
+    ('truncated not boolean',
+     dict(truncated=np.array([0.0, 0.0, 0.0, 0.0, 0.5])),
+     r'^truncated must hold booleans, got dtype float64$'),
+    ('length below one',
+     dict(lengths=np.array([5, 0])),
+     r'^lengths must all be >= 1, got lengths\[1\] = 0$'),
+    ('lengths not summing to N',
+     dict(lengths=np.array([3, 3])),
+     r'^observations has shape \(5, 2\); its leading dimension must be 6'),
+    ('lengths not integers',
+     dict(lengths=np.array([3.0, 2.0])),
+     r'^lengths must be a 1-D integer array, got shape \(2,\) and dtype '
+     r'float64$'),
+    ('flag inside an episode',
+     dict(terminated=np.array([False, True, True, False, False])),
+     r'^terminated: step 1 lies inside episode 0 \(steps 0\.\.2\) but is '
+     r'flagged terminated'),
+    ('truncated inside an episode',
+     dict(truncated=np.array([False, False, False, True, True])),
+     r'^truncated: step 3 lies inside episode 1 \(steps 3\.\.4\)'),
+    ('flag missing at an episode end',
+     dict(truncated=np.zeros(5, bool)),
+     r'^terminated/truncated: episode 1 ends at step 4 with neither flag '
+     r'set'),
+    ('env info batch size',
+     dict(env_infos={'x': np.arange(4)}),
+     r"^env_infos\['x'\] has shape \(4,\); its leading dimension must be 5"),
+    ('agent info batch size',
+     dict(agent_infos={'logits': np.zeros((6, 2))}),
+     r"^agent_infos\['logits'\] has shape \(6, 2\); its leading dimension "
+     r'must be 5'),
+    ('episode info length',
+     dict(episode_infos={'reset': np.arange(5)}),
+     r"^episode_infos\['reset'\] has shape \(5,\); its leading dimension "
+     r'must be 2 \(E, the number of episodes\)$'),
+    ('last_observations length',
+     dict(last_observations=np.zeros((3, 2))),
+     r'^last_observations has shape \(3, 2\); its leading dimension must be '
+     r'2 \(E, the number of episodes\)$'),
+    ('last_observations row shape',
+     dict(last_observations=np.zeros((2, 3))),
+     r'^last_observations has per-row shape \(3,\) but observations has '
+     r'\(2,\)'),
+    ('last_observations structure',
+     dict(last_observations={'a': np.zeros((2, 2))}),
+     r"^last_observations has structure \{'a': array\} but observations has "
+     r'array'),
+    ('versions length',
+     dict(versions=np.array([1, 2, 3])),
+     r'^versions has shape \(3,\) and dtype int64, expected \(2,\) integers'),
+    ('worker_numbers dtype',
+     dict(worker_numbers=np.array([0.5, 1.0])),
+     r'^worker_numbers has shape \(2,\) and dtype float64, expected \(2,\) '
+     r'integers'),
+    ('infos not a dict',
+     dict(env_infos=[1, 2, 3, 4, 5]),
+     r'^env_infos must be a dict of arrays, got list$'),
+]
+
+
+@pytest.mark.parametrize('overrides,pattern',
+                         [r[1:] for r in REJECTIONS],
+                         ids=[r[0] for r in REJECTIONS])
+def test_construction_rejects(overrides, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        EpisodeBatch(**fields(**overrides))
+
+
+def test_valid_batch_sizes_and_derived_fields():
+    b = EpisodeBatch(**fields())
+    assert len(b) == 5
+    assert b.n_episodes == 2
+    assert b.episode_returns.tolist() == [6.0, 9.0]
+    assert b.episode_starts.tolist() == [0, 3]
+    # Within an episode the next observation is the following row; at its
+    # end it is that episode's last observation.
+    expected = np.array([[2, 3], [4, 5], [100, 101], [8, 9], [200, 201]],
+                        dtype=np.float32)
+    np.testing.assert_array_equal(b.next_observations, expected)
+
+
+def test_integer_rewards_become_floats_and_int_flags_bools():
+    b = EpisodeBatch(**fields(rewards=np.array([1, 2, 3, 4, 5]),
+                              terminated=np.array([0, 0, 1, 0, 0])))
+    assert b.rewards.dtype == np.float64
+    assert b.terminated.dtype == bool
+
+
+# Splitting, concatenating, padding --------------------------------------------
+
+def test_concatenate_of_split_equals_batch(batch):
+    parts = batch.split()
+    assert [p.n_episodes for p in parts] == [1, 1]
+    assert [len(p) for p in parts] == [3, 2]
+    assert EpisodeBatch.concatenate(*parts) == batch
+
+
+def test_equality_sees_a_changed_value(batch):
+    other = EpisodeBatch(**{**fields(), 'rewards': np.arange(5.0)}) \
+        if not isinstance(batch.observations, dict) else \
+        EpisodeBatch(**{**nested_fields(), 'rewards': np.arange(5.0)})
+    assert other != batch
+
+
+def test_head_and_episode(batch):
+    head = batch.head(1)
+    assert head.n_episodes == 1 and len(head) == 3
+    assert head == batch.episode(0)
+    assert batch.episode(-1) == batch.split()[1]
+    with pytest.raises(IndexError, match='episode index 2 is out of range'):
+        batch.episode(2)
+
+
+def test_next_observations_nested():
+    b = EpisodeBatch(**nested_fields())
+    nxt = b.next_observations
+    np.testing.assert_array_equal(nxt['pos'][2], [9.0, 9.0])
+    np.testing.assert_array_equal(nxt['pos'][0], b.observations['pos'][1])
+    np.testing.assert_array_equal(nxt['pair'][0], [1, 2, 5, 4, 6])
+
+
+def test_concatenate_refuses_nothing():
+    with pytest.raises(ValueError, match='^EpisodeBatch.concatenate needs at '
+                                         'least one batch, got none$'):
+        EpisodeBatch.concatenate()
+
+
+def test_concatenate_refuses_mismatched_info_keys():
+    a = EpisodeBatch(**fields())
+    b = EpisodeBatch(**fields(env_infos={'y': np.arange(5)}))
+    with pytest.raises(ValueError, match=re.escape(
+            "env_infos: batch 0 has keys ['x'] but batch 1 has keys ['y']")):
+        EpisodeBatch.concatenate(a, b)
+
+
+def test_concatenate_refuses_mismatched_observation_keys():
+    a = EpisodeBatch(**nested_fields())
+    f = nested_fields()
+    f['observations'] = {'other': f['observations']['pos']}
+    f['last_observations'] = {'other': f['last_observations']['pos']}
+    b = EpisodeBatch(**f)
+    with pytest.raises(ValueError, match=r'^observations: batch 0 has '
+                                         r"structure \{'pos'"):
+        EpisodeBatch.concatenate(a, b)
+
+
+def test_concatenate_refuses_different_row_shapes():
+    a = EpisodeBatch(**fields())
+    b = EpisodeBatch(**fields(observations=np.zeros((5, 3)),
+                              last_observations=np.zeros((2, 3))))
+    with pytest.raises(ValueError, match=r'^observations: batch 0 has '
+                                         r'per-row shape \(2,\) but batch 1 '
+                                         r'has \(3,\)$'):
+        EpisodeBatch.concatenate(a, b)
+
+
+def test_concatenate_masks_missing_info_keys_when_asked():
+    a = EpisodeBatch(**fields())
+    b = EpisodeBatch(**fields(env_infos={}))
+    c = EpisodeBatch.concatenate(a, b, missing_infos='mask')
+    assert c.env_infos['x'].tolist() == [0, 1, 2, 3, 4, 0, 0, 0, 0, 0]
+    assert c.env_infos['_x'].tolist() == [True] * 5 + [False] * 5
+
+
+def test_padded_shapes_and_mask(batch):
+    p = batch.padded()
+    assert p['valids'].tolist() == [[True, True, True],
+                                    [True, True, False]]
+    assert p['rewards'].tolist() == [[1.0, 2.0, 3.0], [4.0, 5.0, 0.0]]
+    assert p['terminated'].shape == (2, 3)
+    assert p['agent_infos']['logits'].shape == (2, 3, 2)
+    obs = p['observations']
+    if isinstance(obs, dict):
+        assert obs['pos'].shape == (2, 3, 2)
+        assert obs['pair'][1].shape == (2, 3, 1)
+        np.testing.assert_array_equal(obs['pos'][1, 2], [0.0, 0.0])
+    else:
+        assert obs.shape == (2, 3, 2)
+        np.testing.assert_array_equal(obs[1, :2], batch.observations[3:])
+        np.testing.assert_array_equal(p['next_observations'][0, 2],
+                                      [100.0, 101.0])
+    wide = batch.padded(max_length=6)
+    assert wide['valids'].shape == (2, 6)
+    assert wide['valids'].sum() == len(batch)
+
+
+def test_padded_refuses_short_max_length(batch):
+    with pytest.raises(ValueError, match=r'^max_length must be an int >= the '
+                                         r'longest episode \(3\), got 2$'):
+        batch.padded(max_length=2)

@@ -1,0 +1,316 @@
+import pickle
+
+import cloudpickle
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+
+from helpers import DictObsEnv, FaultyEnv, InPlaceEnv, TaskEnv, TextEnv
+from workers import (DefaultWorker, EpisodeBatch, MLPAgent, NewEnvUpdate,
+                     RandomAgent, SetTaskUpdate, VecWorker, WorkerFactory)
+
+
+def make_worker(env='CartPole-v1', agent='mlp', worker_class=DefaultWorker,
+                seed=0, worker_number=0, max_episode_length=None, **args):
+    factory = WorkerFactory(n_workers=worker_number + 1, seed=seed,
+                            max_episode_length=max_episode_length,
+                            worker_class=worker_class, worker_args=args)
+    worker = factory(worker_number)
+    worker.update_env(env)
+    obs_space, act_space = worker.env_spaces
+    if agent == 'mlp':
+        agent = MLPAgent(obs_space, act_space, seed=1)
+    elif agent == 'random':
+        agent = RandomAgent(act_space)
+    worker.update_agent(agent)
+    return worker
+
+
+def episodes(worker, n, round_number=0):
+    worker.start_round(round_number)
+    out = []
+    while sum(b.n_episodes for b in out) < n:
+        out.append(worker.rollout())
+    return EpisodeBatch.concatenate(*out).head(n)
+
+
+@pytest.mark.parametrize('env', ['CartPole-v1', 'Pendulum-v1',
+                                 'FrozenLake-v1', 'Blackjack-v1'])
+@pytest.mark.parametrize('agent', ['mlp', 'random'])
+def test_vec_worker_with_one_env_equals_default_worker(env, agent):
+    a = make_worker(env, agent, max_episode_length=40)
+    b = make_worker(env, agent, VecWorker, max_episode_length=40, n_envs=1)
+    for round_number in range(2):
+        assert episodes(a, 5, round_number) == episodes(b, 5, round_number)
+    a.shutdown()
+    b.shutdown()
+
+
+def test_same_seed_same_episodes_and_rounds_differ():
+    a, b = make_worker(seed=5), make_worker(seed=5)
+    first = episodes(a, 3, round_number=0)
+    assert first == episodes(b, 3, round_number=0)
+    assert episodes(a, 3, round_number=1) != first
+    # Going back to a round reproduces it, whatever ran in between.
+    assert episodes(a, 3, round_number=0) == first
+
+
+def test_workers_draw_independent_streams():
+    w0 = make_worker(seed=5, worker_number=0)
+    w1 = make_worker(seed=5, worker_number=1)
+    assert episodes(w0, 3) != episodes(w1, 3)
+    # Not seed + i: worker 1 of seed 5 is not worker 0 of seed 6.
+    assert w1.round_seeds(0, 4) != make_worker(seed=6).round_seeds(0, 4)
+    seeds = w0.round_seeds(0, 4) + w1.round_seeds(0, 4) + w0.round_seeds(1, 4)
+    assert len(set(seeds)) == len(seeds)
+
+
+def test_vec_worker_envs_get_distinct_seeds():
+    w = make_worker(worker_class=VecWorker, n_envs=4, agent='random', seed=3,
+                    max_episode_length=1)
+    w.start_round(0)
+    batch = w.rollout()  # every env's one-step episode ends together
+    assert batch.n_episodes == 4
+    assert len({tuple(o) for o in batch.observations}) == 4
+
+
+def test_vec_worker_returns_the_episodes_completed_on_a_step():
+    w = make_worker('Pendulum-v1', 'random', VecWorker, n_envs=3,
+                    max_episode_length=7)
+    w.start_round(0)
+    batch = w.rollout()
+    # All three envs reach the cap on the same step.
+    assert batch.lengths.tolist() == [7, 7, 7]
+    assert batch.truncated.sum() == 3 and not batch.terminated.any()
+
+
+def test_vec_worker_update_resets_envs_so_no_episode_mixes_versions():
+    w = make_worker('Pendulum-v1', 'mlp', VecWorker, n_envs=2,
+                    max_episode_length=50)
+    w.start_round(0, version=0)
+    assert w.rollout().versions.tolist() == [0, 0]
+    agent = w.agent
+    w.update_agent(agent.get_params())
+    w.start_round(1, version=1)
+    batch = w.rollout()
+    # Each episode starts after the update: full length, version 1.
+    assert batch.versions.tolist() == [1, 1]
+    assert batch.lengths.tolist() == [50, 50]
+
+
+def test_max_episode_length_truncates_and_env_limit_is_kept():
+    w = make_worker('Pendulum-v1', 'random', max_episode_length=13)
+    batch = episodes(w, 2)
+    assert batch.lengths.tolist() == [13, 13]
+    assert batch.truncated[[12, 25]].all()
+    own = episodes(make_worker('Pendulum-v1', 'random'), 1)
+    assert own.lengths.tolist() == [200]  # Pendulum's own TimeLimit
+    assert own.truncated[-1] and not own.terminated[-1]
+
+
+def test_last_observation_is_the_one_after_the_final_step():
+    w = make_worker('CartPole-v1', 'random', seed=2)
+    batch = episodes(w, 1)
+    env = gym.make('CartPole-v1')
+    seeds = w.round_seeds(0, 2)
+    obs, _ = env.reset(seed=seeds[1])
+    np.testing.assert_array_equal(obs, batch.observations[0])
+    for action in batch.actions:
+        obs, *_ = env.step(int(action))
+    np.testing.assert_array_equal(obs, batch.last_observations[0])
+    assert batch.terminated[-1]
+
+
+def test_observations_overwritten_in_place_are_copied():
+    for worker_class, args in [(DefaultWorker, {}), (VecWorker,
+                                                     {'n_envs': 2})]:
+        w = make_worker(InPlaceEnv, 'random', worker_class, **args)
+        batch = episodes(w, 1)
+        assert batch.observations[:, 0].tolist() == [0, 1, 2, 3, 4]
+        assert batch.last_observations[0].tolist() == [5, 5]
+
+
+@pytest.mark.parametrize('action_space', [
+    spaces.MultiDiscrete([3, 2]),
+    spaces.MultiBinary(4),
+    spaces.Tuple((spaces.Discrete(3), spaces.Box(-1, 1, (2,), np.float32))),
+    spaces.Dict({'move': spaces.Discrete(4),
+                 'force': spaces.Box(0, 1, (1,), np.float32)}),
+], ids=['MultiDiscrete', 'MultiBinary', 'Tuple', 'Dict'])
+@pytest.mark.parametrize('worker_class', [DefaultWorker, VecWorker])
+def test_nested_observations_and_every_action_family(action_space,
+                                                     worker_class):
+    args = {'n_envs': 3} if worker_class is VecWorker else {}
+    w = make_worker(lambda: DictObsEnv(action_space), 'random', worker_class,
+                    **args)
+    batch = episodes(w, 4)
+    n = len(batch)
+    obs = batch.observations
+    assert set(obs) == {'position', 'cell', 'flags', 'inventory', 'pair'}
+    assert obs['position'].shape == (n, 2)
+    assert obs['flags'].shape == (n, 3)
+    assert obs['pair'][1].shape == (n, 1)
+    assert batch.last_observations['inventory'].shape == (4, 2)
+    assert batch.env_infos['t'].shape == (n,)
+    assert batch.episode_infos['start'].tolist() == [0, 0, 0, 0]
+    for i in range(n):
+        action = _row(batch.actions, i)
+        assert action_space.contains(action), action
+
+
+def _row(nest, i):
+    if isinstance(nest, dict):
+        return {k: _row(v, i) for k, v in nest.items()}
+    if isinstance(nest, tuple):
+        return tuple(_row(v, i) for v in nest)
+    return nest[i]
+
+
+@pytest.mark.parametrize('space,name', [
+    (spaces.Text(5), 'Text'),
+    (spaces.Graph(spaces.Box(0, 1, (2,)), None), 'Graph'),
+    (spaces.Sequence(spaces.Discrete(2)), 'Sequence'),
+])
+def test_unstackable_spaces_are_refused_by_name(space, name):
+    env = TextEnv()
+    env.observation_space = space
+    w = DefaultWorker(seed=0, max_episode_length=None, worker_number=0)
+    with pytest.raises(TypeError, match=rf'^observation space is {name}\('):
+        w.update_env(env)
+    with pytest.raises(TypeError, match=rf"^action space\['b'\] is {name}"):
+        RandomAgent(spaces.Dict({'a': spaces.Discrete(2), 'b': space}))
+
+
+def test_workers_refuse_pickling_and_point_at_the_factory():
+    w = make_worker()
+    for dump in (pickle.dumps, cloudpickle.dumps):
+        with pytest.raises(TypeError, match='^DefaultWorker objects hold live '
+                                            'envs and cannot be pickled; '
+                                            'pickle a WorkerFactory'):
+            dump(w)
+    factory = WorkerFactory(n_workers=2, seed=1, worker_class=VecWorker,
+                            worker_args={'n_envs': 2})
+    copy = pickle.loads(pickle.dumps(factory))
+    assert copy(1).n_envs == 2 and copy.seed == 1
+
+
+def test_rollout_before_setup_says_what_is_missing():
+    w = DefaultWorker(seed=0, max_episode_length=None, worker_number=3)
+    with pytest.raises(RuntimeError, match='^worker 3 has no env; call '
+                                           'update_env and update_agent'):
+        w.rollout()
+
+
+def test_error_site_names_the_failing_call():
+    w = make_worker(lambda: FaultyEnv('step', after=2), 'random')
+    with pytest.raises(RuntimeError, match='boom'):
+        episodes(w, 1)
+    assert w.error_site == 'env.step'
+    w.update_env(lambda: FaultyEnv('reset'))
+    with pytest.raises(RuntimeError):
+        w.rollout()
+    assert w.error_site == 'env.reset'
+
+    class BadAgent:
+        def get_action(self, obs):
+            raise KeyError('no')
+    w = make_worker('CartPole-v1', BadAgent(), VecWorker, n_envs=2)
+    with pytest.raises(KeyError):
+        w.rollout()
+    assert w.error_site == 'agent.get_actions'
+
+
+# Agent updates ----------------------------------------------------------------
+
+def test_parameters_update_the_agent_and_agents_replace_it():
+    w = make_worker()
+    params = w.agent.get_params()
+    params['b2'] = np.array([50.0, -50.0])  # always action 0
+    w.update_agent(params)
+    assert set(episodes(w, 2).actions.tolist()) == {0}
+    replacement = RandomAgent(spaces.Discrete(2))
+    w.update_agent(replacement)
+    assert w.agent is replacement
+
+
+def test_parameters_for_an_agent_without_set_params_are_refused():
+    w = make_worker(agent=lambda obs: 1)
+    with pytest.raises(TypeError, match='has no set_params, so it cannot take '
+                                        'parameters'):
+        w.update_agent({'w': 1})
+    assert set(episodes(w, 1).actions.tolist()) == {1}
+
+
+# Env updates ------------------------------------------------------------------
+
+def test_env_updates_replace_and_close_the_old_env():
+    w = make_worker('CartPole-v1', 'random')
+    old = w.env
+    w.update_env(NewEnvUpdate('CartPole-v1', max_episode_steps=3))
+    assert w.env is not old and old.unwrapped.screen is None
+    assert episodes(w, 1).lengths.max() <= 3
+
+
+def test_set_task_update_keeps_the_env_and_rebuilds_when_the_type_differs():
+    w = make_worker(TaskEnv, 'random')
+    env = w.env
+    w.update_env(SetTaskUpdate(TaskEnv, 2.5))
+    assert w.env is env
+    assert episodes(w, 1).rewards.tolist() == [2.5]
+    w.update_env('CartPole-v1')
+    w.update_env(SetTaskUpdate(TaskEnv, -1.0))
+    assert isinstance(w.env, TaskEnv)
+    assert episodes(w, 1).rewards.tolist() == [-1.0]
+
+
+def test_set_task_reaches_through_wrappers():
+    w = make_worker(lambda: gym.wrappers.TimeLimit(TaskEnv(), 5), 'random')
+    w.update_env(SetTaskUpdate(TaskEnv, 4.0))
+    assert isinstance(w.env, gym.wrappers.TimeLimit)
+    assert episodes(w, 1).rewards.tolist() == [4.0]
+
+
+def test_vec_worker_copies_a_shared_env_instance():
+    w = make_worker(NewEnvUpdate(gym.make('CartPole-v1')), 'random',
+                    VecWorker, n_envs=3)
+    assert len({id(e) for e in w.envs}) == 3
+
+
+def test_unknown_env_id_is_a_value_error_with_a_suggestion():
+    w = DefaultWorker(seed=0, max_episode_length=None, worker_number=0)
+    with pytest.raises(ValueError, match=r"^env_update: unknown env id "
+                                         r"'CartPol-v1'.*Did you mean: "
+                                         r'`CartPole`\?'):
+        w.update_env('CartPol-v1')
+
+
+def test_module_prefixed_env_id_imports_the_module():
+    w = make_worker('gymnasium.envs.classic_control:CartPole-v1', 'random')
+    assert episodes(w, 1).n_episodes == 1
+    with pytest.raises(ValueError, match="cannot import module 'no_such_mod'"):
+        NewEnvUpdate('no_such_mod:Foo-v0')
+
+
+# Factory arguments -------------------------------------------------------------
+
+@pytest.mark.parametrize('kwargs,error,pattern', [
+    (dict(n_workers=0), ValueError, r'^n_workers must be an int >= 1, got 0$'),
+    (dict(n_workers=2, seed=-1), ValueError,
+     r'^seed must be None or an int >= 0, got -1$'),
+    (dict(n_workers=2, max_episode_length=0), ValueError,
+     r'^max_episode_length must be None or an int >= 1, got 0$'),
+    (dict(n_workers=2, worker_class=dict), TypeError,
+     r"^worker_class must be a subclass of workers.Worker, got <class "
+     r"'dict'>$"),
+    (dict(n_workers=2, worker_class=VecWorker, worker_args={'n_env': 2}),
+     TypeError, r"^worker_args \{'n_env': 2\} do not fit VecWorker"),
+])
+def test_factory_rejects_bad_arguments(kwargs, error, pattern):
+    with pytest.raises(error, match=pattern):
+        WorkerFactory(**kwargs)
+
+
+def test_factory_draws_a_seed_when_none_is_given():
+    a, b = WorkerFactory(n_workers=1), WorkerFactory(n_workers=1)
+    assert a.seed != b.seed and a.seed >= 0
