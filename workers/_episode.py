@@ -50,7 +50,8 @@ class EpisodeRecord:
         trunc = np.zeros(n, dtype=bool)
         term[-1] = terminated
         trunc[-1] = truncated
-        return EpisodeBatch(
+        # Valid by construction: one step per row, flags only on the last.
+        return EpisodeBatch._unchecked(
             observations=_nest.stack(self.observations),
             actions=_nest.stack(self.actions),
             rewards=np.asarray(self.rewards, dtype=np.float64),
