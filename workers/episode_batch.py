@@ -88,8 +88,8 @@ class EpisodeBatch:
         self.versions = _check_per_episode('versions', versions, n_eps)
         self.worker_numbers = _check_per_episode('worker_numbers',
                                                  worker_numbers, n_eps)
-        _check_nest_matches('last_observations', self.last_observations,
-                            'observations', self.observations)
+        _check_alike('last_observations', self.last_observations,
+                     'observations', self.observations, 'they must match')
         self._starts = _starts(lengths)
         self._check_episode_ends()
 
@@ -202,8 +202,10 @@ class EpisodeBatch:
         first = batches[0]
         for i, b in enumerate(batches[1:], start=1):
             for name in ('observations', 'actions', 'last_observations'):
-                _check_same_structure(name, getattr(first, name), 0,
-                                      getattr(b, name), i)
+                _check_alike(f'batch {i} {name}', getattr(b, name),
+                             f'batch 0 {name}', getattr(first, name),
+                             'only batches of the same spaces can be '
+                             'concatenated')
         n_sizes = [len(b) for b in batches]
         e_sizes = [b.n_episodes for b in batches]
 
@@ -404,28 +406,17 @@ def _check_per_episode(name, values, n_eps):
     return arr.astype(np.int64, copy=False)
 
 
-def _check_nest_matches(name, nest, ref_name, ref):
+def _check_alike(name, nest, ref_name, ref, hint):
+    """Raise ValueError unless two nests share their structure and the shape
+    of their rows (everything after the leading dimension)."""
     if _nest.structure(nest) != _nest.structure(ref):
         msg = (f'{name} has structure {_describe(nest)} but {ref_name} has '
-               f'{_describe(ref)}; they must match')
+               f'{_describe(ref)}; {hint}')
         raise ValueError(msg)
     for (path, a), (_, b) in zip(_nest.leaves(nest), _nest.leaves(ref)):
         if a.shape[1:] != b.shape[1:]:
             msg = (f'{name}{path} has per-row shape {a.shape[1:]} but '
-                   f'{ref_name}{path} has {b.shape[1:]}; they must match')
-            raise ValueError(msg)
-
-
-def _check_same_structure(name, a, ia, b, ib):
-    if _nest.structure(a) != _nest.structure(b):
-        msg = (f'{name}: batch {ia} has structure {_describe(a)} but batch '
-               f'{ib} has {_describe(b)}; only batches of the same spaces '
-               f'can be concatenated')
-        raise ValueError(msg)
-    for (path, x), (_, y) in zip(_nest.leaves(a), _nest.leaves(b)):
-        if x.shape[1:] != y.shape[1:]:
-            msg = (f'{name}{path}: batch {ia} has per-row shape '
-                   f'{x.shape[1:]} but batch {ib} has {y.shape[1:]}')
+                   f'{ref_name}{path} has {b.shape[1:]}; {hint}')
             raise ValueError(msg)
 
 

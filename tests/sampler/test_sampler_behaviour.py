@@ -29,13 +29,18 @@ WORKER_KINDS = {'default': (DefaultWorker, None),
                 'vec': (VecWorker, {'n_envs': 3})}
 
 
+def two_workers(make_sampler, env, kind, agent=None):
+    """A two-worker sampler of ``kind`` on ``env`` with an MLP agent."""
+    worker_class, args = WORKER_KINDS[kind]
+    return make_sampler(agent or mlp_for(env), env, n_workers=2, seed=0,
+                        worker_class=worker_class, worker_args=args)
+
+
 # Every space family on real envs -----------------------------------------------
 
 @pytest.mark.parametrize('kind', sorted(WORKER_KINDS))
 def test_box_observations_discrete_actions_cartpole(make_sampler, kind):
-    worker_class, args = WORKER_KINDS[kind]
-    s = make_sampler(mlp_for('CartPole-v1'), 'CartPole-v1', n_workers=2,
-                     seed=0, worker_class=worker_class, worker_args=args)
+    s = two_workers(make_sampler, 'CartPole-v1', kind)
     b = s.obtain_samples(300)
     assert len(b) >= 300
     assert b.observations.shape == (len(b), 4)
@@ -48,9 +53,7 @@ def test_box_observations_discrete_actions_cartpole(make_sampler, kind):
 
 @pytest.mark.parametrize('kind', sorted(WORKER_KINDS))
 def test_box_actions_pendulum(make_sampler, kind):
-    worker_class, args = WORKER_KINDS[kind]
-    s = make_sampler(mlp_for('Pendulum-v1'), 'Pendulum-v1', n_workers=2,
-                     seed=0, worker_class=worker_class, worker_args=args)
+    s = two_workers(make_sampler, 'Pendulum-v1', kind)
     b = s.obtain_exact_episodes(1)
     assert b.lengths.tolist() == [200, 200]  # Pendulum's own time limit
     assert b.actions.shape == (400, 1) and b.actions.dtype == np.float32
@@ -61,9 +64,7 @@ def test_box_actions_pendulum(make_sampler, kind):
 
 @pytest.mark.parametrize('kind', sorted(WORKER_KINDS))
 def test_discrete_observations_and_infos_frozenlake(make_sampler, kind):
-    worker_class, args = WORKER_KINDS[kind]
-    s = make_sampler(mlp_for('FrozenLake-v1'), 'FrozenLake-v1', n_workers=2,
-                     seed=0, worker_class=worker_class, worker_args=args)
+    s = two_workers(make_sampler, 'FrozenLake-v1', kind)
     b = s.obtain_samples(200)
     assert b.observations.shape == (len(b),)
     assert b.observations.min() >= 0 and b.observations.max() < 16
@@ -74,9 +75,7 @@ def test_discrete_observations_and_infos_frozenlake(make_sampler, kind):
 
 @pytest.mark.parametrize('kind', sorted(WORKER_KINDS))
 def test_tuple_observations_blackjack(make_sampler, kind):
-    worker_class, args = WORKER_KINDS[kind]
-    s = make_sampler(mlp_for('Blackjack-v1'), 'Blackjack-v1', n_workers=2,
-                     seed=0, worker_class=worker_class, worker_args=args)
+    s = two_workers(make_sampler, 'Blackjack-v1', kind)
     b = s.obtain_exact_episodes(5)
     assert isinstance(b.observations, tuple) and len(b.observations) == 3
     assert all(x.shape == (len(b),) for x in b.observations)
@@ -93,12 +92,9 @@ def test_tuple_observations_blackjack(make_sampler, kind):
 ], ids=['MultiDiscrete', 'MultiBinary', 'Tuple'])
 def test_dict_observations_and_multi_actions(make_sampler, kind,
                                              action_space):
-    worker_class, args = WORKER_KINDS[kind]
-
     def env():
         return DictObsEnv(action_space)
-    s = make_sampler(RandomAgent(action_space), env, n_workers=2, seed=0,
-                     worker_class=worker_class, worker_args=args)
+    s = two_workers(make_sampler, env, kind, RandomAgent(action_space))
     b = s.obtain_samples(60)
     n = len(b)
     obs = b.observations

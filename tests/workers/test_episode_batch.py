@@ -204,8 +204,10 @@ def test_concatenate_refuses_mismatched_observation_keys():
     f['observations'] = {'other': f['observations']['pos']}
     f['last_observations'] = {'other': f['last_observations']['pos']}
     b = EpisodeBatch(**f)
-    with pytest.raises(ValueError, match=r'^observations: batch 0 has '
-                                         r"structure \{'pos'"):
+    with pytest.raises(ValueError, match=r"^batch 1 observations has "
+                                         r"structure \{'other': array\} but "
+                                         r"batch 0 observations has "
+                                         r"\{'pos'"):
         EpisodeBatch.concatenate(a, b)
 
 
@@ -213,9 +215,11 @@ def test_concatenate_refuses_different_row_shapes():
     a = EpisodeBatch(**fields())
     b = EpisodeBatch(**fields(observations=np.zeros((5, 3)),
                               last_observations=np.zeros((2, 3))))
-    with pytest.raises(ValueError, match=r'^observations: batch 0 has '
-                                         r'per-row shape \(2,\) but batch 1 '
-                                         r'has \(3,\)$'):
+    with pytest.raises(ValueError, match=r'^batch 1 observations has '
+                                         r'per-row shape \(3,\) but batch 0 '
+                                         r'observations has \(2,\); only '
+                                         r'batches of the same spaces can be '
+                                         r'concatenated$'):
         EpisodeBatch.concatenate(a, b)
 
 
