@@ -323,7 +323,7 @@ class Sampler:
         n = self.n_workers
         if isinstance(value, list):
             if len(value) != n:
-                msg = (f'{name} is a list of {len(value)} items but '
+                msg = (f'{name} is a list of length {len(value)} but '
                        f'n_workers is {n}; pass one object (every worker '
                        f'gets a copy) or a list of exactly {n}, one per '
                        f'worker')

@@ -394,11 +394,11 @@ BAD_CALLS = [
      ValueError, r'^n_eps_per_worker must be an int >= 1, got -2$'),
     ('agent_update list length',
      lambda s: s.obtain_samples(10, agent_update=[{}, {}, {}]), ValueError,
-     r'^agent_update is a list of 3 items but n_workers is 2; pass one object '
+     r'^agent_update is a list of length 3 but n_workers is 2; pass one object '
      r'\(every worker gets a copy\) or a list of exactly 2, one per worker$'),
     ('env_update list length',
      lambda s: s.obtain_samples(10, env_update=['CartPole-v1']), ValueError,
-     r'^env_update is a list of 1 items but n_workers is 2'),
+     r'^env_update is a list of length 1 but n_workers is 2'),
     ('unknown env id in update',
      lambda s: s.obtain_samples(10, env_update='CartPol-v1'), ValueError,
      r"^env_update: unknown env id 'CartPol-v1': Environment `CartPol` "
@@ -443,9 +443,9 @@ BAD_CONSTRUCTIONS = [
     ('n_workers zero', dict(n_workers=0), ValueError,
      r'^n_workers must be an int >= 1, got 0$'),
     ('agents list length', dict(agents=['a', 'b', 'c'], n_workers=2),
-     ValueError, r'^agents is a list of 3 items but n_workers is 2'),
+     ValueError, r'^agents is a list of length 3 but n_workers is 2'),
     ('envs list length', dict(envs=['CartPole-v1'], n_workers=2), ValueError,
-     r'^envs is a list of 1 items but n_workers is 2'),
+     r'^envs is a list of length 1 but n_workers is 2'),
     ('unknown env id', dict(envs='CartPol-v1'), ValueError,
      r"^envs: unknown env id 'CartPol-v1': Environment `CartPol` doesn't "
      r'exist. Did you mean: `CartPole`\?'),
