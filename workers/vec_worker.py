@@ -17,10 +17,10 @@ class VecWorker(Worker):
 
     :meth:`rollout` steps all envs until at least one episode completes and
     returns the episodes that completed on that step (in env order); envs
-    whose episode ended are reset and go on. An agent or env update, or a
-    new round, resets every env, so no episode mixes versions. With
-    ``n_envs=1`` the episodes equal :class:`DefaultWorker`'s for the same
-    seed.
+    whose episode ended start a new one on their next step. An agent or env
+    update, or a new round, resets every env, so no episode mixes versions.
+    With ``n_envs=1`` the episodes equal :class:`DefaultWorker`'s for the
+    same seed.
 
     Args:
         seed: root seed shared by the sampler's workers.
@@ -41,6 +41,7 @@ class VecWorker(Worker):
         self._copy_observations = [False] * self._n_envs
         self._records = None  # None: every env needs a reset
         self._observations = None
+        self._first_observations = None
         self._steps = None
 
     @property
