@@ -8,6 +8,7 @@ from sampler.errors import (BrokenSamplerError, SamplerClosedError,
                             SamplerError, SamplerTimeoutError,
                             WorkerCrashedError, WorkerError)
 from sampler.local_sampler import LocalSampler
+from sampler.multiprocessing_sampler import MultiprocessingSampler
 from sampler.sampler import Sampler
 from workers import EpisodeBatch, WorkerFactory
 
@@ -15,6 +16,7 @@ __all__ = [
     'BrokenSamplerError',
     'EpisodeBatch',
     'LocalSampler',
+    'MultiprocessingSampler',
     'Sampler',
     'SamplerClosedError',
     'SamplerError',

@@ -1,8 +1,8 @@
 import pytest
 
-from sampler import LocalSampler
+from sampler import LocalSampler, MultiprocessingSampler
 
-BACKENDS = {'local': LocalSampler}
+BACKENDS = {'local': LocalSampler, 'multiprocessing': MultiprocessingSampler}
 
 
 @pytest.fixture(params=sorted(BACKENDS))

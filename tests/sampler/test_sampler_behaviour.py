@@ -1,5 +1,6 @@
 """Behaviour every backend must show; run once per backend (see conftest)."""
 
+import os
 import threading
 
 import gymnasium as gym
@@ -516,7 +517,7 @@ class ClosingEnv(FaultyEnv):
         self.folder = folder
 
     def close(self):
-        (self.folder / f'closed-{id(self)}').touch()
+        (self.folder / f'closed-{os.getpid()}-{id(self)}').touch()
 
 
 def test_close_is_idempotent_and_closes_envs(backend, tmp_path):

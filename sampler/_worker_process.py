@@ -1,0 +1,205 @@
+"""The loop a worker process runs, and the messages it speaks.
+
+A worker process owns one :class:`~workers.Worker`. It reads commands from
+its command queue and writes replies to its own result pipe::
+
+                 commands (mp.Queue)                result pipe
+    caller  ---- START / STOP / EXIT ---->  worker  ---- READY / EPISODES /
+                                             process      ERROR ---->  caller
+
+States and transitions (checked between episodes, never inside one)::
+
+    IDLE ---START---> RUNNING ---STOP, or the episode quota met---> IDLE
+      ^                  |
+      +----START---------+   (a START while running begins the new round)
+    any state ---EXIT, or the parent process died---> exit
+
+IDLE blocks on the command queue and the parent's sentinel: no CPU at all.
+RUNNING runs ``worker.rollout()`` and sends each batch. A send blocks only
+while the caller's end of the pipe is full, which pauses the worker until
+the caller reads; the caller reads whenever it waits, so a paused worker
+resumes as soon as there is room, and a command is seen right after.
+"""
+
+import enum
+import pickle
+import signal
+import sys
+import traceback
+from multiprocessing import parent_process
+from multiprocessing.connection import wait
+
+import cloudpickle
+
+
+class Command(enum.Enum):
+    """Caller -> worker."""
+
+    START = 'start'  # (round, version, env blob, agent blob, episode quota)
+    STOP = 'stop'    # ()
+    EXIT = 'exit'    # ()
+
+
+class Reply(enum.Enum):
+    """Worker -> caller."""
+
+    READY = 'ready'        # (env_spaces,)
+    EPISODES = 'episodes'  # (round, version, EpisodeBatch)
+    ERROR = 'error'        # (site, exception type, message, traceback)
+
+
+class _ParentGone(Exception):
+    """The process that started this worker has died."""
+
+
+def run(worker_number, factory_blob, payloads, commands, results):
+    """Entry point of a worker process.
+
+    Args:
+        worker_number: which worker this is.
+        factory_blob: the cloudpickled WorkerFactory.
+        payloads: ``(kind, blob)`` pairs to apply in order before READY:
+            env updates, then the agent and its parameters.
+        commands: the multiprocessing.Queue of ``(Command, *args)``.
+        results: the writing end of this worker's result pipe.
+    """
+    # Ctrl-C in a terminal reaches the whole process group: the caller alone
+    # should raise KeyboardInterrupt, not one traceback per worker.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        import setproctitle
+        setproctitle.setproctitle(f'sampler-worker-{worker_number}')
+    except ImportError:  # pragma: no cover - a dependency, but be lenient
+        pass
+    loop = _Loop(worker_number, commands, results)
+    try:
+        if loop.build(factory_blob, payloads):
+            loop.serve()
+    except _ParentGone:
+        pass
+    finally:
+        loop.close()
+
+
+class _Loop:
+
+    def __init__(self, worker_number, commands, results):
+        self.worker_number = worker_number
+        self.commands = commands
+        self.results = results
+        parent = parent_process()
+        self.parent_sentinel = parent.sentinel if parent else None
+        # mp.Queue has no public waitable; its reader is a Connection, as
+        # CPython's concurrent.futures also relies on.
+        self.watch = [commands._reader]
+        if self.parent_sentinel is not None:
+            self.watch.append(self.parent_sentinel)
+        self.worker = None
+        self.running = False
+        self.round = self.version = 0
+        self.quota = None
+        self.sent = 0
+
+    def build(self, factory_blob, payloads):
+        """Build the worker and say READY, or report why not (False)."""
+        try:
+            factory = cloudpickle.loads(factory_blob)
+            self.worker = factory(self.worker_number)
+            for kind, blob in payloads:
+                self._apply(kind, blob)
+        except Exception:
+            self._report_error()
+            return False
+        self._send((Reply.READY, self.worker.env_spaces))
+        return True
+
+    def serve(self):
+        while True:
+            ready = wait(self.watch, timeout=None if not self.running else 0)
+            if self.parent_sentinel in ready:
+                raise _ParentGone
+            # Handle every queued command before the next episode, in order:
+            # none is lost, and the last word decides the state.
+            while self.commands._reader.poll():
+                if not self._handle(self.commands.get()):
+                    return
+            if self.running:
+                try:
+                    batch = self.worker.rollout()
+                    self.worker.error_site = 'pickling the episodes'
+                    data = _dumps((Reply.EPISODES, self.round, self.version,
+                                   batch))
+                    self.worker.error_site = None
+                except Exception:
+                    self._report_error()
+                    return
+                self._send_bytes(data)
+                self.sent += batch.n_episodes
+                if self.quota is not None and self.sent >= self.quota:
+                    self.running = False
+
+    def _handle(self, message):
+        """Apply one command; False means exit."""
+        tag, *args = message
+        if tag is Command.START:
+            round_number, version, env_blob, agent_blob, quota = args
+            try:
+                if env_blob is not None:
+                    self._apply('env', env_blob)
+                if agent_blob is not None:
+                    self._apply('agent', agent_blob)
+                self.worker.start_round(round_number, version)
+            except Exception:
+                self._report_error()
+                return False
+            self.round, self.version = round_number, version
+            self.quota, self.sent, self.running = quota, 0, True
+        elif tag is Command.STOP:
+            self.running = False
+        elif tag is Command.EXIT:
+            return False
+        else:
+            msg = f'worker {self.worker_number} got unknown command {tag!r}'
+            raise ValueError(msg)
+        return True
+
+    def _apply(self, kind, blob):
+        update = cloudpickle.loads(blob)
+        if kind == 'env':
+            self.worker.update_env(update)
+        else:
+            self.worker.update_agent(update)
+
+    def _report_error(self):
+        exc_type, exc, _ = sys.exc_info()
+        site = getattr(self.worker, 'error_site', None)
+        if self.worker is None:
+            site = 'building the worker'
+        self._send((Reply.ERROR, site, exc_type.__name__, str(exc),
+                    traceback.format_exc()))
+
+    def _send(self, message):
+        self._send_bytes(_dumps(message))
+
+    def _send_bytes(self, data):
+        try:
+            self.results.send_bytes(data)
+        except (BrokenPipeError, ConnectionResetError):
+            raise _ParentGone from None
+
+    def close(self):
+        if self.worker is not None:
+            try:
+                self.worker.shutdown()
+            except Exception:
+                pass  # exiting anyway; the caller has what it needs
+        self.results.close()
+
+
+def _dumps(message):
+    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def loads(data):
+    """Decode a reply (the caller's side of :func:`_dumps`)."""
+    return pickle.loads(data)

@@ -1,0 +1,473 @@
+"""MultiprocessingSampler: one process per worker, streaming episodes back.
+
+Data flow of one call::
+
+    caller: obtain_samples(n, agent_update, env_update)
+      |  checks and pickles the updates once (Sampler base class)
+      |  START(round, version, updates, quota) --> command queue 0 ... k
+      v
+    worker process i (sampler._worker_process): apply updates, reseed,
+      |  rollout() -> EpisodeBatch -> EPISODES(round, version, batch)
+      v                                       on its own result pipe i
+    caller: blocks in connection.wait() on every result pipe and every
+      |  process sentinel; keeps episodes of the current version (round,
+      |  for exact episodes), discards the rest, counts
+      v
+    STOP --> every command queue (workers go idle), then
+    EpisodeBatch.concatenate(kept) --> caller
+
+The actors:
+
+- the caller's thread: the only reader of the result pipes; never blocks
+  on a send (command queues have a feeder thread) and never polls: it
+  sleeps in ``wait()`` until a pipe has data, a worker dies, or the call's
+  ``timeout`` runs out.
+- a command queue per worker (``multiprocessing.Queue``): caller -> worker.
+- a worker process per worker: the state machine of
+  :mod:`sampler._worker_process`.
+- a result pipe per worker: worker -> caller. One pipe per worker, rather
+  than one queue shared by all, is what lets a worker die at any moment,
+  even in the middle of writing a message, without corrupting or locking
+  the others' channel: its pipe just reads as end-of-file, and a
+  replacement gets a new one.
+"""
+
+import multiprocessing as mp
+import os
+import sys
+import time
+import warnings
+import weakref
+from multiprocessing.connection import wait
+
+import click
+import cloudpickle
+
+from sampler import _worker_process
+from sampler._worker_process import Command, Reply
+from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
+                            WorkerCrashedError, WorkerError)
+from sampler.sampler import Sampler, available_cpus
+
+
+def _default_start_method():
+    if 'forkserver' in mp.get_all_start_methods():
+        return 'forkserver'
+    return 'spawn'
+
+
+class _Handle:
+    """The caller's view of one worker process."""
+
+    __slots__ = ('number', 'process', 'commands', 'results', 'ready')
+
+    def __init__(self, number, process, commands, results):
+        self.number = number
+        self.process = process
+        self.commands = commands
+        self.results = results
+        self.ready = False
+
+    def send(self, *message):
+        self.commands.put(message)
+
+
+class MultiprocessingSampler(Sampler):
+    """Runs each worker in a process of its own and streams episodes back.
+
+    Takes every argument of :class:`~sampler.LocalSampler`, and these
+    options:
+
+    Args:
+        start_method: ``'forkserver'`` (default where available) or
+            ``'spawn'``; ``'fork'`` is accepted but unsafe with threads.
+        on_worker_error: ``'raise'`` (default) or ``'restart'``.
+        max_restarts: restarts allowed in all (default 10).
+        progress: show a progress bar on stderr; None (default) shows it
+            only when stderr is a terminal.
+        shutdown_timeout: seconds ``close()`` may take at most (default 5);
+            workers that do not exit by themselves in time are terminated,
+            then killed.
+        startup_timeout: seconds the workers may take to build their envs
+            (default 60).
+        max_staleness: accept episodes up to this many versions old
+            (default 0: only the current version, and workers go idle when
+            a call returns; more keeps them sampling between calls).
+
+    Example:
+        >>> import gymnasium
+        >>> from sampler import MultiprocessingSampler
+        >>> from workers import RandomAgent
+        >>> agent = RandomAgent(gymnasium.make('CartPole-v1').action_space)
+        >>> with MultiprocessingSampler(agent, 'CartPole-v1', n_workers=2,
+        ...                             seed=0) as s:
+        ...     batch = s.obtain_exact_episodes(3)
+        >>> batch.worker_numbers.tolist()
+        [0, 0, 0, 1, 1, 1]
+    """
+
+    _OPTIONS = {**Sampler._OPTIONS, 'start_method': None, 'progress': None,
+                'shutdown_timeout': 5.0, 'startup_timeout': 60.0,
+                'max_staleness': 0}
+
+    def _start(self, options):
+        method = options['start_method'] or _default_start_method()
+        if method not in mp.get_all_start_methods():
+            msg = (f'start_method must be one of '
+                   f'{", ".join(mp.get_all_start_methods())}, got '
+                   f'{method!r}')
+            raise ValueError(msg)
+        for name in ('shutdown_timeout', 'startup_timeout'):
+            value = options[name]
+            if isinstance(value, bool) or not isinstance(
+                    value, (int, float)) or not value > 0:
+                msg = f'{name} must be a number of seconds > 0, got {value!r}'
+                raise ValueError(msg)
+        staleness = options['max_staleness']
+        if isinstance(staleness, bool) or not isinstance(staleness, int) \
+                or staleness < 0:
+            msg = f'max_staleness must be an int >= 0, got {staleness!r}'
+            raise ValueError(msg)
+        if options['progress'] not in (None, True, False):
+            msg = (f'progress must be None, True or False, got '
+                   f'{options["progress"]!r}')
+            raise ValueError(msg)
+        if self.n_workers > available_cpus():
+            msg = (f'n_workers={self.n_workers} is more than the '
+                   f'{available_cpus()} CPUs this process may use; workers '
+                   f'will share CPUs and sampling may be slower, not faster')
+            warnings.warn(msg, ResourceWarning, stacklevel=3)
+        self._ctx = mp.get_context(method)
+        if method == 'forkserver':
+            # Workers fork from a server that already imported numpy and
+            # gymnasium, so starting one takes milliseconds, not a second.
+            self._ctx.set_forkserver_preload(['sampler._worker_process'])
+        self._factory_blob = cloudpickle.dumps(self._factory)
+        self._handles = []
+        # Closes the workers if the sampler is dropped without close(),
+        # also at interpreter exit; holds no reference to the sampler.
+        self._finalizer = weakref.finalize(
+            self, _shutdown, self._handles, options['shutdown_timeout'])
+        for i in range(self.n_workers):
+            self._handles.append(self._spawn(i))
+        try:
+            self._await_ready(options['startup_timeout'])
+        except BaseException:
+            self._finalizer()
+            raise
+
+    def _spawn(self, i):
+        commands = self._ctx.Queue()
+        # The caller never reads its own commands; if the worker dies with
+        # commands unread, exit must not wait for the feeder to flush them.
+        commands.cancel_join_thread()
+        reader, writer = self._ctx.Pipe(duplex=False)
+        payloads = [(p.kind, p.blob) for p in self._recipes[i].payloads()]
+        process = self._ctx.Process(
+            target=_worker_process.run, name=f'sampler-worker-{i}',
+            args=(i, self._factory_blob, payloads, commands, writer),
+            daemon=True)
+        process.start()
+        # Only the worker may hold the writing end, so that its death reads
+        # as end-of-file here instead of a wait that never ends.
+        writer.close()
+        return _Handle(i, process, commands, reader)
+
+    def _await_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        spaces = {}
+        while len(spaces) < self.n_workers:
+            waiting = [h for h in self._handles if not h.ready]
+            remaining = deadline - time.monotonic()
+            ready = wait([h.results for h in waiting] +
+                         [h.process.sentinel for h in waiting],
+                         timeout=max(remaining, 0))
+            if not ready:
+                names = ', '.join(str(h.number) for h in waiting)
+                msg = (f'worker(s) {names} did not build their env within '
+                       f'startup_timeout={timeout} s')
+                raise SamplerTimeoutError(msg)
+            for handle in waiting:
+                if handle.results in ready or \
+                        handle.process.sentinel in ready:
+                    tag, *args = self._receive_or_raise(handle)
+                    handle.ready = True
+                    spaces[handle.number] = args[0]
+        first = spaces[0]
+        for i in range(1, self.n_workers):
+            if spaces[i] != first:
+                msg = (f"worker {i}'s env has observation space "
+                       f'{spaces[i][0]} and action space {spaces[i][1]}, but '
+                       f"worker 0's has {first[0]} and {first[1]}; all "
+                       f'workers must share their spaces, since their '
+                       f'episodes are concatenated')
+                raise ValueError(msg)
+
+    def _receive_or_raise(self, handle):
+        """One start-up reply; a worker's error or death is raised."""
+        reply = _receive(handle)
+        if reply[0] is Reply.ERROR:
+            raise _worker_error(handle.number, *reply[1:])
+        if reply[0] is None:
+            detail = (' while starting; anything it printed is on stderr '
+                      'above')
+            main = getattr(sys.modules.get('__main__'), '__file__', None)
+            if self._ctx.get_start_method() != 'fork' and (
+                    main is None or not os.path.exists(main)):
+                detail += (f'. Worker processes started with '
+                           f"start_method='{self._ctx.get_start_method()}' "
+                           f're-import the main module, which a script read '
+                           f'from stdin does not allow: run it from a file')
+            raise _crash_error(handle, detail)
+        return reply
+
+    # Sampling ------------------------------------------------------------
+
+    def _sample(self, goal, updates, round_number, deadline):
+        kind, count = goal
+        quota = count if kind == 'episodes' else None
+        for handle, (env, agent) in zip(self._handles, updates):
+            handle.send(Command.START, round_number, self._version,
+                        env and env.blob, agent and agent.blob, quota)
+        collector = _Collector(self, kind, count, round_number)
+        stop = True
+        try:
+            with self._progress(kind, count) as bar:
+                while not collector.done:
+                    self._wait_and_collect(collector, deadline, bar)
+            batches = collector.batches()
+            stop = self._options['max_staleness'] == 0
+        finally:
+            # After an error or Ctrl-C, always: workers must not go on.
+            if stop and not self._closed:
+                for handle in self._handles:
+                    handle.send(Command.STOP)
+        return batches
+
+    def _wait_and_collect(self, collector, deadline, bar):
+        by_source = {}
+        for handle in self._handles:
+            by_source[handle.results] = handle
+            by_source[handle.process.sentinel] = handle
+        timeout = None
+        if deadline is not None:
+            timeout = max(deadline - time.monotonic(), 0)
+        ready = wait(list(by_source), timeout=timeout)
+        if not ready:
+            raise SamplerTimeoutError(collector.describe())
+        seen = []
+        for source in ready:
+            handle = by_source[source]
+            if handle not in seen:
+                seen.append(handle)
+        for handle in seen:
+            self._drain(handle, collector, bar)
+
+    def _drain(self, handle, collector, bar):
+        """Read what ``handle`` has sent; handle its error or death.
+
+        Stops once the call has what it needs: episodes left unread stay
+        in the pipe for the next call, which keeps them if their version
+        is still current."""
+        while not collector.done and handle.results.poll():
+            reply = _receive(handle)
+            tag = reply[0]
+            if tag is Reply.EPISODES:
+                got = collector.add(handle.number, *reply[1:])
+                if bar is not None:
+                    bar.update(got)
+                continue
+            if tag is Reply.READY:  # a replacement worker has started
+                continue
+            if tag is Reply.ERROR:
+                err = _worker_error(handle.number, *reply[1:])
+            elif tag is None:  # end of file: the process is gone
+                err = _crash_error(handle)
+            else:
+                msg = f'worker {handle.number} sent an unknown reply {tag!r}'
+                raise RuntimeError(msg)
+            self._on_failure(handle, err, collector)
+            return
+        if not collector.done and not handle.process.is_alive():
+            self._on_failure(handle, _crash_error(handle), collector)
+
+    def _on_failure(self, handle, err, collector):
+        if not self._worker_failed(err):
+            raise err
+        i = handle.number
+        _stop_process(handle, timeout=1.0)
+        replacement = self._spawn(i)
+        self._handles[i] = replacement
+        # Its recipe already holds this call's updates; it redoes the round.
+        replacement.send(Command.START, collector.round, self._version, None,
+                         None, collector.quota)
+        collector.restarted(i)
+
+    def _progress(self, kind, count):
+        show = self._options['progress']
+        if show is None:
+            show = sys.stderr.isatty()
+        if not show:
+            return _NoBar()
+        total = count * self.n_workers if kind == 'episodes' else count
+        label = 'episodes' if kind == 'episodes' else 'transitions'
+        return click.progressbar(length=total, label=f'sampling {label}',
+                                 file=sys.stderr)
+
+    # Shutdown ------------------------------------------------------------
+
+    def _shutdown(self):
+        finalizer = getattr(self, '_finalizer', None)
+        if finalizer is not None:
+            finalizer()
+
+
+class _NoBar:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc_info):
+        return False
+
+
+class _Collector:
+    """Keeps the episodes a call may return and counts the rest."""
+
+    def __init__(self, sampler, kind, count, round_number):
+        self.sampler = sampler
+        self.kind = kind
+        self.count = count
+        self.round = round_number
+        self.quota = count if kind == 'episodes' else None
+        self.min_version = sampler.version - \
+            sampler._options['max_staleness']
+        self.kept = [[] for _ in range(sampler.n_workers)]  # exact episodes
+        self.arrived = []  # samples, in the order they arrived
+        self.per_worker = [0] * sampler.n_workers
+        self.transitions = 0
+
+    @property
+    def done(self):
+        if self.kind == 'episodes':
+            return all(n >= self.count for n in self.per_worker)
+        return self.transitions >= self.count
+
+    def add(self, worker, round_number, version, batch):
+        """Keep or discard a batch; return the progress it made."""
+        stats = self.sampler._stats
+        if self.kind == 'episodes':
+            wanted = self.count - self.per_worker[worker]
+            if round_number != self.round or wanted <= 0:
+                stats['discarded_episodes'] += batch.n_episodes
+                return 0
+            batch = self.sampler._keep_episodes(batch, wanted)
+            self.kept[worker].append(batch)
+            self.per_worker[worker] += batch.n_episodes
+            return batch.n_episodes
+        if version < self.min_version or self.done:
+            stats['discarded_episodes'] += batch.n_episodes
+            return 0
+        self.arrived.append(batch)
+        self.transitions += len(batch)
+        return len(batch)
+
+    def restarted(self, worker):
+        if self.kind == 'episodes':
+            # The replacement redoes the round from its seeds; what the
+            # failed worker sent of it would not be reproducible with it.
+            dropped = sum(b.n_episodes for b in self.kept[worker])
+            self.sampler._stats['discarded_episodes'] += dropped
+            self.kept[worker] = []
+            self.per_worker[worker] = 0
+
+    def batches(self):
+        if self.kind == 'episodes':
+            return [b for kept in self.kept for b in kept]
+        return self.arrived
+
+    def describe(self):
+        if self.kind == 'episodes':
+            short = [f'worker {i} had returned {n} of {self.count} episodes'
+                     for i, n in enumerate(self.per_worker) if n < self.count]
+            return '; '.join(short)
+        return f'{self.transitions} of {self.count} transitions were collected'
+
+
+def _receive(handle):
+    """The next reply from a worker, or ``(None,)`` if it is gone."""
+    try:
+        return _worker_process.loads(handle.results.recv_bytes())
+    except (EOFError, OSError):
+        return (None,)
+
+
+def _worker_error(number, site, exc_type, message, tb):
+    err = WorkerError(number, site, exc_type, message, tb)
+    err.__cause__ = RemoteTraceback(tb)
+    return err
+
+
+def _crash_error(handle, detail=''):
+    # The pipe can report end-of-file a moment before the process is
+    # reaped; wait briefly for the exit code that says what happened.
+    handle.process.join(timeout=1.0)
+    return WorkerCrashedError(handle.number, handle.process.exitcode, detail)
+
+
+def _stop_process(handle, timeout):
+    process = handle.process
+    process.join(timeout=timeout)
+    if process.is_alive():
+        process.terminate()
+        process.join(timeout=timeout)
+    if process.is_alive():
+        process.kill()
+        process.join()
+    handle.results.close()
+    handle.commands.close()
+
+
+def _shutdown(handles, timeout):
+    """Ask every worker to exit, then terminate and kill the ones still
+    there; returns within ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    for handle in handles:
+        try:
+            handle.send(Command.EXIT)
+        except (OSError, ValueError):
+            pass  # its queue is already closed
+    # Graceful phase: read (and drop) what workers still send, so that one
+    # paused on a full pipe can see EXIT; stop at half the budget.
+    graceful = time.monotonic() + timeout / 2
+    alive = [h for h in handles if h.process.is_alive()]
+    while alive:
+        remaining = graceful - time.monotonic()
+        if remaining <= 0:
+            break
+        sources = {}
+        for h in alive:
+            if not h.results.closed:
+                sources[h.results] = h
+            sources[h.process.sentinel] = h
+        for source in wait(list(sources), timeout=remaining):
+            handle = sources[source]
+            if source is handle.results:
+                if _receive(handle)[0] is None:
+                    handle.results.close()
+        alive = [h for h in alive if h.process.is_alive()]
+    for handle in alive:
+        handle.process.terminate()
+    for handle in alive:
+        handle.process.join(timeout=max(
+            (deadline - time.monotonic()) / 2, 0.05))
+    for handle in alive:
+        if handle.process.is_alive():
+            handle.process.kill()
+            handle.process.join(timeout=max(deadline - time.monotonic(),
+                                            0.05))
+    for handle in handles:
+        if not handle.results.closed:
+            handle.results.close()
+        handle.commands.close()
+    handles.clear()
+
