@@ -1,6 +1,7 @@
 """Environments and agents written for the tests."""
 
 import os
+import time
 
 import gymnasium as gym
 import numpy as np
@@ -156,3 +157,73 @@ class FirstObsAgent:
 
     def get_action(self, observation):
         return 0, {}
+
+
+class CrashEnv(FaultyEnv):
+    """Dies without a word in ``step`` (after ``after`` steps): ``exit``
+    calls os._exit(3), ``segfault`` reads address 0, ``hang`` never
+    returns. ``marker``: only the first instance anywhere does it."""
+
+    def __init__(self, how, after=2, marker=None):
+        super().__init__('none')
+        self.how = how
+        self.after_steps = after
+        self.marker = marker
+
+    def step(self, action):
+        if self._t >= self.after_steps and self._first_time():
+            if self.how == 'exit':
+                os._exit(3)
+            elif self.how == 'segfault':
+                import ctypes
+                ctypes.string_at(0)
+            elif self.how == 'hang':
+                import threading
+                threading.Event().wait()
+        return super().step(action)
+
+    def _first_time(self):
+        if self.marker is None:
+            return True
+        if os.path.exists(self.marker):
+            return False
+        with open(self.marker, 'w'):
+            pass
+        return True
+
+
+class ParamAgent:
+    """Acts 0 and reports its parameters in every agent_info."""
+
+    def __init__(self):
+        self.p = -1
+
+    def get_action(self, observation):
+        return 0, {'p': self.p}
+
+    def set_params(self, params):
+        self.p = params
+
+
+class OneStepEnv(gym.Env):
+    """Every episode is one step long: the cheapest possible episode."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        return np.zeros(1, np.float32), 1.0, True, False, {}
+
+
+class BusyEnv(OneStepEnv):
+    """One-step episodes that burn about 5 ms of CPU each."""
+
+    def step(self, action):
+        deadline = time.process_time() + 0.005
+        while time.process_time() < deadline:
+            pass
+        return super().step(action)

@@ -1,0 +1,141 @@
+"""The crash table: every way a worker can fail, on every backend.
+
+One test body; each row says what goes wrong in worker 1 and what the
+caller must see. Rows that kill a process cannot run in-process, so
+LocalSampler skips them.
+"""
+
+import re
+import signal
+import threading
+import time
+
+import psutil
+import pytest
+
+from helpers import CrashEnv, FaultyEnv, FirstObsAgent
+from sampler import (BrokenSamplerError, LocalSampler, SamplerTimeoutError,
+                     WorkerCrashedError, WorkerError)
+
+
+class RaisingAgent:
+    def get_action(self, observation):
+        raise ArithmeticError('agent blew up')
+
+
+class Unpicklable:
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def get_action(self, observation):
+        return 0, {}
+
+
+def worker_processes():
+    """Worker processes by number, found by their process titles."""
+    found = {}
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            title = ' '.join(proc.cmdline())
+        except psutil.Error:
+            continue
+        match = re.fullmatch(r'sampler-worker-(\d+)', title.strip())
+        if match:
+            found[int(match.group(1))] = proc
+    return found
+
+
+def kill_worker_soon(number, delay):
+    def kill():
+        worker_processes()[number].send_signal(signal.SIGKILL)
+    timer = threading.Timer(delay, kill)
+    timer.start()
+    return timer
+
+
+# id: (envs, agents, call kwargs, error, message, traceback text,
+#      process backends only, stimulus delay)
+CRASHES = {
+    'env raises in reset': (
+        [FaultyEnv('none'), FaultyEnv('reset')], FirstObsAgent(), {},
+        WorkerError, r'^worker 1 failed in env\.reset: RuntimeError: boom$',
+        'in reset', False, 0),
+    'env raises in step': (
+        [FaultyEnv('none'), FaultyEnv('step')], FirstObsAgent(), {},
+        WorkerError, r'^worker 1 failed in env\.step: RuntimeError: boom$',
+        'in step', False, 0),
+    'agent raises': (
+        [FaultyEnv('none')] * 2, [FirstObsAgent(), RaisingAgent()], {},
+        WorkerError, r'^worker 1 failed in agent\.get_action: '
+                     r'ArithmeticError: agent blew up$',
+        'in get_action', False, 0),
+    'os._exit(3)': (
+        [FaultyEnv('none'), CrashEnv('exit')], FirstObsAgent(), {},
+        WorkerCrashedError, r'^worker 1 died: exit code 3$', None, True, 0),
+    'segfault': (
+        [FaultyEnv('none'), CrashEnv('segfault')], FirstObsAgent(), {},
+        WorkerCrashedError, r'^worker 1 died: killed by signal 11 '
+                            r'\(SIGSEGV\)$', None, True, 0),
+    'SIGKILL from outside': (
+        [FaultyEnv('none'), CrashEnv('hang')], FirstObsAgent(), {},
+        WorkerCrashedError, r'^worker 1 died: killed by signal 9 '
+                            r'\(SIGKILL\)$', None, True, 0.3),
+    'step never returns': (
+        [FaultyEnv('none'), CrashEnv('hang')], FirstObsAgent(),
+        {'timeout': 0.5}, SamplerTimeoutError,
+        r'^obtain_exact_episodes\(2\) timed out after 0\.5 s: worker 1 had '
+        r'returned 0 of 2 episodes$', None, True, 0.5),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('case', list(CRASHES))
+def test_crash_table(backend, case):
+    envs, agents, kwargs, error, message, tb_text, processes_only, delay = \
+        CRASHES[case]
+    if processes_only and backend is LocalSampler:
+        pytest.skip('kills or blocks the process it runs in')
+    s = backend(agents, envs, seed=0, shutdown_timeout=2.0) \
+        if backend is not LocalSampler else backend(agents, envs, seed=0)
+    try:
+        timer = kill_worker_soon(1, delay) if case.startswith('SIGKILL') \
+            else None
+        started = time.monotonic()
+        with pytest.raises(error, match=message) as info:
+            s.obtain_exact_episodes(2, **kwargs)
+        noticed = time.monotonic() - started - delay
+        if timer is not None:
+            timer.join()
+        assert noticed < 1.0, f'noticed after {noticed:.2f} s'
+        err = info.value
+        if tb_text is not None:
+            assert err.worker_number == 1
+            assert tb_text in err.worker_traceback
+            assert 'Traceback (most recent call last)' in \
+                err.worker_traceback
+        if error is WorkerCrashedError:
+            assert err.worker_number == 1 and err.exitcode is not None
+        if error is SamplerTimeoutError:
+            assert isinstance(err, TimeoutError)
+        else:
+            # "raise" mode: broken until closed, the cause chained.
+            with pytest.raises(BrokenSamplerError) as broken:
+                s.obtain_samples(5)
+            assert broken.value.__cause__ is err
+    finally:
+        started = time.monotonic()
+        s.close()
+        # close() keeps its bound even with a worker stuck in env.step.
+        assert time.monotonic() - started < 3.0
+
+
+def test_unpicklable_agent_is_refused_before_any_process_starts(backend):
+    before = set(p.pid for p in psutil.Process().children(recursive=True))
+    with pytest.raises(TypeError, match=r'^agents\[1\] cannot be pickled by '
+                                        r'cloudpickle, and it must be to '
+                                        r'reach the workers: TypeError: '
+                                        r"cannot pickle '_thread.lock'"):
+        backend([FirstObsAgent(), Unpicklable()], 'CartPole-v1', seed=0)
+    after = set(p.pid for p in psutil.Process().children(recursive=True))
+    assert not [p for p in after - before
+                if 'sampler-worker' in ' '.join(psutil.Process(p).cmdline())]

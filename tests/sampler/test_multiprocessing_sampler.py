@@ -1,0 +1,322 @@
+"""What only a process backend can get wrong: one test per defect of the
+reference design (busy waiting, lost commands, stalled streaming, work
+after return, orphans and hangs at exit), plus start-up and shutdown."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import psutil
+import pytest
+
+from helpers import (BusyEnv, CrashEnv, FaultyEnv, FirstObsAgent,
+                     OneStepEnv, ParamAgent)
+from sampler import (MultiprocessingSampler, SamplerTimeoutError,
+                     WorkerCrashedError)
+from sampler.sampler import available_cpus
+from test_failures import worker_processes
+from test_sampler_behaviour import SlowEnv, random_for
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def mp_sampler():
+    made = []
+
+    def make(agents, envs, **kwargs):
+        kwargs.setdefault('seed', 0)
+        sampler = MultiprocessingSampler(agents, envs, **kwargs)
+        made.append(sampler)
+        return sampler
+
+    yield make
+    for sampler in made:
+        sampler.close()
+
+
+def cpu_seconds(processes):
+    total = 0.0
+    for proc in processes:
+        times = proc.cpu_times()
+        total += times.user + times.system
+    return total
+
+
+# 1. Busy waiting ---------------------------------------------------------------
+
+def test_caller_sleeps_while_workers_sample_a_slow_env(mp_sampler):
+    s = mp_sampler(FirstObsAgent(), lambda: SlowEnv(delay=0.01), n_workers=2,
+                   max_episode_length=10)
+    s.obtain_samples(20)  # warm up
+    wall, cpu = time.monotonic(), time.process_time()
+    s.obtain_samples(150)  # about 0.75 s of stepping on each worker
+    wall, cpu = time.monotonic() - wall, time.process_time() - cpu
+    assert wall > 0.5
+    assert cpu / wall < 0.10, f'caller used {cpu / wall:.1%} of a core'
+
+
+# 2. Lost control messages --------------------------------------------------------
+
+def test_five_thousand_calls_with_updates_lose_no_command(mp_sampler):
+    s = mp_sampler(ParamAgent(), OneStepEnv, n_workers=1)
+    for k in range(1, 5001):
+        batch = s.obtain_exact_episodes(1, agent_update=k, timeout=10)
+        assert batch.versions.tolist() == [k]
+        assert batch.agent_infos['p'].tolist() == [k]
+    assert s.version == 5000 and s.stats['calls'] == 5000
+
+
+# 3. Stalled streaming, and 4. work after return ----------------------------------
+
+def test_workers_are_idle_from_the_moment_a_call_returns(mp_sampler):
+    # Episodes that cost 5 ms of CPU but only a few hundred bytes: without a
+    # STOP, workers would go on for many of them before their pipes fill.
+    s = mp_sampler(FirstObsAgent(), BusyEnv, n_workers=2)
+    workers = list(worker_processes().values())
+    assert len(workers) == 2
+    s.obtain_samples(100)
+    before = cpu_seconds(workers)
+    time.sleep(0.5)  # measuring CPU over an interval, not waiting for it
+    used = cpu_seconds(workers) - before
+    assert used < 0.05, f'workers used {used:.2f} CPU s after the call'
+
+
+def test_streaming_workers_pause_on_a_full_pipe_and_resume(mp_sampler):
+    # max_staleness=1 keeps workers sampling between calls: their pipes
+    # fill, and they must then wait without spinning, and resume at once.
+    s = mp_sampler(random_for('CartPole-v1'), 'CartPole-v1', n_workers=2,
+                   max_staleness=1)
+    s.obtain_samples(1000)
+    workers = list(worker_processes().values())
+    time.sleep(1.0)  # long enough to fill the pipes many times over
+    before = cpu_seconds(workers)
+    time.sleep(0.5)
+    used = cpu_seconds(workers) - before
+    assert used < 0.05, f'paused workers used {used:.2f} CPU s'
+    batch = s.obtain_samples(30000, timeout=30)
+    assert len(batch) >= 30000
+    assert set(batch.versions.tolist()) == {0}
+
+
+def test_stale_episodes_are_discarded_and_counted(mp_sampler):
+    agent = random_for('CartPole-v1')
+    s = mp_sampler(agent, 'CartPole-v1', n_workers=2, max_staleness=1)
+    s.obtain_samples(1000)
+    time.sleep(0.3)  # let version-0 episodes pile up in the pipes
+    s.obtain_samples(100, agent_update={})  # version 1: 0 still accepted
+    s.obtain_samples(100, agent_update={})  # version 2: 0 is now too old
+    batch = s.obtain_samples(3000, agent_update={})
+    assert set(batch.versions.tolist()) <= {2, 3}
+    assert s.stats['discarded_episodes'] > 0
+
+
+# 5. Silent worker death: restart ---------------------------------------------------
+
+def test_restart_after_a_crash_goes_on_with_the_current_agent(mp_sampler,
+                                                              tmp_path):
+    marker = str(tmp_path / 'crashed')
+    agent = ParamAgent()
+    s = mp_sampler(agent, [FaultyEnv('none'),
+                           lambda: CrashEnv('exit', marker=marker)],
+                   on_worker_error='restart', max_restarts=1)
+    batch = s.obtain_exact_episodes(2, agent_update=7, timeout=20)
+    assert s.stats['worker_restarts'] == 1
+    assert batch.worker_numbers.tolist() == [0, 0, 1, 1]
+    assert set(batch.agent_infos['p'].tolist()) == {7}
+    assert set(batch.versions.tolist()) == {1}
+
+
+def test_restarts_are_bounded(mp_sampler):
+    s = mp_sampler(FirstObsAgent(), [FaultyEnv('none'), CrashEnv('exit')],
+                   on_worker_error='restart', max_restarts=2)
+    with pytest.raises(WorkerCrashedError, match='^worker 1 died: exit code '
+                                                 '3$'):
+        s.obtain_exact_episodes(1, timeout=20)
+    assert s.stats['worker_restarts'] == 2
+
+
+# 6. Hangs at exit and orphans -------------------------------------------------------
+
+SCRIPT_HEADER = '''
+import os, sys, time
+import gymnasium as gym
+from sampler import MultiprocessingSampler
+from workers import RandomAgent
+
+
+class SlowEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (1,))
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return self.observation_space.sample(), {}
+
+    def step(self, action):
+        time.sleep(0.05)
+        return self.observation_space.sample(), 0.0, False, False, {}
+
+
+def agent():
+    return RandomAgent(gym.spaces.Discrete(2))
+'''
+
+
+def run_script(tmp_path, body, *args, **kwargs):
+    path = tmp_path / 'script.py'
+    path.write_text(SCRIPT_HEADER + textwrap.dedent(body))
+    return subprocess.Popen([sys.executable, str(path), *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kwargs)
+
+
+def descendants(pid):
+    return psutil.Process(pid).children(recursive=True)
+
+
+@pytest.mark.parametrize('state', ['idle', 'streaming'])
+def test_workers_exit_when_the_parent_is_killed(tmp_path, state):
+    body = '''
+    if __name__ == '__main__':
+        s = MultiprocessingSampler(agent(), SlowEnv, n_workers=2, seed=0,
+                                   max_episode_length=20)
+        s.obtain_samples(10)
+        print('ready', flush=True)
+        if sys.argv[-1] == 'streaming':
+            s.obtain_samples(10 ** 9)
+        time.sleep(600)
+    '''
+    proc = run_script(tmp_path, body, state)
+    everything = []
+    try:
+        assert proc.stdout.readline().strip() == 'ready'
+        if state == 'streaming':
+            time.sleep(0.3)  # let the workers get into their episodes
+        everything = descendants(proc.pid)
+        workers = [p for p in everything
+                   if 'sampler-worker' in ' '.join(p.cmdline())]
+        assert len(workers) == 2
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        # Idle workers notice at once; streaming ones after their episode
+        # (at most 20 steps of 50 ms here).
+        _, alive = psutil.wait_procs(everything, timeout=4)
+        assert not alive, f'left behind: {alive}'
+    finally:
+        for leftover in everything:  # so a failure cannot leak or hang
+            try:
+                leftover.kill()
+            except psutil.Error:
+                pass
+        proc.kill()
+        proc.communicate(timeout=10)
+
+
+def test_a_sampler_never_closed_does_not_block_exit(tmp_path):
+    body = '''
+    if __name__ == '__main__':
+        s = MultiprocessingSampler(agent(), 'CartPole-v1', n_workers=2, seed=0)
+        s.obtain_samples(1000)
+        print('leaving without close()', flush=True)
+    '''
+    proc = run_script(tmp_path, body)
+    try:
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert 'leaving without close()' in out
+    assert 'leaked' not in err and 'Traceback' not in err, err
+
+
+def test_ctrl_c_raises_one_keyboard_interrupt_and_closes_cleanly(tmp_path):
+    body = '''
+    if __name__ == '__main__':
+        s = MultiprocessingSampler(agent(), SlowEnv, n_workers=2, seed=0)
+        print('sampling', flush=True)
+        try:
+            s.obtain_samples(10 ** 9)
+        except KeyboardInterrupt:
+            print('interrupted once', flush=True)
+        s.close()
+        print('closed', flush=True)
+    '''
+    proc = run_script(tmp_path, body, start_new_session=True)
+    try:
+        assert proc.stdout.readline().strip() == 'sampling'
+        time.sleep(0.5)  # inside obtain_samples, workers mid-episode
+        # A terminal's Ctrl-C signals the whole process group.
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, err
+    assert out.splitlines() == ['interrupted once', 'closed']
+    assert 'KeyboardInterrupt' not in err and 'Traceback' not in err, err
+
+
+# Start-up, titles, options, shutdown ---------------------------------------------
+
+def test_workers_have_process_titles(mp_sampler):
+    mp_sampler(FirstObsAgent(), 'CartPole-v1', n_workers=2)
+    assert sorted(worker_processes()) == [0, 1]
+
+
+def test_more_workers_than_cpus_warns(mp_sampler):
+    n = available_cpus() + 1
+    with pytest.warns(ResourceWarning, match=rf'^n_workers={n} is more than '
+                                             rf'the {n - 1} CPUs'):
+        mp_sampler(FirstObsAgent(), OneStepEnv, n_workers=n)
+
+
+def test_startup_timeout_names_the_worker(tmp_path):
+    def never_built():
+        import threading
+        threading.Event().wait()
+    started = time.monotonic()
+    with pytest.raises(SamplerTimeoutError, match=r'^worker\(s\) 1 did not '
+                                                  r'build their env within '
+                                                  r'startup_timeout=0\.5 s$'):
+        MultiprocessingSampler(FirstObsAgent(), ['CartPole-v1', never_built],
+                               seed=0, startup_timeout=0.5,
+                               shutdown_timeout=1.0)
+    assert time.monotonic() - started < 3.0
+
+
+def test_close_returns_within_its_timeout_with_a_stuck_worker(mp_sampler):
+    s = mp_sampler(FirstObsAgent(), [FaultyEnv('none'), CrashEnv('hang')],
+                   shutdown_timeout=1.0)
+    with pytest.raises(SamplerTimeoutError):
+        s.obtain_exact_episodes(1, timeout=0.3)
+    # Usable after a timeout: worker 0 still answers.
+    started = time.monotonic()
+    s.close()
+    assert time.monotonic() - started < 1.5
+
+
+@pytest.mark.parametrize('option,value,message', [
+    ('start_method', 'telepathy', r"^start_method must be one of .*, got "
+                                  r"'telepathy'$"),
+    ('shutdown_timeout', 0, r'^shutdown_timeout must be a number of seconds '
+                            r'> 0, got 0$'),
+    ('max_staleness', -1, r'^max_staleness must be an int >= 0, got -1$'),
+    ('progress', 'yes', r"^progress must be None, True or False, got 'yes'$"),
+])
+def test_bad_options(option, value, message):
+    with pytest.raises(ValueError, match=message):
+        MultiprocessingSampler(FirstObsAgent(), OneStepEnv, n_workers=1,
+                               seed=0, **{option: value})
+
+
+@pytest.mark.parametrize('method', ['spawn', 'forkserver'])
+def test_start_methods_give_the_same_episodes(method):
+    agent = random_for('CartPole-v1')
+    with MultiprocessingSampler(agent, 'CartPole-v1', n_workers=2, seed=5,
+                                start_method=method) as s:
+        batch = s.obtain_exact_episodes(2)
+    from sampler import LocalSampler
+    with LocalSampler(agent, 'CartPole-v1', n_workers=2, seed=5) as local:
+        assert batch == local.obtain_exact_episodes(2)
