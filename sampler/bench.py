@@ -13,9 +13,10 @@ import time
 import gymnasium
 
 from sampler.local_sampler import LocalSampler
+from sampler.multiprocessing_sampler import MultiprocessingSampler
 from workers import DefaultWorker, MLPAgent, RandomAgent, VecWorker
 
-BACKENDS = {'local': LocalSampler}
+BACKENDS = {'local': LocalSampler, 'multiprocessing': MultiprocessingSampler}
 
 
 def make_agent(kind, env_id, seed):
@@ -28,9 +29,9 @@ def make_agent(kind, env_id, seed):
         env.close()
 
 
-def run(*, env='CartPole-v1', backend='local', workers=1, envs_per_worker=1,
-        agent='mlp', samples=20000, iterations=5, max_episode_length=None,
-        seed=0):
+def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
+        envs_per_worker=1, agent='mlp', samples=20000, iterations=5,
+        max_episode_length=None, seed=0, progress=None):
     """Time ``iterations`` calls of ``obtain_samples(samples)``.
 
     Returns:
@@ -40,11 +41,14 @@ def run(*, env='CartPole-v1', backend='local', workers=1, envs_per_worker=1,
     worker_class, worker_args = DefaultWorker, None
     if envs_per_worker > 1:
         worker_class, worker_args = VecWorker, {'n_envs': envs_per_worker}
+    options = {}
+    if backend != 'local':
+        options['progress'] = progress
     started = time.perf_counter()
     sampler = BACKENDS[backend](
         the_agent, env, n_workers=workers, seed=seed,
         max_episode_length=max_episode_length, worker_class=worker_class,
-        worker_args=worker_args)
+        worker_args=worker_args, **options)
     startup_s = time.perf_counter() - started
     rates, episode_rates, per_call = [], [], []
     with sampler:

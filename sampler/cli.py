@@ -25,7 +25,8 @@ def _env_id(ctx, param, value):
 @click.option('--env', default='CartPole-v1', show_default=True,
               callback=_env_id, help='gymnasium env id')
 @click.option('--backend', type=click.Choice(sorted(_bench.BACKENDS)),
-              default='local', show_default=True, help='where workers run')
+              default='multiprocessing', show_default=True,
+              help='where workers run')
 @click.option('--workers', type=click.IntRange(min=1), default=None,
               help='worker count  [default: the CPUs this process may use]')
 @click.option('--envs-per-worker', type=click.IntRange(min=1), default=1,
@@ -43,14 +44,16 @@ def _env_id(ctx, param, value):
               show_default=True)
 @click.option('--json', 'json_path', type=click.Path(dir_okay=False),
               default=None, help='also write every figure to this file')
+@click.option('--progress/--no-progress', default=None,
+              help='progress bar on stderr  [default: when it is a terminal]')
 def bench(env, backend, workers, envs_per_worker, agent, samples,
-          iterations, max_episode_length, seed, json_path):
+          iterations, max_episode_length, seed, json_path, progress):
     """Measure sampling throughput (transitions per second)."""
     result = _bench.run(
         env=env, backend=backend, workers=workers or available_cpus(),
         envs_per_worker=envs_per_worker, agent=agent, samples=samples,
         iterations=iterations, max_episode_length=max_episode_length,
-        seed=seed)
+        seed=seed, progress=progress)
     click.echo(_bench.format_table(result))
     if json_path:
         _bench.write_json(result, json_path)

@@ -8,8 +8,9 @@ from sampler.cli import main
 TINY = ['bench', '--samples', '300', '--iterations', '2', '--workers', '2']
 
 
-@pytest.mark.parametrize('extra', [[], ['--agent', 'random',
-                                        '--envs-per-worker', '3']])
+@pytest.mark.parametrize('extra', [
+    [], ['--backend', 'local'],
+    ['--agent', 'random', '--envs-per-worker', '3', '--no-progress']])
 def test_bench_prints_the_rate_and_writes_json(tmp_path, extra):
     path = tmp_path / 'out.json'
     result = CliRunner().invoke(main, TINY + extra + ['--json', str(path)])
@@ -17,6 +18,8 @@ def test_bench_prints_the_rate_and_writes_json(tmp_path, extra):
     assert 'transitions/s (median)' in result.output
     data = json.loads(path.read_text())
     assert data['env'] == 'CartPole-v1' and data['workers'] == 2
+    assert data['backend'] == ('local' if 'local' in extra
+                               else 'multiprocessing')
     assert len(data['calls']) == 2
     assert all(c['transitions'] >= 300 for c in data['calls'])
     assert 0 < data['min_transitions_per_s'] <= \
