@@ -275,7 +275,7 @@ class MultiprocessingSampler(Sampler):
             if tag is Reply.EPISODES:
                 got = collector.add(handle.number, *reply[1:])
                 if bar is not None:
-                    bar.update(got)
+                    bar.advance(got)
                 continue
             if tag is Reply.READY:  # a replacement worker has started
                 continue
@@ -311,8 +311,8 @@ class MultiprocessingSampler(Sampler):
             return _NoBar()
         total = count * self.n_workers if kind == 'episodes' else count
         label = 'episodes' if kind == 'episodes' else 'transitions'
-        return click.progressbar(length=total, label=f'sampling {label}',
-                                 file=sys.stderr)
+        return _Bar(click.progressbar(length=total, label=f'sampling {label}',
+                                      file=sys.stderr))
 
     # Shutdown ------------------------------------------------------------
 
@@ -328,6 +328,32 @@ class _NoBar:
 
     def __exit__(self, *exc_info):
         return False
+
+
+class _Bar:
+    """A click progress bar redrawn at most ten times a second: drawing on
+    every message would put terminal writes on the caller's hot path."""
+
+    def __init__(self, bar):
+        self.bar = bar
+        self.pending = 0
+        self.drawn_at = 0.0
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def advance(self, n):
+        self.pending += n
+        now = time.monotonic()
+        if now - self.drawn_at >= 0.1:
+            self.bar.update(self.pending)
+            self.pending, self.drawn_at = 0, now
+
+    def __exit__(self, *exc_info):
+        if self.pending:
+            self.bar.update(self.pending)
+        return self.bar.__exit__(*exc_info)
 
 
 class _Collector:

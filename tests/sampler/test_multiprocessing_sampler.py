@@ -320,3 +320,14 @@ def test_start_methods_give_the_same_episodes(method):
     from sampler import LocalSampler
     with LocalSampler(agent, 'CartPole-v1', n_workers=2, seed=5) as local:
         assert batch == local.obtain_exact_episodes(2)
+
+
+@pytest.mark.parametrize('progress', [True, False])
+def test_progress_bar_on_stderr_when_asked(mp_sampler, capsys, progress):
+    s = mp_sampler(FirstObsAgent(), OneStepEnv, n_workers=1,
+                   progress=progress)
+    s.obtain_samples(50)
+    s.obtain_exact_episodes(3)
+    err = capsys.readouterr().err
+    assert ('sampling transitions' in err) is progress
+    assert ('sampling episodes' in err) is progress
