@@ -34,6 +34,7 @@ The actors:
 
 import multiprocessing as mp
 import os
+import selectors
 import sys
 import time
 import warnings
@@ -144,6 +145,7 @@ class MultiprocessingSampler(Sampler):
             self._ctx.set_forkserver_preload(['sampler._worker_process'])
         self._factory_blob = cloudpickle.dumps(self._factory)
         self._handles = []
+        self._selector = None
         # Closes the workers if the sampler is dropped without close(),
         # also at interpreter exit; holds no reference to the sampler.
         self._finalizer = weakref.finalize(
@@ -244,57 +246,74 @@ class MultiprocessingSampler(Sampler):
                     handle.send(Command.STOP)
         return batches
 
+    def _events(self, timeout):
+        """Block until a result pipe has data or a worker process exits.
+
+        One selector registered with every pipe and sentinel lives as long
+        as the workers do: a wait then costs one system call, where
+        building the set anew cost several per message."""
+        if self._selector is None:
+            self._selector = selectors.DefaultSelector()
+            for handle in self._handles:
+                self._selector.register(handle.results, selectors.EVENT_READ,
+                                        (handle, False))
+                self._selector.register(handle.process.sentinel,
+                                        selectors.EVENT_READ, (handle, True))
+        return [key.data for key, _ in self._selector.select(timeout)]
+
+    def _forget_selector(self):
+        if self._selector is not None:
+            self._selector.close()
+            self._selector = None
+
     def _wait_and_collect(self, collector, deadline, bar):
-        by_source = {}
-        for handle in self._handles:
-            by_source[handle.results] = handle
-            by_source[handle.process.sentinel] = handle
         timeout = None
         if deadline is not None:
             timeout = max(deadline - time.monotonic(), 0)
-        ready = wait(list(by_source), timeout=timeout)
-        if not ready:
+        events = self._events(timeout)
+        if not events:
             raise SamplerTimeoutError(collector.describe())
-        seen = []
-        for source in ready:
-            handle = by_source[source]
-            if handle not in seen:
-                seen.append(handle)
-        for handle in seen:
-            self._drain(handle, collector, bar)
-
-    def _drain(self, handle, collector, bar):
-        """Read what ``handle`` has sent; handle its error or death.
-
-        Stops once the call has what it needs: episodes left unread stay
-        in the pipe for the next call, which keeps them if their version
-        is still current."""
-        while not collector.done and handle.results.poll():
-            reply = _receive(handle)
-            tag = reply[0]
-            if tag is Reply.EPISODES:
-                got = collector.add(handle.number, *reply[1:])
-                if bar is not None:
-                    bar.advance(got)
+        for handle, exited in events:
+            # Stop once the call has what it needs: episodes left unread
+            # stay in the pipe for the next call, which keeps them if their
+            # version is still current.
+            if collector.done:
+                return
+            if self._handles[handle.number] is not handle:
+                continue  # replaced earlier in this loop
+            if not exited:
+                self._handle_reply(handle, _receive(handle), collector, bar)
                 continue
-            if tag is Reply.READY:  # a replacement worker has started
-                continue
-            if tag is Reply.ERROR:
-                err = _worker_error(handle.number, *reply[1:])
-            elif tag is None:  # end of file: the process is gone
-                err = _crash_error(handle)
-            else:
-                msg = f'worker {handle.number} sent an unknown reply {tag!r}'
-                raise RuntimeError(msg)
-            self._on_failure(handle, err, collector)
+            # The process is gone: read what it sent before dying.
+            while self._handles[handle.number] is handle and \
+                    handle.results.poll():
+                self._handle_reply(handle, _receive(handle), collector, bar)
+            if self._handles[handle.number] is handle:
+                self._on_failure(handle, _crash_error(handle), collector)
+
+    def _handle_reply(self, handle, reply, collector, bar):
+        tag = reply[0]
+        if tag is Reply.EPISODES:
+            got = collector.add(handle.number, *reply[1:])
+            if bar is not None:
+                bar.advance(got)
             return
-        if not collector.done and not handle.process.is_alive():
-            self._on_failure(handle, _crash_error(handle), collector)
+        if tag is Reply.READY:  # a replacement worker has started
+            return
+        if tag is Reply.ERROR:
+            err = _worker_error(handle.number, *reply[1:])
+        elif tag is None:  # end of file: the process is gone
+            err = _crash_error(handle)
+        else:
+            msg = f'worker {handle.number} sent an unknown reply {tag!r}'
+            raise RuntimeError(msg)
+        self._on_failure(handle, err, collector)
 
     def _on_failure(self, handle, err, collector):
         if not self._worker_failed(err):
             raise err
         i = handle.number
+        self._forget_selector()
         _stop_process(handle, timeout=1.0)
         replacement = self._spawn(i)
         self._handles[i] = replacement
@@ -317,6 +336,7 @@ class MultiprocessingSampler(Sampler):
     # Shutdown ------------------------------------------------------------
 
     def _shutdown(self):
+        self._forget_selector()
         finalizer = getattr(self, '_finalizer', None)
         if finalizer is not None:
             finalizer()
