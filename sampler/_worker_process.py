@@ -23,11 +23,11 @@ resumes as soon as there is room, and a command is seen right after.
 
 import enum
 import pickle
+import selectors
 import signal
 import sys
 import traceback
 from multiprocessing import parent_process
-from multiprocessing.connection import wait
 
 import cloudpickle
 
@@ -87,13 +87,16 @@ class _Loop:
         self.worker_number = worker_number
         self.commands = commands
         self.results = results
+        # One selector for the whole life of the process: checking it
+        # between episodes is a single system call. mp.Queue has no public
+        # waitable; its reader is a Connection, as CPython's
+        # concurrent.futures also relies on.
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(commands._reader, selectors.EVENT_READ, False)
         parent = parent_process()
-        self.parent_sentinel = parent.sentinel if parent else None
-        # mp.Queue has no public waitable; its reader is a Connection, as
-        # CPython's concurrent.futures also relies on.
-        self.watch = [commands._reader]
-        if self.parent_sentinel is not None:
-            self.watch.append(self.parent_sentinel)
+        if parent is not None:
+            self.selector.register(parent.sentinel, selectors.EVENT_READ,
+                                   True)
         self.worker = None
         self.running = False
         self.round = self.version = 0
@@ -115,14 +118,19 @@ class _Loop:
 
     def serve(self):
         while True:
-            ready = wait(self.watch, timeout=None if not self.running else 0)
-            if self.parent_sentinel in ready:
-                raise _ParentGone
             # Handle every queued command before the next episode, in order:
-            # none is lost, and the last word decides the state.
-            while self.commands._reader.poll():
+            # none is lost, and the last word decides the state. Idle, this
+            # blocks; running, it only looks.
+            timeout = 0 if self.running else None
+            while True:
+                events = self.selector.select(timeout)
+                if not events:
+                    break
+                if any(key.data for key, _ in events):
+                    raise _ParentGone
                 if not self._handle(self.commands.get()):
                     return
+                timeout = 0 if self.running else None
             if self.running:
                 try:
                     batch = self.worker.rollout()
@@ -188,6 +196,7 @@ class _Loop:
             raise _ParentGone from None
 
     def close(self):
+        self.selector.close()
         if self.worker is not None:
             try:
                 self.worker.shutdown()
