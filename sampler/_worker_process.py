@@ -15,10 +15,14 @@ States and transitions (checked between episodes, never inside one)::
     any state ---EXIT, or the parent process died---> exit
 
 IDLE blocks on the command queue and the parent's sentinel: no CPU at all.
-RUNNING runs ``worker.rollout()`` and sends each batch. A send blocks only
-while the caller's end of the pipe is full, which pauses the worker until
-the caller reads; the caller reads whenever it waits, so a paused worker
-resumes as soon as there is room, and a command is seen right after.
+RUNNING runs ``worker.rollout()`` and gathers the episodes into one
+message, sent when it holds the START's ``chunk`` transitions, when the
+episode quota is met, or 50 ms after its first episode: per-message costs
+(pickling, a system call, unpickling in the caller) are paid per chunk,
+not per episode. A send blocks only while the caller's end of the pipe is
+full, which pauses the worker until the caller reads; the caller reads
+whenever it waits, so a paused worker resumes as soon as there is room,
+and a command is seen right after.
 """
 
 import enum
@@ -26,16 +30,23 @@ import pickle
 import selectors
 import signal
 import sys
+import time
 import traceback
 from multiprocessing import parent_process
 
 import cloudpickle
 
+from workers import EpisodeBatch
+
+#: Longest a finished episode waits in a worker before it is sent.
+FLUSH_AFTER_S = 0.05
+
 
 class Command(enum.Enum):
     """Caller -> worker."""
 
-    START = 'start'  # (round, version, env blob, agent blob, episode quota)
+    START = 'start'  # (round, version, env blob, agent blob, episode quota,
+    #                    transitions per message)
     STOP = 'stop'    # ()
     EXIT = 'exit'    # ()
 
@@ -101,7 +112,11 @@ class _Loop:
         self.running = False
         self.round = self.version = 0
         self.quota = None
-        self.sent = 0
+        self.chunk = None
+        self.produced = 0
+        self.pending = []
+        self.pending_transitions = 0
+        self.pending_since = 0.0
 
     def build(self, factory_blob, payloads):
         """Build the worker and say READY, or report why not (False)."""
@@ -134,23 +149,32 @@ class _Loop:
             if self.running:
                 try:
                     batch = self.worker.rollout()
-                    self.worker.error_site = 'pickling the episodes'
-                    data = _dumps((Reply.EPISODES, self.round, self.version,
-                                   batch))
-                    self.worker.error_site = None
                 except Exception:
                     self._report_error()
                     return
-                self._send_bytes(data)
-                self.sent += batch.n_episodes
-                if self.quota is not None and self.sent >= self.quota:
+                if not self.pending:
+                    self.pending_since = time.monotonic()
+                self.pending.append(batch)
+                self.pending_transitions += len(batch)
+                self.produced += batch.n_episodes
+                quota_met = self.quota is not None and \
+                    self.produced >= self.quota
+                if quota_met:
                     self.running = False
+                if quota_met or (self.chunk is not None and
+                                 self.pending_transitions >= self.chunk) or \
+                        time.monotonic() - self.pending_since >= \
+                        FLUSH_AFTER_S:
+                    if not self._flush():
+                        return
 
     def _handle(self, message):
         """Apply one command; False means exit."""
         tag, *args = message
         if tag is Command.START:
-            round_number, version, env_blob, agent_blob, quota = args
+            round_number, version, env_blob, agent_blob, quota, chunk = args
+            # Episodes still held are of the round this START ends.
+            self.pending, self.pending_transitions = [], 0
             try:
                 if env_blob is not None:
                     self._apply('env', env_blob)
@@ -161,14 +185,35 @@ class _Loop:
                 self._report_error()
                 return False
             self.round, self.version = round_number, version
-            self.quota, self.sent, self.running = quota, 0, True
+            self.quota, self.chunk = quota, chunk
+            self.produced, self.running = 0, True
         elif tag is Command.STOP:
             self.running = False
+            # Hand over what is done: the next call keeps it if its
+            # version is still current.
+            if self.pending and not self._flush():
+                return False
         elif tag is Command.EXIT:
             return False
         else:
             msg = f'worker {self.worker_number} got unknown command {tag!r}'
             raise ValueError(msg)
+        return True
+
+    def _flush(self):
+        """Send the episodes held as one batch; False after an error."""
+        batches, self.pending = self.pending, []
+        self.pending_transitions = 0
+        try:
+            self.worker.error_site = 'building the message'
+            batch = EpisodeBatch.concatenate(*batches, missing_infos='mask')
+            self.worker.error_site = 'pickling the episodes'
+            data = _dumps((Reply.EPISODES, self.round, self.version, batch))
+            self.worker.error_site = None
+        except Exception:
+            self._report_error()
+            return False
+        self._send_bytes(data)
         return True
 
     def _apply(self, kind, blob):

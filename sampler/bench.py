@@ -1,103 +1,304 @@
 """Measuring sampling throughput: what ``sampler bench`` runs.
 
-Each iteration is one ``obtain_samples`` call carrying fresh agent
-parameters (a new version, as in training); the figure people look for is
-transitions per second, reported as the median over the iterations with
-the min and max beside it.
+Every row (our sampler, and with ``compare`` the alternatives) is set up
+once, then the rows are timed call by call in turn: call k of every row
+runs before call k+1 of any, so a busy moment on a shared machine falls on
+all rows alike, and ratios come from one run. Each call collects at least
+``samples`` real transitions with fresh agent parameters, as a training
+iteration would; each row's episodes are checked for validity after each
+call, outside the timed region.
+
+Figures per row: transitions per second (median, min, max over the calls),
+episodes per second, the caller's CPU and the workers' CPU as a share of
+one core, discarded episodes, peak memory of the caller, and the ratio of
+the median rate to the best single-process row's.
 """
 
 import json
+import re
 import statistics
 import time
 
-import gymnasium
+import cloudpickle
+import psutil
 
+from sampler import bench_envs
+from sampler._bench_rows import PlainLoopRow, SamplerRow, VectorEnvRow
 from sampler.local_sampler import LocalSampler
 from sampler.multiprocessing_sampler import MultiprocessingSampler
-from workers import DefaultWorker, MLPAgent, RandomAgent, VecWorker
+from workers import MLPAgent, RandomAgent
 
 BACKENDS = {'local': LocalSampler, 'multiprocessing': MultiprocessingSampler}
+SYNC_ENVS = (1, 4, 8)
+ASYNC_ENVS = (2, 4)
 
 
-def make_agent(kind, env_id, seed):
-    env = gymnasium.make(env_id)
+def make_agent(kind, env_fn, seed):
+    env = env_fn()
     try:
         if kind == 'random':
-            return RandomAgent(env.action_space, seed=seed)
+            return _RandomWithParams(env.action_space, seed=seed)
         return MLPAgent(env.observation_space, env.action_space, seed=seed)
     finally:
         env.close()
 
 
+class _RandomWithParams(RandomAgent):
+    """RandomAgent taking any parameters, so every row runs the same loop
+    of 'push parameters, collect'."""
+
+    def set_params(self, params):
+        pass
+
+
+def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
+               max_episode_length, step_cost_us, compare, progress,
+               sweep_workers=()):
+    loops = bench_envs.calibrate_loops(step_cost_us)
+    env_fn = bench_envs.env_constructor(env, loops)
+    the_agent = make_agent(agent, env_fn, seed)
+
+    def copy():
+        return cloudpickle.loads(cloudpickle.dumps(the_agent))
+
+    rows = [SamplerRow(BACKENDS[backend], copy(), env_fn, workers=n,
+                       envs_per_worker=envs_per_worker, seed=seed,
+                       max_episode_length=max_episode_length,
+                       progress=progress)
+            for n in (sweep_workers or (workers,))]
+    if compare:
+        rows.append(PlainLoopRow(copy(), env_fn, seed))
+        rows += [VectorEnvRow('sync', n, copy(), env_fn, seed)
+                 for n in SYNC_ENVS]
+        rows += [VectorEnvRow('async', n, copy(), env_fn, seed)
+                 for n in ASYNC_ENVS]
+    return rows, the_agent, loops
+
+
 def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         envs_per_worker=1, agent='mlp', samples=20000, iterations=5,
-        max_episode_length=None, seed=0, progress=None):
-    """Time ``iterations`` calls of ``obtain_samples(samples)``.
+        max_episode_length=None, seed=0, step_cost_us=0, compare=False,
+        progress=None, sweep_workers=(), echo=None):
+    """Time ``iterations`` calls of every row; return every figure.
 
     Returns:
-        dict of the configuration and the figures; rates end in ``_per_s``.
+        dict: the configuration, and ``rows``: one dict per row; rates end
+        in ``_per_s``.
     """
-    the_agent = make_agent(agent, env, seed)
-    worker_class, worker_args = DefaultWorker, None
-    if envs_per_worker > 1:
-        worker_class, worker_args = VecWorker, {'n_envs': envs_per_worker}
-    options = {}
-    if backend != 'local':
-        options['progress'] = progress
-    started = time.perf_counter()
-    sampler = BACKENDS[backend](
-        the_agent, env, n_workers=workers, seed=seed,
-        max_episode_length=max_episode_length, worker_class=worker_class,
-        worker_args=worker_args, **options)
-    startup_s = time.perf_counter() - started
-    rates, episode_rates, per_call = [], [], []
-    with sampler:
-        for _ in range(iterations):
-            t0 = time.perf_counter()
-            batch = sampler.obtain_samples(
-                samples, agent_update=the_agent.get_params())
-            elapsed = time.perf_counter() - t0
-            rates.append(len(batch) / elapsed)
-            episode_rates.append(batch.n_episodes / elapsed)
-            per_call.append({'transitions': len(batch),
-                             'episodes': batch.n_episodes,
-                             'seconds': elapsed})
-        stats = sampler.stats
+    rows, the_agent, loops = build_rows(
+        env=env, backend=backend, workers=workers,
+        envs_per_worker=envs_per_worker, agent=agent, seed=seed,
+        max_episode_length=max_episode_length, step_cost_us=step_cost_us,
+        compare=compare, progress=progress, sweep_workers=sweep_workers)
+    params = the_agent.get_params()
+    calls = [[] for _ in rows]
+    try:
+        for row in rows:
+            row.setup()
+            row.call(min(samples, 1000), params)  # warm up caches, imports
+            row.check()
+        for iteration in range(iterations):
+            for row, log in zip(rows, calls):
+                log.append(_measure(row, samples, params))
+                row.check()
+            if echo is not None:
+                echo(f'  call {iteration + 1} of {iterations} done for '
+                     f'{len(rows)} row(s)')
+        results = [_summarise(row, log) for row, log in zip(rows, calls)]
+    finally:
+        for row in rows:
+            row.close()
+    singles = [r for r, row in zip(results, rows) if row.single_process]
+    best = max(singles, key=lambda r: r['median_transitions_per_s']) \
+        if singles else None
+    for result in results:
+        result['ratio_to_best_single_process'] = (
+            result['median_transitions_per_s'] /
+            best['median_transitions_per_s'] if best else None)
     return {
         'env': env, 'backend': backend, 'workers': workers,
         'envs_per_worker': envs_per_worker, 'agent': agent,
         'samples': samples, 'iterations': iterations,
         'max_episode_length': max_episode_length, 'seed': seed,
-        'median_transitions_per_s': statistics.median(rates),
-        'min_transitions_per_s': min(rates),
-        'max_transitions_per_s': max(rates),
-        'median_episodes_per_s': statistics.median(episode_rates),
-        'startup_s': startup_s,
-        'discarded_episodes': stats['discarded_episodes'],
-        'calls': per_call,
+        'step_cost_us': step_cost_us, 'step_cost_loops': loops,
+        'cpus': len(psutil.Process().cpu_affinity()),
+        'best_single_process_row': best['name'] if best else None,
+        'rows': results,
     }
 
 
+def _measure(row, samples, params):
+    workers = []
+    for pid in row.worker_pids():
+        try:
+            workers.append(psutil.Process(pid))
+        except psutil.NoSuchProcess:
+            pass
+    workers_cpu = _cpu(workers)
+    rss_before = psutil.Process().memory_info().rss
+    can_reset = _reset_peak_rss()
+    cpu = time.process_time()
+    started = time.perf_counter()
+    sample = row.call(samples, params)
+    seconds = time.perf_counter() - started
+    cpu = time.process_time() - cpu
+    peak = _peak_rss() if can_reset else None
+    return {'transitions': sample.transitions, 'episodes': sample.episodes,
+            'seconds': seconds, 'caller_cpu_s': cpu,
+            'workers_cpu_s': _cpu(workers) - workers_cpu if workers else None,
+            'batch_bytes': sample.batch_bytes,
+            'peak_rss_bytes': peak,
+            'call_peak_over_rss_bytes': None if peak is None
+            else max(peak - rss_before, 0)}
+
+
+def _summarise(row, log):
+    rates = [c['transitions'] / c['seconds'] for c in log]
+    wall = sum(c['seconds'] for c in log)
+    result = {
+        'name': row.name,
+        'single_process': row.single_process,
+        'median_transitions_per_s': statistics.median(rates),
+        'min_transitions_per_s': min(rates),
+        'max_transitions_per_s': max(rates),
+        'median_episodes_per_s': statistics.median(
+            c['episodes'] / c['seconds'] for c in log),
+        'caller_cpu_percent': 100 * sum(c['caller_cpu_s'] for c in log) /
+        wall,
+        'workers_cpu_percent': None,
+        'discarded_episodes': row.discarded(),
+        'peak_rss_mb': None,
+        'calls': log,
+    }
+    if log[0]['workers_cpu_s'] is not None:
+        result['workers_cpu_percent'] = 100 * sum(
+            c['workers_cpu_s'] for c in log) / wall
+    peaks = [c['peak_rss_bytes'] for c in log if c['peak_rss_bytes']]
+    if peaks:
+        result['peak_rss_mb'] = max(peaks) / 1e6
+    if isinstance(row, SamplerRow):
+        result['startup_s'] = row.startup_s
+        result['median_mb_per_s'] = statistics.median(
+            c['batch_bytes'] / c['seconds'] / 1e6 for c in log)
+        extra = [c['call_peak_over_rss_bytes'] / c['batch_bytes']
+                 for c in log if c['call_peak_over_rss_bytes'] is not None
+                 and c['batch_bytes']]
+        result['peak_memory_over_batch_bytes'] = max(extra) if extra \
+            else None
+    return result
+
+
+def _cpu(processes):
+    total = 0.0
+    for proc in processes:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def _reset_peak_rss():
+    """Reset this process's peak RSS (Linux: VmHWM); False if we cannot."""
+    try:
+        with open('/proc/self/clear_refs', 'w') as f:
+            f.write('5')
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss():
+    with open('/proc/self/status') as f:
+        match = re.search(r'VmHWM:\s+(\d+) kB', f.read())
+    return int(match.group(1)) * 1024 if match else None
+
+
 def format_table(result):
-    rows = [
-        ('transitions/s (median)', f"{result['median_transitions_per_s']:,.0f}"),
-        ('transitions/s (min..max)',
-         f"{result['min_transitions_per_s']:,.0f} .. "
-         f"{result['max_transitions_per_s']:,.0f}"),
-        ('episodes/s (median)', f"{result['median_episodes_per_s']:,.1f}"),
-        ('discarded episodes', str(result['discarded_episodes'])),
-        ('start-up (s)', f"{result['startup_s']:.3f}"),
-    ]
-    width = max(len(name) for name, _ in rows)
-    head = (f"{result['env']} | backend {result['backend']} | "
-            f"{result['workers']} worker(s) x {result['envs_per_worker']} "
-            f"env(s) | {result['agent']} agent | {result['iterations']} calls "
-            f"of {result['samples']} transitions")
-    return '\n'.join([head] + [f'  {name:<{width}}  {value}'
-                               for name, value in rows])
+    """The figures as a plain-text table, one line per row."""
+    head = (f"{result['env']}"
+            f"{' +' + str(result['step_cost_us']) + ' us/step' if result['step_cost_us'] else ''}"
+            f" | {result['agent']} agent | {result['iterations']} calls of "
+            f"{result['samples']} transitions per row | {result['cpus']} "
+            f'CPUs')
+    columns = ('row', 'transitions/s', 'min..max', 'episodes/s', 'ratio',
+               'caller CPU', 'workers CPU', 'discarded', 'peak MB')
+    lines = []
+    for r in result['rows']:
+        ratio = r['ratio_to_best_single_process']
+        lines.append((
+            r['name'],
+            f"{r['median_transitions_per_s']:,.0f}",
+            f"{r['min_transitions_per_s']:,.0f}..{r['max_transitions_per_s']:,.0f}",
+            f"{r['median_episodes_per_s']:,.0f}",
+            '-' if ratio is None else f'{ratio:.2f}x',
+            f"{r['caller_cpu_percent']:.0f}%",
+            '-' if r['workers_cpu_percent'] is None
+            else f"{r['workers_cpu_percent']:.0f}%",
+            '-' if r['discarded_episodes'] is None
+            else str(r['discarded_episodes']),
+            '-' if r['peak_rss_mb'] is None else f"{r['peak_rss_mb']:.0f}",
+        ))
+    widths = [max(len(c), *(len(line[i]) for line in lines))
+              for i, c in enumerate(columns)]
+
+    def fmt(cells):
+        first = cells[0].ljust(widths[0])
+        rest = [c.rjust(w) for c, w in zip(cells[1:], widths[1:])]
+        return '  '.join([first] + rest)
+
+    out = [head, fmt(columns), fmt(['-' * w for w in widths])]
+    out += [fmt(line) for line in lines]
+    if result['best_single_process_row']:
+        out.append(f"ratio: median transitions/s over the best "
+                   f"single-process row's ({result['best_single_process_row']})")
+    ours = [r for r in result['rows'] if 'startup_s' in r]
+    for r in ours:
+        memory = r['peak_memory_over_batch_bytes']
+        out.append(f"{r['name']}: start-up {r['startup_s']:.2f} s, "
+                   f"{r['median_mb_per_s']:.1f} MB/s of episode data"
+                   + ('' if memory is None else
+                      f', caller peak memory {memory:.1f}x the batch'))
+    return '\n'.join(out)
 
 
 def write_json(result, path):
     with open(path, 'w') as f:
         json.dump(result, f, indent=2)
         f.write('\n')
+
+
+def plot_sweep(result, path):
+    """transitions/s against workers for a ``--sweep-workers`` run."""
+    try:
+        import matplotlib
+        matplotlib.use('Agg')
+        import matplotlib.pyplot as plt
+    except ImportError:
+        msg = ('--plot needs matplotlib: pip install '
+               '"rollout-sampler[plot]"')
+        raise RuntimeError(msg) from None
+    ours = [r for r in result['rows'] if 'startup_s' in r]
+    workers = [int(re.search(r'\((\d+) workers', r['name']).group(1))
+               for r in ours]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.errorbar(workers, [r['median_transitions_per_s'] for r in ours],
+                yerr=[[r['median_transitions_per_s'] -
+                       r['min_transitions_per_s'] for r in ours],
+                      [r['max_transitions_per_s'] -
+                       r['median_transitions_per_s'] for r in ours]],
+                marker='o', capsize=3, label=result['backend'])
+    for r in result['rows']:
+        if r['single_process']:
+            ax.axhline(r['median_transitions_per_s'], linestyle=':',
+                       linewidth=1, color='grey')
+    ax.set_xlabel('workers')
+    ax.set_ylabel('transitions per second (median)')
+    ax.set_title(f"{result['env']}, {result['agent']} agent")
+    ax.set_xticks(workers)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+

@@ -21,9 +21,24 @@ def _env_id(ctx, param, value):
     return value
 
 
+def _worker_list(ctx, param, value):
+    if value is None:
+        return ()
+    try:
+        counts = tuple(int(v) for v in value.split(','))
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        msg = f'expected worker counts like 1,2,4, got {value!r}'
+        raise click.BadParameter(msg)
+    return counts
+
+
 @main.command()
 @click.option('--env', default='CartPole-v1', show_default=True,
-              callback=_env_id, help='gymnasium env id')
+              callback=_env_id,
+              help=f'gymnasium env id ({_bench.bench_envs.IMAGE_ENV_ID} for '
+                   f'84x84x3 frames)')
 @click.option('--backend', type=click.Choice(sorted(_bench.BACKENDS)),
               default='multiprocessing', show_default=True,
               help='where workers run')
@@ -37,24 +52,57 @@ def _env_id(ctx, param, value):
 @click.option('--samples', type=click.IntRange(min=1), default=20000,
               show_default=True, help='transitions per call')
 @click.option('--iterations', type=click.IntRange(min=1), default=5,
-              show_default=True, help='calls to time')
+              show_default=True, help='calls timed per row')
 @click.option('--max-episode-length', type=click.IntRange(min=1),
               default=None, help='step cap per episode')
 @click.option('--seed', type=click.IntRange(min=0), default=0,
               show_default=True)
+@click.option('--step-cost-us', type=click.FloatRange(min=0), default=0,
+              show_default=True,
+              help='CPU every env step burns in pure Python, standing in '
+                   'for an expensive simulator')
+@click.option('--compare', is_flag=True,
+              help='also time a plain loop and gymnasium SyncVectorEnv / '
+                   'AsyncVectorEnv on the same task')
+@click.option('--sweep-workers', callback=_worker_list, default=None,
+              help='time our sampler at each of these worker counts, e.g. '
+                   '1,2,4')
+@click.option('--plot', 'plot_path', type=click.Path(dir_okay=False),
+              default=None,
+              help='with --sweep-workers: draw transitions/s per worker '
+                   'count to this PNG (needs the plot extra)')
 @click.option('--json', 'json_path', type=click.Path(dir_okay=False),
               default=None, help='also write every figure to this file')
 @click.option('--progress/--no-progress', default=None,
               help='progress bar on stderr  [default: when it is a terminal]')
 def bench(env, backend, workers, envs_per_worker, agent, samples,
-          iterations, max_episode_length, seed, json_path, progress):
-    """Measure sampling throughput (transitions per second)."""
+          iterations, max_episode_length, seed, step_cost_us, compare,
+          sweep_workers, plot_path, json_path, progress):
+    """Measure sampling throughput (transitions per second).
+
+    Prints one line per configuration timed; with --compare the ratio
+    column compares each to the best single-process row of the same run.
+    """
+    if plot_path and not sweep_workers:
+        raise click.UsageError('--plot needs --sweep-workers')
+    if plot_path:
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            raise click.UsageError(
+                '--plot needs matplotlib: pip install '
+                '"rollout-sampler[plot]"') from None
     result = _bench.run(
         env=env, backend=backend, workers=workers or available_cpus(),
         envs_per_worker=envs_per_worker, agent=agent, samples=samples,
         iterations=iterations, max_episode_length=max_episode_length,
-        seed=seed, progress=progress)
+        seed=seed, step_cost_us=step_cost_us, compare=compare,
+        progress=progress, sweep_workers=sweep_workers,
+        echo=lambda line: click.echo(line, err=True))
     click.echo(_bench.format_table(result))
     if json_path:
         _bench.write_json(result, json_path)
         click.echo(f'wrote {json_path}')
+    if plot_path:
+        _bench.plot_sweep(result, plot_path)
+        click.echo(f'wrote {plot_path}')

@@ -223,15 +223,19 @@ class MultiprocessingSampler(Sampler):
             raise _crash_error(handle, detail)
         return reply
 
+    def worker_pids(self):
+        """Process ids of the workers, in worker order."""
+        return [handle.process.pid for handle in self._handles]
+
     # Sampling ------------------------------------------------------------
 
     def _sample(self, goal, updates, round_number, deadline):
         kind, count = goal
-        quota = count if kind == 'episodes' else None
+        collector = _Collector(self, kind, count, round_number)
         for handle, (env, agent) in zip(self._handles, updates):
             handle.send(Command.START, round_number, self._version,
-                        env and env.blob, agent and agent.blob, quota)
-        collector = _Collector(self, kind, count, round_number)
+                        env and env.blob, agent and agent.blob,
+                        collector.quota, collector.chunk)
         stop = True
         try:
             with self._progress(kind, count) as bar:
@@ -319,7 +323,7 @@ class MultiprocessingSampler(Sampler):
         self._handles[i] = replacement
         # Its recipe already holds this call's updates; it redoes the round.
         replacement.send(Command.START, collector.round, self._version, None,
-                         None, collector.quota)
+                         None, collector.quota, collector.chunk)
         collector.restarted(i)
 
     def _progress(self, kind, count):
@@ -385,6 +389,12 @@ class _Collector:
         self.count = count
         self.round = round_number
         self.quota = count if kind == 'episodes' else None
+        # Transitions per message: enough to make per-message costs small,
+        # few enough that the partial chunks dropped when a call ends stay
+        # near 3% of it. Exact episodes are sent when a worker's quota is
+        # met (or after FLUSH_AFTER_S).
+        self.chunk = None if kind == 'episodes' else \
+            max(1, count // (16 * sampler.n_workers))
         self.min_version = sampler.version - \
             sampler._options['max_staleness']
         self.kept = [[] for _ in range(sampler.n_workers)]  # exact episodes

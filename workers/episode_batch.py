@@ -141,6 +141,19 @@ class EpisodeBatch:
         return len(self.lengths)
 
     @property
+    def nbytes(self):
+        """Bytes held by all the batch's arrays."""
+        return sum(leaf.nbytes for name in _FIELDS
+                   for _, leaf in _nest.leaves(getattr(self, name))
+                   if isinstance(leaf, np.ndarray))
+
+    def check(self):
+        """Check every invariant again (after editing arrays in place, or
+        for batches made by the unchecked internal path); raises
+        ``ValueError`` like construction does."""
+        type(self)(**{name: getattr(self, name) for name in _FIELDS})
+
+    @property
     def episode_starts(self):
         """``(E,)`` index of each episode's first step."""
         return self._starts

@@ -5,31 +5,111 @@ from click.testing import CliRunner
 
 from sampler.cli import main
 
-TINY = ['bench', '--samples', '300', '--iterations', '2', '--workers', '2']
+pytestmark = pytest.mark.timeout(120)
+
+TINY = ['bench', '--samples', '300', '--iterations', '2', '--workers', '2',
+        '--no-progress']
+
+
+def bench(tmp_path, *args):
+    path = tmp_path / 'out.json'
+    result = CliRunner().invoke(main, TINY + list(args) + ['--json',
+                                                          str(path)])
+    assert result.exit_code == 0, result.output
+    return result.output, json.loads(path.read_text())
+
+
+def rate_keys(row):
+    return {k for k in row if 'per_s' in k}
 
 
 @pytest.mark.parametrize('extra', [
-    [], ['--backend', 'local'],
-    ['--agent', 'random', '--envs-per-worker', '3', '--no-progress']])
+    [], ['--backend', 'local'], ['--agent', 'random', '--envs-per-worker',
+                                 '3']])
 def test_bench_prints_the_rate_and_writes_json(tmp_path, extra):
-    path = tmp_path / 'out.json'
-    result = CliRunner().invoke(main, TINY + extra + ['--json', str(path)])
-    assert result.exit_code == 0, result.output
-    assert 'transitions/s (median)' in result.output
-    data = json.loads(path.read_text())
+    out, data = bench(tmp_path, *extra)
+    assert 'transitions/s' in out
     assert data['env'] == 'CartPole-v1' and data['workers'] == 2
-    assert data['backend'] == ('local' if 'local' in extra
-                               else 'multiprocessing')
-    assert len(data['calls']) == 2
-    assert all(c['transitions'] >= 300 for c in data['calls'])
-    assert 0 < data['min_transitions_per_s'] <= \
-        data['median_transitions_per_s'] <= data['max_transitions_per_s']
-    assert data['median_episodes_per_s'] > 0
+    [row] = data['rows']
+    backend = 'LocalSampler' if 'local' in extra else \
+        'MultiprocessingSampler'
+    assert row['name'].startswith(f'{backend} (2 workers')
+    assert len(row['calls']) == 2
+    assert all(c['transitions'] >= 300 for c in row['calls'])
+    assert 0 < row['min_transitions_per_s'] <= \
+        row['median_transitions_per_s'] <= row['max_transitions_per_s']
+    assert row['median_episodes_per_s'] > 0
+    assert 0 < row['caller_cpu_percent']
+    if backend == 'MultiprocessingSampler':
+        assert row['workers_cpu_percent'] > 0
+    assert row['startup_s'] > 0 and row['median_mb_per_s'] > 0
     # Every rate says so in its name's suffix.
-    assert {k for k in data if k.endswith('_per_s')} == {
+    assert rate_keys(row) == {
         'median_transitions_per_s', 'min_transitions_per_s',
-        'max_transitions_per_s', 'median_episodes_per_s'}
-    assert not [k for k in data if 'per_s' in k and not k.endswith('per_s')]
+        'max_transitions_per_s', 'median_episodes_per_s', 'median_mb_per_s'}
+    assert all(k.endswith('_per_s') for k in rate_keys(row))
+    assert row['ratio_to_best_single_process'] is None  # no --compare
+
+
+def test_compare_adds_every_peer_row_with_ratios(tmp_path):
+    out, data = bench(tmp_path, '--compare', '--samples', '200',
+                      '--iterations', '1')
+    names = [r['name'] for r in data['rows']]
+    assert names == [
+        'MultiprocessingSampler (2 workers)', 'plain loop (1 process)',
+        'gymnasium SyncVectorEnv (1 envs)', 'gymnasium SyncVectorEnv (4 envs)',
+        'gymnasium SyncVectorEnv (8 envs)',
+        'gymnasium AsyncVectorEnv (2 envs)',
+        'gymnasium AsyncVectorEnv (4 envs)']
+    best = data['best_single_process_row']
+    assert best in names[1:5]
+    by_name = {r['name']: r for r in data['rows']}
+    assert by_name[best]['ratio_to_best_single_process'] == 1.0
+    for row in data['rows']:
+        assert row['ratio_to_best_single_process'] > 0
+        assert all(k.endswith('_per_s') for k in rate_keys(row))
+    assert by_name['gymnasium AsyncVectorEnv (2 envs)'][
+        'workers_cpu_percent'] is not None
+    for name in names:
+        assert name in out
+
+
+def test_sweep_workers_and_step_cost(tmp_path):
+    _, data = bench(tmp_path, '--sweep-workers', '1,2', '--step-cost-us',
+                    '50', '--samples', '100')
+    assert [r['name'] for r in data['rows']] == [
+        'MultiprocessingSampler (1 workers)',
+        'MultiprocessingSampler (2 workers)']
+    assert data['step_cost_us'] == 50 and data['step_cost_loops'] > 0
+
+
+def test_image_env_reports_megabytes_per_second(tmp_path):
+    out, data = bench(tmp_path, '--env', 'rollout_sampler/Image84-v0',
+                      '--samples', '100', '--agent', 'random')
+    [row] = data['rows']
+    # 84*84*3 bytes of observation per transition, at least.
+    per_transition = row['median_mb_per_s'] * 1e6 / \
+        row['median_transitions_per_s']
+    assert per_transition > 84 * 84 * 3
+    assert 'MB/s of episode data' in out
+
+
+def test_plot_needs_the_sweep_and_matplotlib(tmp_path):
+    result = CliRunner().invoke(main, TINY + ['--plot', 'x.png'])
+    assert result.exit_code == 2
+    assert '--plot needs --sweep-workers' in result.output
+    path = tmp_path / 'sweep.png'
+    result = CliRunner().invoke(main, TINY + ['--sweep-workers', '1,2',
+                                              '--samples', '100', '--plot',
+                                              str(path)])
+    try:
+        import matplotlib  # noqa: F401
+    except ImportError:
+        assert result.exit_code == 2
+        assert 'pip install "rollout-sampler[plot]"' in result.output
+    else:
+        assert result.exit_code == 0, result.output
+        assert path.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
 
 
 @pytest.mark.parametrize('args,message', [
@@ -38,6 +118,10 @@ def test_bench_prints_the_rate_and_writes_json(tmp_path, extra):
     (['--backend', 'cloud'], "Invalid value for '--backend'"),
     (['--env', 'CartPol-v1'], "Did you mean: `CartPole`?"),
     (['--samples', 'many'], "Invalid value for '--samples'"),
+    (['--step-cost-us', '-1'], "Invalid value for '--step-cost-us'"),
+    (['--sweep-workers', '1,x'], "expected worker counts like 1,2,4, got "
+                                 "'1,x'"),
+    (['--sweep-workers', '0'], "expected worker counts like 1,2,4"),
 ])
 def test_bad_options_are_usage_errors(args, message):
     result = CliRunner().invoke(main, ['bench'] + args)

@@ -257,3 +257,27 @@ def test_padded_refuses_short_max_length(batch):
     with pytest.raises(ValueError, match=r'^max_length must be an int >= the '
                                          r'longest episode \(3\), got 2$'):
         batch.padded(max_length=2)
+
+
+def test_nbytes_and_check(batch):
+    leaves = [batch.observations, batch.actions, batch.last_observations]
+    total = sum(x.nbytes for nest in leaves for x in _flat(nest))
+    total += batch.rewards.nbytes + batch.terminated.nbytes
+    total += batch.truncated.nbytes + batch.lengths.nbytes
+    total += batch.versions.nbytes + batch.worker_numbers.nbytes
+    total += sum(v.nbytes for v in batch.env_infos.values())
+    total += sum(v.nbytes for v in batch.agent_infos.values())
+    total += sum(v.nbytes for v in batch.episode_infos.values())
+    assert batch.nbytes == total
+    batch.check()
+    batch.terminated[0] = True  # edited in place: now invalid
+    with pytest.raises(ValueError, match='step 0 lies inside episode 0'):
+        batch.check()
+
+
+def _flat(nest):
+    if isinstance(nest, dict):
+        return [x for v in nest.values() for x in _flat(v)]
+    if isinstance(nest, tuple):
+        return [x for v in nest for x in _flat(v)]
+    return [nest]

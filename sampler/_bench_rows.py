@@ -1,0 +1,251 @@
+"""The rows ``sampler bench`` times: our samplers and the alternatives.
+
+Every row answers ``call(n)``: collect at least ``n`` real transitions (no
+reset steps), return a :class:`Sample`. Rows keep what they collected so
+that, outside the timed region, :meth:`Row.check` can build it into an
+EpisodeBatch, whose construction checks every invariant: a row that
+miscounts or mangles episodes fails the run instead of winning it.
+"""
+
+import time
+
+import gymnasium
+import numpy as np
+
+from workers import DefaultWorker, EpisodeBatch, VecWorker, _nest
+
+
+class Sample:
+    """What one call produced."""
+
+    __slots__ = ('transitions', 'episodes', 'batch_bytes')
+
+    def __init__(self, transitions, episodes, batch_bytes=0):
+        self.transitions = transitions
+        self.episodes = episodes
+        self.batch_bytes = batch_bytes
+
+
+class Row:
+    """One configuration to time. ``single_process`` rows are the baseline
+    that ratios are taken against."""
+
+    name = ''
+    single_process = False
+
+    def setup(self):
+        pass
+
+    def call(self, n, params):
+        raise NotImplementedError
+
+    def worker_pids(self):
+        return []
+
+    def check(self):
+        """Raise ValueError if what the last call collected is invalid."""
+
+    def discarded(self):
+        return None
+
+    def close(self):
+        pass
+
+
+class SamplerRow(Row):
+    """One of our samplers; every call carries new agent parameters."""
+
+    def __init__(self, sampler_class, agent, env_fn, *, workers,
+                 envs_per_worker, seed, max_episode_length, progress):
+        self.sampler_class = sampler_class
+        self.agent = agent
+        self.env_fn = env_fn
+        self.workers = workers
+        self.envs_per_worker = envs_per_worker
+        self.seed = seed
+        self.max_episode_length = max_episode_length
+        self.progress = progress
+        backend = 'local' if sampler_class.__name__ == 'LocalSampler' \
+            else 'multiprocessing'
+        envs = f' x {envs_per_worker} envs' if envs_per_worker > 1 else ''
+        self.name = f'{sampler_class.__name__} ({workers} workers{envs})'
+        self.backend = backend
+        self.sampler = None
+        self.batch = None
+        self.startup_s = None
+
+    def setup(self):
+        worker_class, worker_args = DefaultWorker, None
+        if self.envs_per_worker > 1:
+            worker_class = VecWorker
+            worker_args = {'n_envs': self.envs_per_worker}
+        options = {} if self.backend == 'local' else \
+            {'progress': self.progress}
+        started = time.perf_counter()
+        self.sampler = self.sampler_class(
+            self.agent, self.env_fn, n_workers=self.workers, seed=self.seed,
+            max_episode_length=self.max_episode_length,
+            worker_class=worker_class, worker_args=worker_args, **options)
+        self.startup_s = time.perf_counter() - started
+
+    def call(self, n, params):
+        self.batch = self.sampler.obtain_samples(n, agent_update=params)
+        return Sample(len(self.batch), self.batch.n_episodes,
+                      self.batch.nbytes)
+
+    def worker_pids(self):
+        return self.sampler.worker_pids() if self.backend != 'local' else []
+
+    def check(self):
+        self.batch.check()
+
+    def discarded(self):
+        return self.sampler.stats['discarded_episodes']
+
+    def close(self):
+        if self.sampler is not None:
+            self.sampler.close()
+
+
+class _Recorder:
+    """Steps of the episodes in progress, one list per env, turned into an
+    EpisodeBatch of the completed ones on demand (untimed)."""
+
+    def __init__(self, n_envs):
+        self.steps = [[] for _ in range(n_envs)]
+        self.done = []
+
+    def record(self, i, obs, action, reward, terminated, truncated,
+               next_obs):
+        steps = self.steps[i]
+        steps.append((obs, action, reward))
+        if terminated or truncated:
+            self.done.append((steps, bool(terminated), bool(truncated),
+                              next_obs))
+            self.steps[i] = []
+            return 1
+        return 0
+
+    def completed_batch(self):
+        parts = []
+        for steps, terminated, truncated, last in self.done:
+            n = len(steps)
+            term = np.zeros(n, dtype=bool)
+            trunc = np.zeros(n, dtype=bool)
+            term[-1], trunc[-1] = terminated, truncated
+            parts.append(EpisodeBatch(
+                observations=_nest.stack([s[0] for s in steps]),
+                actions=_nest.stack([s[1] for s in steps]),
+                rewards=np.asarray([s[2] for s in steps], dtype=float),
+                terminated=term, truncated=trunc,
+                last_observations=_nest.stack([last]),
+                lengths=np.array([n])))
+        self.done = []
+        return EpisodeBatch.concatenate(*parts) if parts else None
+
+
+class PlainLoopRow(Row):
+    """Env and agent in one process, one step at a time: the baseline every
+    sampler is measured against. It keeps every step, as a training loop
+    must, but assembles episodes only in the untimed check."""
+
+    name = 'plain loop (1 process)'
+    single_process = True
+
+    def __init__(self, agent, env_fn, seed):
+        self.agent = agent
+        self.env_fn = env_fn
+        self.seed = seed
+
+    def setup(self):
+        self.env = self.env_fn()
+        self.obs, _ = self.env.reset(seed=self.seed)
+        self.steps = []
+        self.recorder = _Recorder(1)
+
+    def call(self, n, params):
+        self.agent.set_params(params)
+        env, get_action, keep = self.env, self.agent.get_action, \
+            self.steps.append
+        obs, episodes = self.obs, 0
+        for _ in range(n):
+            action, _ = get_action(obs)
+            next_obs, reward, terminated, truncated, _ = env.step(action)
+            keep((obs, action, reward, terminated, truncated, next_obs))
+            if terminated or truncated:
+                episodes += 1
+                next_obs, _ = env.reset()
+            obs = next_obs
+        self.obs = obs
+        return Sample(n, episodes)
+
+    def check(self):
+        for step in self.steps:
+            self.recorder.record(0, *step)
+        self.steps = []
+        self.recorder.completed_batch()
+
+    def close(self):
+        self.env.close()
+
+
+class VectorEnvRow(Row):
+    """gymnasium's SyncVectorEnv or AsyncVectorEnv with the agent batched
+    in the calling process. ``SAME_STEP`` autoreset makes every step a real
+    transition (the final observation comes in the info). The timed loop
+    keeps each step's arrays whole; episodes are cut out untimed."""
+
+    def __init__(self, kind, n_envs, agent, env_fn, seed):
+        self.kind = kind
+        self.n_envs = n_envs
+        self.agent = agent
+        self.env_fn = env_fn
+        self.seed = seed
+        self.single_process = kind == 'sync'
+        cls = 'SyncVectorEnv' if kind == 'sync' else 'AsyncVectorEnv'
+        self.name = f'gymnasium {cls} ({n_envs} envs)'
+
+    def setup(self):
+        cls = gymnasium.vector.SyncVectorEnv if self.kind == 'sync' else \
+            gymnasium.vector.AsyncVectorEnv
+        self.envs = cls([self.env_fn] * self.n_envs,
+                        autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP)
+        self.obs, _ = self.envs.reset(seed=self.seed)
+        self.steps = []
+        self.recorder = _Recorder(self.n_envs)
+
+    def call(self, n, params):
+        self.agent.set_params(params)
+        envs, get_actions = self.envs, self.agent.get_actions
+        keep = self.steps.append
+        obs, transitions, episodes = self.obs, 0, 0
+        while transitions < n:
+            actions, _ = get_actions(obs)
+            next_obs, rewards, terms, truncs, infos = envs.step(actions)
+            done = terms | truncs
+            ended = int(done.sum())
+            keep((obs, actions, rewards, terms, truncs, next_obs,
+                  infos['final_obs'] if ended else None))
+            episodes += ended
+            transitions += self.n_envs
+            obs = next_obs
+        self.obs = obs
+        return Sample(transitions, episodes)
+
+    def worker_pids(self):
+        if self.kind == 'sync':
+            return []
+        return [p.pid for p in self.envs.processes]
+
+    def check(self):
+        for obs, actions, rewards, terms, truncs, next_obs, final in \
+                self.steps:
+            for i in range(self.n_envs):
+                last = final[i] if terms[i] or truncs[i] else next_obs[i]
+                self.recorder.record(i, obs[i], actions[i], rewards[i],
+                                     terms[i], truncs[i], last)
+        self.steps = []
+        self.recorder.completed_batch()
+
+    def close(self):
+        self.envs.close()
