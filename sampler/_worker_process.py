@@ -19,7 +19,9 @@ RUNNING runs ``worker.rollout()`` and gathers the episodes into one
 message, sent when it holds the START's ``chunk`` transitions, when the
 episode quota is met, or 50 ms after its first episode: per-message costs
 (pickling, a system call, unpickling in the caller) are paid per chunk,
-not per episode. A send blocks only while the caller's end of the pipe is
+not per episode. Past its ``share`` of a call's transitions, the end of
+the call is near: it sends every episode at once, so that little finished
+work is still held when STOP comes. A send blocks only while the caller's end of the pipe is
 full, which pauses the worker until the caller reads; the caller reads
 whenever it waits, so a paused worker resumes as soon as there is room,
 and a command is seen right after.
@@ -46,7 +48,7 @@ class Command(enum.Enum):
     """Caller -> worker."""
 
     START = 'start'  # (round, version, env blob, agent blob, episode quota,
-    #                    transitions per message)
+    #                    transitions per message, transitions share)
     STOP = 'stop'    # ()
     EXIT = 'exit'    # ()
 
@@ -113,7 +115,9 @@ class _Loop:
         self.round = self.version = 0
         self.quota = None
         self.chunk = None
+        self.share = None
         self.produced = 0
+        self.produced_transitions = 0
         self.pending = []
         self.pending_transitions = 0
         self.pending_since = 0.0
@@ -157,14 +161,12 @@ class _Loop:
                 self.pending.append(batch)
                 self.pending_transitions += len(batch)
                 self.produced += batch.n_episodes
+                self.produced_transitions += len(batch)
                 quota_met = self.quota is not None and \
                     self.produced >= self.quota
                 if quota_met:
                     self.running = False
-                if quota_met or (self.chunk is not None and
-                                 self.pending_transitions >= self.chunk) or \
-                        time.monotonic() - self.pending_since >= \
-                        FLUSH_AFTER_S:
+                if quota_met or self._chunk_ready():
                     if not self._flush():
                         return
 
@@ -172,7 +174,8 @@ class _Loop:
         """Apply one command; False means exit."""
         tag, *args = message
         if tag is Command.START:
-            round_number, version, env_blob, agent_blob, quota, chunk = args
+            (round_number, version, env_blob, agent_blob, quota, chunk,
+             share) = args
             # Episodes still held are of the round this START ends.
             self.pending, self.pending_transitions = [], 0
             try:
@@ -185,8 +188,9 @@ class _Loop:
                 self._report_error()
                 return False
             self.round, self.version = round_number, version
-            self.quota, self.chunk = quota, chunk
-            self.produced, self.running = 0, True
+            self.quota, self.chunk, self.share = quota, chunk, share
+            self.produced = self.produced_transitions = 0
+            self.running = True
         elif tag is Command.STOP:
             self.running = False
             # Hand over what is done: the next call keeps it if its
@@ -199,6 +203,13 @@ class _Loop:
             msg = f'worker {self.worker_number} got unknown command {tag!r}'
             raise ValueError(msg)
         return True
+
+    def _chunk_ready(self):
+        if self.share is not None and self.produced_transitions >= self.share:
+            return True
+        if self.chunk is not None and self.pending_transitions >= self.chunk:
+            return True
+        return time.monotonic() - self.pending_since >= FLUSH_AFTER_S
 
     def _flush(self):
         """Send the episodes held as one batch; False after an error."""

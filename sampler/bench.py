@@ -61,11 +61,13 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
     def copy():
         return cloudpickle.loads(cloudpickle.dumps(the_agent))
 
+    per_worker = envs_per_worker if isinstance(envs_per_worker, tuple) \
+        else (envs_per_worker,)
     rows = [SamplerRow(BACKENDS[backend], copy(), env_fn, workers=n,
-                       envs_per_worker=envs_per_worker, seed=seed,
+                       envs_per_worker=k, seed=seed,
                        max_episode_length=max_episode_length,
                        progress=progress)
-            for n in (sweep_workers or (workers,))]
+            for n in (sweep_workers or (workers,)) for k in per_worker]
     if compare:
         rows.append(PlainLoopRow(copy(), env_fn, seed))
         rows += [VectorEnvRow('sync', n, copy(), env_fn, seed)
@@ -80,6 +82,9 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         max_episode_length=None, seed=0, step_cost_us=0, compare=False,
         progress=None, sweep_workers=(), echo=None):
     """Time ``iterations`` calls of every row; return every figure.
+
+    ``envs_per_worker`` and ``sweep_workers`` may be tuples: one row of
+    ours per combination.
 
     Returns:
         dict: the configuration, and ``rows``: one dict per row; rates end

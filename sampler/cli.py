@@ -21,7 +21,7 @@ def _env_id(ctx, param, value):
     return value
 
 
-def _worker_list(ctx, param, value):
+def _counts(ctx, param, value):
     if value is None:
         return ()
     try:
@@ -29,7 +29,7 @@ def _worker_list(ctx, param, value):
     except ValueError:
         counts = ()
     if not counts or min(counts) < 1:
-        msg = f'expected worker counts like 1,2,4, got {value!r}'
+        msg = f'expected counts >= 1 like 1,2,4, got {value!r}'
         raise click.BadParameter(msg)
     return counts
 
@@ -44,9 +44,10 @@ def _worker_list(ctx, param, value):
               help='where workers run')
 @click.option('--workers', type=click.IntRange(min=1), default=None,
               help='worker count  [default: the CPUs this process may use]')
-@click.option('--envs-per-worker', type=click.IntRange(min=1), default=1,
+@click.option('--envs-per-worker', callback=_counts, default='1',
               show_default=True,
-              help='1 runs DefaultWorker, more runs VecWorker')
+              help='1 runs DefaultWorker, more runs VecWorker; a list like '
+                   '1,8,16 times each')
 @click.option('--agent', type=click.Choice(['mlp', 'random']), default='mlp',
               show_default=True, help='numpy MLP policy or random actions')
 @click.option('--samples', type=click.IntRange(min=1), default=20000,
@@ -64,7 +65,7 @@ def _worker_list(ctx, param, value):
 @click.option('--compare', is_flag=True,
               help='also time a plain loop and gymnasium SyncVectorEnv / '
                    'AsyncVectorEnv on the same task')
-@click.option('--sweep-workers', callback=_worker_list, default=None,
+@click.option('--sweep-workers', callback=_counts, default=None,
               help='time our sampler at each of these worker counts, e.g. '
                    '1,2,4')
 @click.option('--plot', 'plot_path', type=click.Path(dir_okay=False),

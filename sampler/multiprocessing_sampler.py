@@ -235,7 +235,7 @@ class MultiprocessingSampler(Sampler):
         for handle, (env, agent) in zip(self._handles, updates):
             handle.send(Command.START, round_number, self._version,
                         env and env.blob, agent and agent.blob,
-                        collector.quota, collector.chunk)
+                        collector.quota, collector.chunk, collector.share)
         stop = True
         try:
             with self._progress(kind, count) as bar:
@@ -323,7 +323,8 @@ class MultiprocessingSampler(Sampler):
         self._handles[i] = replacement
         # Its recipe already holds this call's updates; it redoes the round.
         replacement.send(Command.START, collector.round, self._version, None,
-                         None, collector.quota, collector.chunk)
+                         None, collector.quota, collector.chunk,
+                         collector.share)
         collector.restarted(i)
 
     def _progress(self, kind, count):
@@ -395,6 +396,9 @@ class _Collector:
         # met (or after FLUSH_AFTER_S).
         self.chunk = None if kind == 'episodes' else \
             max(1, count // (16 * sampler.n_workers))
+        # A worker's fair part of the call; past it, it sends at once.
+        self.share = None if kind == 'episodes' else \
+            -(-count // sampler.n_workers)
         self.min_version = sampler.version - \
             sampler._options['max_staleness']
         self.kept = [[] for _ in range(sampler.n_workers)]  # exact episodes

@@ -76,10 +76,12 @@ def test_compare_adds_every_peer_row_with_ratios(tmp_path):
 
 def test_sweep_workers_and_step_cost(tmp_path):
     _, data = bench(tmp_path, '--sweep-workers', '1,2', '--step-cost-us',
-                    '50', '--samples', '100')
+                    '50', '--samples', '100', '--envs-per-worker', '1,4')
     assert [r['name'] for r in data['rows']] == [
         'MultiprocessingSampler (1 workers)',
-        'MultiprocessingSampler (2 workers)']
+        'MultiprocessingSampler (1 workers x 4 envs)',
+        'MultiprocessingSampler (2 workers)',
+        'MultiprocessingSampler (2 workers x 4 envs)']
     assert data['step_cost_us'] == 50 and data['step_cost_loops'] > 0
 
 
@@ -119,9 +121,10 @@ def test_plot_needs_the_sweep_and_matplotlib(tmp_path):
     (['--env', 'CartPol-v1'], "Did you mean: `CartPole`?"),
     (['--samples', 'many'], "Invalid value for '--samples'"),
     (['--step-cost-us', '-1'], "Invalid value for '--step-cost-us'"),
-    (['--sweep-workers', '1,x'], "expected worker counts like 1,2,4, got "
+    (['--sweep-workers', '1,x'], "expected counts >= 1 like 1,2,4, got "
                                  "'1,x'"),
-    (['--sweep-workers', '0'], "expected worker counts like 1,2,4"),
+    (['--sweep-workers', '0'], "expected counts >= 1 like 1,2,4"),
+    (['--envs-per-worker', '0'], "expected counts >= 1 like 1,2,4"),
 ])
 def test_bad_options_are_usage_errors(args, message):
     result = CliRunner().invoke(main, ['bench'] + args)
