@@ -38,7 +38,7 @@ from multiprocessing import parent_process
 
 import cloudpickle
 
-from workers import EpisodeBatch
+from workers import EpisodeBuffer
 
 #: Longest a finished episode waits in a worker before it is sent.
 FLUSH_AFTER_S = 0.05
@@ -118,8 +118,7 @@ class _Loop:
         self.share = None
         self.produced = 0
         self.produced_transitions = 0
-        self.pending = []
-        self.pending_transitions = 0
+        self.pending = EpisodeBuffer()
         self.pending_since = 0.0
 
     def build(self, factory_blob, payloads):
@@ -151,17 +150,18 @@ class _Loop:
                     return
                 timeout = 0 if self.running else None
             if self.running:
+                pending = self.pending
+                episodes = pending.n_episodes
+                transitions = pending.transitions
+                if not episodes:
+                    self.pending_since = time.monotonic()
                 try:
-                    batch = self.worker.rollout()
+                    self.worker.rollout_into(pending)
                 except Exception:
                     self._report_error()
                     return
-                if not self.pending:
-                    self.pending_since = time.monotonic()
-                self.pending.append(batch)
-                self.pending_transitions += len(batch)
-                self.produced += batch.n_episodes
-                self.produced_transitions += len(batch)
+                self.produced += pending.n_episodes - episodes
+                self.produced_transitions += pending.transitions - transitions
                 quota_met = self.quota is not None and \
                     self.produced >= self.quota
                 if quota_met:
@@ -177,7 +177,7 @@ class _Loop:
             (round_number, version, env_blob, agent_blob, quota, chunk,
              share) = args
             # Episodes still held are of the round this START ends.
-            self.pending, self.pending_transitions = [], 0
+            self.pending = EpisodeBuffer()
             try:
                 if env_blob is not None:
                     self._apply('env', env_blob)
@@ -195,7 +195,7 @@ class _Loop:
             self.running = False
             # Hand over what is done: the next call keeps it if its
             # version is still current.
-            if self.pending and not self._flush():
+            if self.pending.n_episodes and not self._flush():
                 return False
         elif tag is Command.EXIT:
             return False
@@ -207,17 +207,16 @@ class _Loop:
     def _chunk_ready(self):
         if self.share is not None and self.produced_transitions >= self.share:
             return True
-        if self.chunk is not None and self.pending_transitions >= self.chunk:
+        if self.chunk is not None and \
+                self.pending.transitions >= self.chunk:
             return True
         return time.monotonic() - self.pending_since >= FLUSH_AFTER_S
 
     def _flush(self):
         """Send the episodes held as one batch; False after an error."""
-        batches, self.pending = self.pending, []
-        self.pending_transitions = 0
         try:
             self.worker.error_site = 'building the message'
-            batch = EpisodeBatch.concatenate(*batches, missing_infos='mask')
+            batch = self.pending.to_batch()
             self.worker.error_site = 'pickling the episodes'
             data = _dumps((Reply.EPISODES, self.round, self.version, batch))
             self.worker.error_site = None

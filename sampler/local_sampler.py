@@ -6,6 +6,10 @@ import warnings
 
 from sampler.errors import SamplerTimeoutError, WorkerError
 from sampler.sampler import Sampler
+from workers import EpisodeBuffer
+
+#: What a guarded call returns when its worker failed and was replaced.
+_RESTARTED = object()
 
 
 class LocalSampler(Sampler):
@@ -94,31 +98,36 @@ class LocalSampler(Sampler):
         for i, (env, agent) in enumerate(updates):
             self._guarded(i, self._begin, i, env, agent)
         kind, count = goal
-        batches = []
+        # One buffer for the whole call: a single batch is built at the end.
+        buffer = EpisodeBuffer()
         if kind == 'samples':
-            total = 0
-            while total < count:
+            while buffer.transitions < count:
                 for i in range(self.n_workers):
-                    _check_deadline(deadline, f'{total} of {count} '
-                                    f'transitions were collected')
-                    batch = self._guarded(i, self._workers[i].rollout)
-                    if batch is not None:
-                        batches.append(batch)
-                        total += len(batch)
-                        if total >= count:
-                            break
-            return batches
+                    _check_deadline(deadline, f'{buffer.transitions} of '
+                                    f'{count} transitions were collected')
+                    self._guarded(i, self._rollout_into, i, buffer)
+                    if buffer.transitions >= count:
+                        break
+            return [buffer.to_batch()]
         for i in range(self.n_workers):
-            got = 0
-            while got < count:
-                _check_deadline(deadline, f'worker {i} had returned {got} of '
-                                f'{count} episodes')
-                batch = self._guarded(i, self._workers[i].rollout)
-                if batch is not None:
-                    batch = self._keep_episodes(batch, count - got)
-                    batches.append(batch)
-                    got += batch.n_episodes
-        return batches
+            before = buffer.n_episodes
+            while buffer.n_episodes - before < count:
+                _check_deadline(deadline, f'worker {i} had returned '
+                                f'{buffer.n_episodes - before} of {count} '
+                                f'episodes')
+                if self._guarded(i, self._rollout_into, i, buffer) is \
+                        _RESTARTED:
+                    # The replacement redoes the round from its seeds, as
+                    # MultiprocessingSampler's do.
+                    self._stats['discarded_episodes'] += \
+                        buffer.keep_first(before)
+            # A VecWorker may finish several episodes at once.
+            self._stats['discarded_episodes'] += \
+                buffer.keep_first(before + count)
+        return [buffer.to_batch()]
+
+    def _rollout_into(self, i, buffer):
+        self._workers[i].rollout_into(buffer)
 
     def _begin(self, i, env, agent):
         worker = self._workers[i]
@@ -129,15 +138,22 @@ class LocalSampler(Sampler):
     def _guarded(self, i, fn, *args):
         """``fn(*args)`` for worker ``i``. An exception from env or agent
         code becomes a WorkerError, or (on_worker_error='restart') the
-        worker is rebuilt and None returned: its episode is lost."""
-        while True:
+        worker is rebuilt and _RESTARTED returned: its episode is lost."""
+        try:
+            return fn(*args)
+        except Exception as exc:
+            self._raise_unless_restarting(i, exc)
+        while True:  # a replacement that fails to build counts again
             try:
-                return fn(*args)
+                self._rebuild(i)
+                return _RESTARTED
             except Exception as exc:
-                err = self._error(i, exc)
-                if not self._worker_failed(err):
-                    raise err from exc
-            fn, args = self._rebuild, (i,)
+                self._raise_unless_restarting(i, exc)
+
+    def _raise_unless_restarting(self, i, exc):
+        err = self._error(i, exc)
+        if not self._worker_failed(err):
+            raise err from exc
 
     def _rebuild(self, i):
         old = self._workers[i]

@@ -4,6 +4,7 @@ This package knows nothing of processes or queues; :mod:`sampler` decides
 where workers run.
 """
 
+from workers._episode import EpisodeBuffer
 from workers.agents import CallableAgent, MLPAgent, RandomAgent
 from workers.default_worker import DefaultWorker
 from workers.env_update import EnvUpdate, NewEnvUpdate, SetTaskUpdate
@@ -17,6 +18,7 @@ __all__ = [
     'DefaultWorker',
     'EnvUpdate',
     'EpisodeBatch',
+    'EpisodeBuffer',
     'MLPAgent',
     'NewEnvUpdate',
     'RandomAgent',

@@ -52,7 +52,7 @@ class DefaultWorker(Worker):
     def _on_new_round(self, env_seeds):
         self._reset_seed = env_seeds[0]
 
-    def rollout(self):
+    def rollout_into(self, buffer):
         env, agent = self.env, self.agent
         self._check_ready(env)
         get_action = agent.get_action
@@ -100,14 +100,12 @@ class DefaultWorker(Worker):
                 if t >= max_length:
                     truncated = True
                     break
-            where = 'building the episode'
-            batch = record.to_batch(obs, bool(terminated), bool(truncated),
-                                    self.version, self._worker_number)
         except BaseException:
             self.error_site = where
             raise
         self.error_site = None
-        return batch
+        buffer.add(record, obs, bool(terminated), bool(truncated),
+                   self.version, self._worker_number)
 
     def shutdown(self):
         if self.env is not None:

@@ -8,7 +8,6 @@ import numpy as np
 from workers import _nest
 from workers._episode import EpisodeRecord, copy_nest, reuses_buffers
 from workers.agents import batched
-from workers.episode_batch import EpisodeBatch
 from workers.worker import Worker
 
 
@@ -97,7 +96,7 @@ class VecWorker(Worker):
         self._records[i] = EpisodeRecord(info)
         self._steps[i] = 0
 
-    def rollout(self):
+    def rollout_into(self, buffer):
         self._check_ready(self.envs[0])
         n_envs = self._n_envs
         if self._records is None:
@@ -127,7 +126,7 @@ class VecWorker(Worker):
                         reset(_mask(n_envs, to_reset))
                 where = 'agent.get_actions'
                 actions, agent_infos = get_actions(_nest.stack(observations))
-                completed = []
+                completed = 0
                 for i in range(n_envs):
                     where = 'env.step'
                     action = _nest.index(actions, i)
@@ -152,21 +151,17 @@ class VecWorker(Worker):
                                                        truncated):
                         truncated = True
                     if terminated or truncated:
-                        where = 'building the episode'
-                        completed.append(record.to_batch(
-                            next_obs, bool(terminated), bool(truncated),
-                            self.version, self._worker_number))
+                        buffer.add(record, next_obs, bool(terminated),
+                                   bool(truncated), self.version,
+                                   self._worker_number)
                         records[i] = None
+                        completed += 1
                 if completed:
-                    where = 'building the episode'
-                    batch = EpisodeBatch.concatenate(*completed,
-                                                     missing_infos='mask')
                     break
         except BaseException:
             self.error_site = where
             raise
         self.error_site = None
-        return batch
 
     def shutdown(self):
         for env in self.envs:

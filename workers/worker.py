@@ -4,6 +4,7 @@ import numbers
 
 import numpy as np
 
+from workers._episode import EpisodeBuffer
 from workers.agents import as_agent
 from workers.env_update import as_env_update
 from workers.spaces import check_stackable
@@ -170,6 +171,17 @@ class Worker:
     def rollout(self):
         """Run until at least one episode completes; return the completed
         episodes as an :class:`~workers.EpisodeBatch`."""
+        buffer = EpisodeBuffer()
+        self.rollout_into(buffer)
+        self.error_site = 'building the episode batch'
+        batch = buffer.to_batch()
+        self.error_site = None
+        return batch
+
+    def rollout_into(self, buffer):
+        """Run until at least one episode completes and add the completed
+        episodes to ``buffer`` (an :class:`~workers.EpisodeBuffer`), which
+        builds one batch for many calls: cheaper than a batch per call."""
         raise NotImplementedError
 
     def shutdown(self):

@@ -7,8 +7,9 @@ import pytest
 from gymnasium import spaces
 
 from helpers import DictObsEnv, FaultyEnv, InPlaceEnv, TaskEnv, TextEnv
-from workers import (DefaultWorker, EpisodeBatch, MLPAgent, NewEnvUpdate,
-                     RandomAgent, SetTaskUpdate, VecWorker, WorkerFactory)
+from workers import (DefaultWorker, EpisodeBatch, EpisodeBuffer, MLPAgent,
+                     NewEnvUpdate, RandomAgent, SetTaskUpdate, VecWorker,
+                     WorkerFactory)
 
 
 def make_worker(env='CartPole-v1', agent='mlp', worker_class=DefaultWorker,
@@ -314,3 +315,42 @@ def test_factory_rejects_bad_arguments(kwargs, error, pattern):
 def test_factory_draws_a_seed_when_none_is_given():
     a, b = WorkerFactory(n_workers=1), WorkerFactory(n_workers=1)
     assert a.seed != b.seed and a.seed >= 0
+
+
+def test_episode_buffer_builds_one_batch_equal_to_per_episode_batches():
+    w = make_worker('FrozenLake-v1', 'mlp', seed=4)
+    w.start_round(0)
+    singles = [w.rollout() for _ in range(6)]
+    w.start_round(0)
+    buffer = EpisodeBuffer()
+    for _ in range(6):
+        w.rollout_into(buffer)
+    assert buffer.n_episodes == 6
+    assert buffer.transitions == sum(len(b) for b in singles)
+    assert buffer.keep_first(4) == 2 and buffer.n_episodes == 4
+    batch = buffer.to_batch()
+    assert batch == EpisodeBatch.concatenate(*singles[:4])
+    batch.check()
+    assert buffer.n_episodes == 0 and buffer.transitions == 0
+    with pytest.raises(ValueError, match='holds no episode'):
+        buffer.to_batch()
+
+
+def test_info_keys_missing_in_some_episodes_get_masks():
+    class Sometimes(InPlaceEnv):
+        def step(self, action):
+            obs, r, term, trunc, info = super().step(action)
+            if term and self.np_random.random() < 0.5:
+                info = {'success': 1.0}
+            return obs, r, term, trunc, info
+    w = make_worker(Sometimes, 'random', seed=1)
+    w.start_round(0)
+    buffer = EpisodeBuffer()
+    while buffer.n_episodes < 8:
+        w.rollout_into(buffer)
+    batch = buffer.to_batch()
+    mask = batch.env_infos['_success']
+    assert mask.shape == (len(batch),) and 0 < mask.sum() < 8
+    ends = batch.episode_starts + batch.lengths - 1
+    assert not mask[~np.isin(np.arange(len(batch)), ends)].any()
+    assert (batch.env_infos['success'][mask] == 1.0).all()
