@@ -3,7 +3,7 @@
 A worker process owns one :class:`~workers.Worker`. It reads commands from
 its command queue and writes replies to its own result pipe::
 
-                 commands (mp.Queue)                result pipe
+                 command pipe                       result pipe
     caller  ---- START / STOP / EXIT ---->  worker  ---- READY / EPISODES /
                                              process      ERROR ---->  caller
 
@@ -14,7 +14,7 @@ States and transitions (checked between episodes, never inside one)::
       +----START---------+   (a START while running begins the new round)
     any state ---EXIT, or the parent process died---> exit
 
-IDLE blocks on the command queue and the parent's sentinel: no CPU at all.
+IDLE blocks on the command pipe and the parent's sentinel: no CPU at all.
 RUNNING runs ``worker.rollout()`` and gathers the episodes into one
 message, sent when it holds the START's ``chunk`` transitions, when the
 episode quota is met, or 50 ms after its first episode: per-message costs
@@ -73,7 +73,8 @@ def run(worker_number, factory_blob, payloads, commands, results):
         factory_blob: the cloudpickled WorkerFactory.
         payloads: ``(kind, blob)`` pairs to apply in order before READY:
             env updates, then the agent and its parameters.
-        commands: the multiprocessing.Queue of ``(Command, *args)``.
+        commands: the reading end of this worker's command pipe, carrying
+            pickled ``(Command, *args)`` tuples.
         results: the writing end of this worker's result pipe.
     """
     # Ctrl-C in a terminal reaches the whole process group: the caller alone
@@ -101,11 +102,9 @@ class _Loop:
         self.commands = commands
         self.results = results
         # One selector for the whole life of the process: checking it
-        # between episodes is a single system call. mp.Queue has no public
-        # waitable; its reader is a Connection, as CPython's
-        # concurrent.futures also relies on.
+        # between episodes is a single system call.
         self.selector = selectors.DefaultSelector()
-        self.selector.register(commands._reader, selectors.EVENT_READ, False)
+        self.selector.register(commands, selectors.EVENT_READ, False)
         parent = parent_process()
         if parent is not None:
             self.selector.register(parent.sentinel, selectors.EVENT_READ,
@@ -146,7 +145,11 @@ class _Loop:
                     break
                 if any(key.data for key, _ in events):
                     raise _ParentGone
-                if not self._handle(self.commands.get()):
+                try:
+                    message = pickle.loads(self.commands.recv_bytes())
+                except (EOFError, OSError):
+                    raise _ParentGone from None  # the caller's end closed
+                if not self._handle(message):
                     return
                 timeout = 0 if self.running else None
             if self.running:
@@ -252,6 +255,7 @@ class _Loop:
 
     def close(self):
         self.selector.close()
+        self.commands.close()
         if self.worker is not None:
             try:
                 self.worker.shutdown()

@@ -4,7 +4,7 @@ Data flow of one call::
 
     caller: obtain_samples(n, agent_update, env_update)
       |  checks and pickles the updates once (Sampler base class)
-      |  START(round, version, updates, quota) --> command queue 0 ... k
+      |  START(round, version, updates, quota) --> command pipe 0 ... k
       v
     worker process i (sampler._worker_process): apply updates, reseed,
       |  rollout() -> EpisodeBatch -> EPISODES(round, version, batch)
@@ -13,16 +13,20 @@ Data flow of one call::
       |  process sentinel; keeps episodes of the current version (round,
       |  for exact episodes), discards the rest, counts
       v
-    STOP --> every command queue (workers go idle), then
+    STOP --> every command pipe (workers go idle), then
     EpisodeBatch.concatenate(kept) --> caller
 
 The actors:
 
 - the caller's thread: the only reader of the result pipes; never blocks
-  on a send (command queues have a feeder thread) and never polls: it
+  on a send (command pipes have a sender thread) and never polls: it
   sleeps in ``wait()`` until a pipe has data, a worker dies, or the call's
   ``timeout`` runs out.
-- a command queue per worker (``multiprocessing.Queue``): caller -> worker.
+- a command pipe per worker: caller -> worker, written by a sender thread
+  of its own, so that the caller's thread only appends to a deque. (A
+  ``multiprocessing.Queue`` would do the same with three named semaphores
+  per worker, which its resource tracker may report as leaked when the
+  interpreter exits; pipes and threads leave nothing to report.)
 - a worker process per worker: the state machine of
   :mod:`sampler._worker_process`.
 - a result pipe per worker: worker -> caller. One pipe per worker, rather
@@ -32,10 +36,13 @@ The actors:
   replacement gets a new one.
 """
 
+import collections
 import multiprocessing as mp
 import os
+import pickle
 import selectors
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -71,6 +78,58 @@ class _Handle:
 
     def send(self, *message):
         self.commands.put(message)
+
+
+class _Commands:
+    """The caller's end of a worker's command pipe.
+
+    ``put`` pickles and queues; a daemon thread started on first use does
+    the writing, so the caller never blocks on a worker that is busy,
+    paused or stuck, and a worker that died just ends the thread.
+    """
+
+    def __init__(self, writer):
+        self._writer = writer
+        self._queued = collections.deque()
+        self._wake = threading.Condition()
+        self._thread = None
+        self._closed = False
+
+    def put(self, message):
+        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        with self._wake:
+            if self._closed:
+                msg = 'the command pipe of this worker is closed'
+                raise ValueError(msg)
+            self._queued.append(data)
+            self._wake.notify()
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._send_queued, name='sampler-commands',
+                    daemon=True)
+                self._thread.start()
+
+    def _send_queued(self):
+        while True:
+            with self._wake:
+                while not self._queued and not self._closed:
+                    self._wake.wait()
+                if not self._queued:
+                    break
+                data = self._queued.popleft()
+            try:
+                self._writer.send_bytes(data)
+            except (OSError, ValueError):
+                break  # the worker is gone; nothing more can reach it
+        self._writer.close()
+
+    def close(self):
+        """Stop after what is queued; never waits for a stuck worker."""
+        with self._wake:
+            self._closed = True
+            self._wake.notify()
+            if self._thread is None:
+                self._writer.close()
 
 
 class MultiprocessingSampler(Sampler):
@@ -159,21 +218,20 @@ class MultiprocessingSampler(Sampler):
             raise
 
     def _spawn(self, i):
-        commands = self._ctx.Queue()
-        # The caller never reads its own commands; if the worker dies with
-        # commands unread, exit must not wait for the feeder to flush them.
-        commands.cancel_join_thread()
+        command_reader, command_writer = self._ctx.Pipe(duplex=False)
         reader, writer = self._ctx.Pipe(duplex=False)
         payloads = [(p.kind, p.blob) for p in self._recipes[i].payloads()]
         process = self._ctx.Process(
             target=_worker_process.run, name=f'sampler-worker-{i}',
-            args=(i, self._factory_blob, payloads, commands, writer),
+            args=(i, self._factory_blob, payloads, command_reader, writer),
             daemon=True)
         process.start()
-        # Only the worker may hold the writing end, so that its death reads
-        # as end-of-file here instead of a wait that never ends.
+        # Only the worker may hold these ends: its death then reads as
+        # end-of-file here instead of a wait that never ends, and a send to
+        # it fails instead of blocking.
         writer.close()
-        return _Handle(i, process, commands, reader)
+        command_reader.close()
+        return _Handle(i, process, _Commands(command_writer), reader)
 
     def _await_ready(self, timeout):
         deadline = time.monotonic() + timeout
