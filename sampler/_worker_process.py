@@ -1,7 +1,7 @@
 """The loop a worker process runs, and the messages it speaks.
 
 A worker process owns one :class:`~workers.Worker`. It reads commands from
-its command queue and writes replies to its own result pipe::
+its command pipe and writes replies to its own result pipe::
 
                  command pipe                       result pipe
     caller  ---- START / STOP / EXIT ---->  worker  ---- READY / EPISODES /

@@ -553,7 +553,7 @@ def _shutdown(handles, timeout):
         try:
             handle.send(Command.EXIT)
         except (OSError, ValueError):
-            pass  # its queue is already closed
+            pass  # its command pipe is already closed
     # Graceful phase: read (and drop) what workers still send, so that one
     # paused on a full pipe can see EXIT; stop at half the budget.
     graceful = time.monotonic() + timeout / 2
