@@ -1,5 +1,6 @@
 """VecWorker: several envs stepped together with batched agent calls."""
 
+import functools
 import numbers
 
 import cloudpickle
@@ -126,10 +127,19 @@ class VecWorker(Worker):
                         reset(_mask(n_envs, to_reset))
                 where = 'agent.get_actions'
                 actions, agent_infos = get_actions(_nest.stack(observations))
+                if isinstance(actions, np.ndarray) and actions.ndim == 1 \
+                        and actions.dtype.kind in 'iu':
+                    # Discrete actions: one tolist() gives every env a
+                    # Python int (as DefaultWorker's agents give), cheaper
+                    # than indexing the array once per env.
+                    actions = actions.tolist()
+                    action_of = actions.__getitem__
+                else:
+                    action_of = functools.partial(_nest.index, actions)
                 completed = 0
                 for i in range(n_envs):
                     where = 'env.step'
-                    action = _nest.index(actions, i)
+                    action = action_of(i)
                     next_obs, reward, terminated, truncated, env_info = \
                         envs[i].step(action)
                     if steps[i] == 0 and not copy_obs[i] and \
