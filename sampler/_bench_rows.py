@@ -107,7 +107,7 @@ class SamplerRow(Row):
             self.sampler.close()
 
 
-class _Recorder:
+class EpisodeRecorder:
     """Steps of the episodes in progress, one list per env, turned into an
     EpisodeBatch of the completed ones on demand (untimed)."""
 
@@ -161,7 +161,7 @@ class PlainLoopRow(Row):
         self.env = self.env_fn()
         self.obs, _ = self.env.reset(seed=self.seed)
         self.steps = []
-        self.recorder = _Recorder(1)
+        self.recorder = EpisodeRecorder(1)
 
     def call(self, n, params):
         self.agent.set_params(params)
@@ -212,7 +212,7 @@ class VectorEnvRow(Row):
                         autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP)
         self.obs, _ = self.envs.reset(seed=self.seed)
         self.steps = []
-        self.recorder = _Recorder(self.n_envs)
+        self.recorder = EpisodeRecorder(self.n_envs)
 
     def call(self, n, params):
         self.agent.set_params(params)

@@ -23,7 +23,8 @@ import cloudpickle
 import psutil
 
 from sampler import bench_envs
-from sampler._bench_rows import PlainLoopRow, SamplerRow, VectorEnvRow
+from sampler._bench_rows import (EpisodeRecorder, PlainLoopRow, Row, Sample,
+                                 SamplerRow, VectorEnvRow)
 from sampler.local_sampler import LocalSampler
 from sampler.multiprocessing_sampler import MultiprocessingSampler
 from workers import MLPAgent, RandomAgent
@@ -95,7 +96,24 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         envs_per_worker=envs_per_worker, agent=agent, seed=seed,
         max_episode_length=max_episode_length, step_cost_us=step_cost_us,
         compare=compare, progress=progress, sweep_workers=sweep_workers)
-    params = the_agent.get_params()
+    results, best = time_rows(rows, the_agent.get_params(), samples=samples,
+                              iterations=iterations, echo=echo)
+    return {
+        'env': env, 'backend': backend, 'workers': workers,
+        'envs_per_worker': envs_per_worker, 'agent': agent,
+        'samples': samples, 'iterations': iterations,
+        'max_episode_length': max_episode_length, 'seed': seed,
+        'step_cost_us': step_cost_us, 'step_cost_loops': loops,
+        'cpus': len(psutil.Process().cpu_affinity()),
+        'best_single_process_row': best,
+        'rows': results,
+    }
+
+
+def time_rows(rows, params, *, samples, iterations, echo=None):
+    """Set up ``rows``, time ``iterations`` calls of each in turn, close
+    them; return (one figures dict per row, the best single-process row's
+    name). Each row's data is checked after every call, untimed."""
     calls = [[] for _ in rows]
     try:
         for row in rows:
@@ -120,16 +138,7 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         result['ratio_to_best_single_process'] = (
             result['median_transitions_per_s'] /
             best['median_transitions_per_s'] if best else None)
-    return {
-        'env': env, 'backend': backend, 'workers': workers,
-        'envs_per_worker': envs_per_worker, 'agent': agent,
-        'samples': samples, 'iterations': iterations,
-        'max_episode_length': max_episode_length, 'seed': seed,
-        'step_cost_us': step_cost_us, 'step_cost_loops': loops,
-        'cpus': len(psutil.Process().cpu_affinity()),
-        'best_single_process_row': best['name'] if best else None,
-        'rows': results,
-    }
+    return results, best['name'] if best else None
 
 
 def _measure(row, samples, params):
@@ -307,3 +316,9 @@ def plot_sweep(result, path):
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
+
+
+#: What scripts that add rows of their own (scripts/bench_peers.py) use.
+__all__ = ['EpisodeRecorder', 'PlainLoopRow', 'Row', 'Sample', 'SamplerRow',
+           'VectorEnvRow', 'build_rows', 'format_table', 'make_agent', 'run',
+           'time_rows', 'write_json']
