@@ -31,3 +31,10 @@ def test_readme_commands_are_the_ci_commands():
     ci = (ROOT / '.ci' / 'run').read_text().strip().splitlines()[-1]
     assert f'    {ci}\n' in text
     assert '.venv/bin/sampler bench' in text
+
+
+def test_readme_renders_without_warnings():
+    import docutils.core
+    docutils.core.publish_string(
+        (ROOT / 'README.rst').read_text(), writer_name='null',
+        settings_overrides={'report_level': 2, 'halt_level': 2})
