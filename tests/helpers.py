@@ -1,6 +1,8 @@
 """Environments and agents written for the tests."""
 
+import contextlib
 import os
+import threading
 import time
 
 import gymnasium as gym
@@ -227,3 +229,40 @@ class BusyEnv(OneStepEnv):
         while time.process_time() < deadline:
             pass
         return super().step(action)
+
+
+class Unpicklable:
+    """An agent holding a lock, which no pickler can send to a worker."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+
+    def get_action(self, observation):
+        return 0, {}
+
+
+def leaves_of(nest):
+    """The arrays of a nest of dicts and tuples, in order."""
+    if isinstance(nest, dict):
+        return [x for v in nest.values() for x in leaves_of(v)]
+    if isinstance(nest, tuple):
+        return [x for v in nest for x in leaves_of(v)]
+    return [nest]
+
+
+@contextlib.contextmanager
+def closing_samplers(sampler_class, **defaults):
+    """Yields ``make(agents, envs, **kwargs)``; every sampler it made is
+    closed on the way out."""
+    made = []
+
+    def make(agents, envs, **kwargs):
+        sampler = sampler_class(agents, envs, **{**defaults, **kwargs})
+        made.append(sampler)
+        return sampler
+
+    try:
+        yield make
+    finally:
+        for sampler in made:
+            sampler.close()

@@ -1,5 +1,7 @@
 import pytest
 
+from helpers import closing_samplers
+
 from sampler import LocalSampler, MultiprocessingSampler
 
 BACKENDS = {'local': LocalSampler, 'multiprocessing': MultiprocessingSampler}
@@ -14,13 +16,5 @@ def backend(request):
 @pytest.fixture
 def make_sampler(backend):
     """Build samplers of the backend under test; all are closed afterwards."""
-    made = []
-
-    def make(agents, envs, **kwargs):
-        sampler = backend(agents, envs, **kwargs)
-        made.append(sampler)
-        return sampler
-
-    yield make
-    for sampler in made:
-        sampler.close()
+    with closing_samplers(backend) as make:
+        yield make

@@ -13,7 +13,7 @@ import time
 import psutil
 import pytest
 
-from helpers import CrashEnv, FaultyEnv, FirstObsAgent
+from helpers import CrashEnv, FaultyEnv, FirstObsAgent, Unpicklable
 from sampler import (BrokenSamplerError, LocalSampler, SamplerTimeoutError,
                      WorkerCrashedError, WorkerError)
 
@@ -21,14 +21,6 @@ from sampler import (BrokenSamplerError, LocalSampler, SamplerTimeoutError,
 class RaisingAgent:
     def get_action(self, observation):
         raise ArithmeticError('agent blew up')
-
-
-class Unpicklable:
-    def __init__(self):
-        self.lock = threading.Lock()
-
-    def get_action(self, observation):
-        return 0, {}
 
 
 def worker_processes():

@@ -13,7 +13,7 @@ import psutil
 import pytest
 
 from helpers import (BusyEnv, CrashEnv, FaultyEnv, FirstObsAgent,
-                     OneStepEnv, ParamAgent)
+                     OneStepEnv, ParamAgent, closing_samplers)
 from sampler import (MultiprocessingSampler, SamplerTimeoutError,
                      WorkerCrashedError)
 from sampler.sampler import available_cpus
@@ -25,17 +25,8 @@ pytestmark = pytest.mark.timeout(120)
 
 @pytest.fixture
 def mp_sampler():
-    made = []
-
-    def make(agents, envs, **kwargs):
-        kwargs.setdefault('seed', 0)
-        sampler = MultiprocessingSampler(agents, envs, **kwargs)
-        made.append(sampler)
-        return sampler
-
-    yield make
-    for sampler in made:
-        sampler.close()
+    with closing_samplers(MultiprocessingSampler, seed=0) as make:
+        yield make
 
 
 def cpu_seconds(processes):

@@ -9,7 +9,7 @@ import pytest
 from gymnasium import spaces
 
 from helpers import (DictObsEnv, FailOnceEnv, FaultyEnv, FirstObsAgent,
-                     TaskEnv)
+                     TaskEnv, Unpicklable)
 from sampler import (BrokenSamplerError, SamplerClosedError,
                      SamplerTimeoutError, WorkerError)
 from workers import (DefaultWorker, MLPAgent, NewEnvUpdate, RandomAgent,
@@ -369,14 +369,6 @@ def test_timeout_raises_and_leaves_the_sampler_usable(make_sampler):
 
 
 # Bad input: refused in the caller, sampler unchanged --------------------------------
-
-class Unpicklable:
-    def __init__(self):
-        self.lock = threading.Lock()
-
-    def get_action(self, obs):
-        return 0, {}
-
 
 def env_with_lock():
     env = gym.make('CartPole-v1')

@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
+from helpers import leaves_of
 from workers import CallableAgent, MLPAgent, RandomAgent
 
 OBS_SPACES = {
@@ -141,21 +142,13 @@ def test_random_agent_samples_the_space_reproducibly(act_space):
     assert all(act_space.contains(x) for x in one)
     many, _ = b.get_actions(np.zeros((20, 1)))
     assert _stack(one) is not None
-    for x, y in zip(_leaves(_stack(one)), _leaves(many)):
+    for x, y in zip(leaves_of(_stack(one)), leaves_of(many)):
         np.testing.assert_array_equal(x, y)
     a.seed(9)
     again = [a.get_action(None)[0] for _ in range(20)]
-    assert any(not np.array_equal(np.asarray(_leaves(x)[0]),
-                                  np.asarray(_leaves(y)[0]))
+    assert any(not np.array_equal(np.asarray(leaves_of(x)[0]),
+                                  np.asarray(leaves_of(y)[0]))
                for x, y in zip(one, again))
-
-
-def _leaves(nest):
-    if isinstance(nest, dict):
-        return [x for v in nest.values() for x in _leaves(v)]
-    if isinstance(nest, tuple):
-        return [x for v in nest for x in _leaves(v)]
-    return [nest]
 
 
 def test_random_agent_params_are_empty():

@@ -3,6 +3,7 @@ import re
 import numpy as np
 import pytest
 
+from helpers import leaves_of
 from workers import EpisodeBatch
 
 
@@ -261,7 +262,7 @@ def test_padded_refuses_short_max_length(batch):
 
 def test_nbytes_and_check(batch):
     leaves = [batch.observations, batch.actions, batch.last_observations]
-    total = sum(x.nbytes for nest in leaves for x in _flat(nest))
+    total = sum(x.nbytes for nest in leaves for x in leaves_of(nest))
     total += batch.rewards.nbytes + batch.terminated.nbytes
     total += batch.truncated.nbytes + batch.lengths.nbytes
     total += batch.versions.nbytes + batch.worker_numbers.nbytes
@@ -273,11 +274,3 @@ def test_nbytes_and_check(batch):
     batch.terminated[0] = True  # edited in place: now invalid
     with pytest.raises(ValueError, match='step 0 lies inside episode 0'):
         batch.check()
-
-
-def _flat(nest):
-    if isinstance(nest, dict):
-        return [x for v in nest.values() for x in _flat(v)]
-    if isinstance(nest, tuple):
-        return [x for v in nest for x in _flat(v)]
-    return [nest]
