@@ -208,8 +208,8 @@ class VectorEnvRow(Row):
     def setup(self):
         cls = gymnasium.vector.SyncVectorEnv if self.kind == 'sync' else \
             gymnasium.vector.AsyncVectorEnv
-        self.envs = cls([self.env_fn] * self.n_envs,
-                        autoreset_mode=gymnasium.vector.AutoresetMode.SAME_STEP)
+        same_step = gymnasium.vector.AutoresetMode.SAME_STEP
+        self.envs = cls([self.env_fn] * self.n_envs, autoreset_mode=same_step)
         self.obs, _ = self.envs.reset(seed=self.seed)
         self.steps = []
         self.recorder = EpisodeRecorder(self.n_envs)

@@ -15,16 +15,16 @@ States and transitions (checked between episodes, never inside one)::
     any state ---EXIT, or the parent process died---> exit
 
 IDLE blocks on the command pipe and the parent's sentinel: no CPU at all.
-RUNNING runs ``worker.rollout()`` and gathers the episodes into one
+RUNNING runs ``worker.rollout_into()`` and gathers the episodes into one
 message, sent when it holds the START's ``chunk`` transitions, when the
 episode quota is met, or 50 ms after its first episode: per-message costs
 (pickling, a system call, unpickling in the caller) are paid per chunk,
 not per episode. Past its ``share`` of a call's transitions, the end of
 the call is near: it sends every episode at once, so that little finished
-work is still held when STOP comes. A send blocks only while the caller's end of the pipe is
-full, which pauses the worker until the caller reads; the caller reads
-whenever it waits, so a paused worker resumes as soon as there is room,
-and a command is seen right after.
+work is still held when STOP comes. A send blocks only while the caller's
+end of the pipe is full, which pauses the worker until the caller reads;
+the caller reads whenever it waits, so a paused worker resumes as soon as
+there is room, and a command is seen right after.
 """
 
 import enum
@@ -149,7 +149,12 @@ class _Loop:
                     message = pickle.loads(self.commands.recv_bytes())
                 except (EOFError, OSError):
                     raise _ParentGone from None  # the caller's end closed
-                if not self._handle(message):
+                try:
+                    keep_going = self._handle(message)
+                except Exception:  # an unknown or malformed command
+                    self._report_error()
+                    return
+                if not keep_going:
                     return
                 timeout = 0 if self.running else None
             if self.running:

@@ -231,8 +231,9 @@ def _peak_rss():
 
 def format_table(result):
     """The figures as a plain-text table, one line per row."""
-    head = (f"{result['env']}"
-            f"{' +' + str(result['step_cost_us']) + ' us/step' if result['step_cost_us'] else ''}"
+    cost = f" +{result['step_cost_us']} us/step" \
+        if result['step_cost_us'] else ''
+    head = (f"{result['env']}{cost}"
             f" | {result['agent']} agent | {result['iterations']} calls of "
             f"{result['samples']} transitions per row | {result['cpus']} "
             f'CPUs')
@@ -244,7 +245,8 @@ def format_table(result):
         lines.append((
             r['name'],
             f"{r['median_transitions_per_s']:,.0f}",
-            f"{r['min_transitions_per_s']:,.0f}..{r['max_transitions_per_s']:,.0f}",
+            f"{r['min_transitions_per_s']:,.0f}.."
+            f"{r['max_transitions_per_s']:,.0f}",
             f"{r['median_episodes_per_s']:,.0f}",
             '-' if ratio is None else f'{ratio:.2f}x',
             f"{r['caller_cpu_percent']:.0f}%",
@@ -265,8 +267,9 @@ def format_table(result):
     out = [head, fmt(columns), fmt(['-' * w for w in widths])]
     out += [fmt(line) for line in lines]
     if result['best_single_process_row']:
+        best = result['best_single_process_row']
         out.append(f"ratio: median transitions/s over the best "
-                   f"single-process row's ({result['best_single_process_row']})")
+                   f"single-process row's ({best})")
     ours = [r for r in result['rows'] if 'startup_s' in r]
     for r in ours:
         memory = r['peak_memory_over_batch_bytes']

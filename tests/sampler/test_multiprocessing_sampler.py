@@ -14,7 +14,7 @@ import pytest
 
 from helpers import (BusyEnv, CrashEnv, FaultyEnv, FirstObsAgent,
                      OneStepEnv, ParamAgent, closing_samplers)
-from sampler import (MultiprocessingSampler, SamplerTimeoutError,
+from sampler import (MultiprocessingSampler, SamplerTimeoutError, WorkerError,
                      WorkerCrashedError)
 from sampler.sampler import available_cpus
 from test_failures import worker_processes
@@ -37,7 +37,7 @@ def cpu_seconds(processes):
     return total
 
 
-# 1. Busy waiting ---------------------------------------------------------------
+# 1. Busy waiting -----------------------------------------------------------
 
 def test_caller_sleeps_while_workers_sample_a_slow_env(mp_sampler):
     s = mp_sampler(FirstObsAgent(), lambda: SlowEnv(delay=0.01), n_workers=2,
@@ -50,7 +50,7 @@ def test_caller_sleeps_while_workers_sample_a_slow_env(mp_sampler):
     assert cpu / wall < 0.10, f'caller used {cpu / wall:.1%} of a core'
 
 
-# 2. Lost control messages --------------------------------------------------------
+# 2. Lost control messages --------------------------------------------------
 
 def test_five_thousand_calls_with_updates_lose_no_command(mp_sampler):
     s = mp_sampler(ParamAgent(), OneStepEnv, n_workers=1)
@@ -61,7 +61,7 @@ def test_five_thousand_calls_with_updates_lose_no_command(mp_sampler):
     assert s.version == 5000 and s.stats['calls'] == 5000
 
 
-# 3. Stalled streaming, and 4. work after return ----------------------------------
+# 3. Stalled streaming, and 4. work after return ----------------------------
 
 def test_workers_are_idle_from_the_moment_a_call_returns(mp_sampler):
     # Episodes that cost 5 ms of CPU but only a few hundred bytes: without a
@@ -105,7 +105,7 @@ def test_stale_episodes_are_discarded_and_counted(mp_sampler):
     assert s.stats['discarded_episodes'] > 0
 
 
-# 5. Silent worker death: restart ---------------------------------------------------
+# 5. Silent worker death: restart -------------------------------------------
 
 def test_restart_after_a_crash_goes_on_with_the_current_agent(mp_sampler,
                                                               tmp_path):
@@ -130,7 +130,7 @@ def test_restarts_are_bounded(mp_sampler):
     assert s.stats['worker_restarts'] == 2
 
 
-# 6. Hangs at exit and orphans -------------------------------------------------------
+# 6. Hangs at exit and orphans ----------------------------------------------
 
 SCRIPT_HEADER = '''
 import os, sys, time
@@ -268,7 +268,7 @@ def test_ctrl_c_raises_one_keyboard_interrupt_and_closes_cleanly(tmp_path):
     assert 'KeyboardInterrupt' not in err and 'Traceback' not in err, err
 
 
-# Start-up, titles, options, shutdown ---------------------------------------------
+# Start-up, titles, options, shutdown ---------------------------------------
 
 def test_workers_have_process_titles(mp_sampler):
     mp_sampler(FirstObsAgent(), 'CartPole-v1', n_workers=2)
@@ -341,3 +341,12 @@ def test_progress_bar_on_stderr_when_asked(mp_sampler, capsys, progress):
     err = capsys.readouterr().err
     assert ('sampling transitions' in err) is progress
     assert ('sampling episodes' in err) is progress
+
+
+def test_an_unknown_command_is_reported_by_name(mp_sampler):
+    s = mp_sampler(FirstObsAgent(), OneStepEnv, n_workers=1)
+    s._handles[0].send('teleport')  # the protocol, not the public API
+    with pytest.raises(WorkerError, match="^worker 0 failed.*ValueError: "
+                                          "worker 0 got unknown command "
+                                          "'teleport'$"):
+        s.obtain_samples(10, timeout=10)

@@ -37,7 +37,7 @@ def two_workers(make_sampler, env, kind, agent=None):
                         worker_class=worker_class, worker_args=args)
 
 
-# Every space family on real envs -----------------------------------------------
+# Every space family on real envs -------------------------------------------
 
 @pytest.mark.parametrize('kind', sorted(WORKER_KINDS))
 def test_box_observations_discrete_actions_cartpole(make_sampler, kind):
@@ -113,7 +113,7 @@ def test_dict_observations_and_multi_actions(make_sampler, kind,
     assert mlp.get_actions(obs)[0].shape == (n,)  # nests feed an agent
 
 
-# Counts, order, versions ----------------------------------------------------------
+# Counts, order, versions ---------------------------------------------------
 
 def test_obtain_samples_returns_whole_current_episodes(make_sampler):
     s = make_sampler(mlp_for('CartPole-v1'), 'CartPole-v1', n_workers=2,
@@ -176,7 +176,7 @@ def test_seed_drawn_when_none_and_readable_back(backend):
         assert s.obtain_exact_episodes(2) == first
 
 
-# Updates --------------------------------------------------------------------------
+# Updates -------------------------------------------------------------------
 
 def test_per_worker_parameter_lists(make_sampler):
     agent = mlp_for('CartPole-v1')
@@ -248,7 +248,7 @@ def test_stats(make_sampler):
     assert s.stats['episodes'] == 2  # a copy
 
 
-# Failures --------------------------------------------------------------------------
+# Failures ------------------------------------------------------------------
 
 def test_env_exception_is_a_worker_error_then_the_sampler_is_broken(
         make_sampler):
@@ -368,7 +368,7 @@ def test_timeout_raises_and_leaves_the_sampler_usable(make_sampler):
     assert s.obtain_exact_episodes(1).lengths.tolist() == [3]
 
 
-# Bad input: refused in the caller, sampler unchanged --------------------------------
+# Bad input: refused in the caller, sampler unchanged -----------------------
 
 def env_with_lock():
     env = gym.make('CartPole-v1')
@@ -387,8 +387,9 @@ BAD_CALLS = [
      ValueError, r'^n_eps_per_worker must be an int >= 1, got -2$'),
     ('agent_update list length',
      lambda s: s.obtain_samples(10, agent_update=[{}, {}, {}]), ValueError,
-     r'^agent_update is a list of length 3 but n_workers is 2; pass one object '
-     r'\(every worker gets a copy\) or a list of exactly 2, one per worker$'),
+     r'^agent_update is a list of length 3 but n_workers is 2; pass one '
+     r'object \(every worker gets a copy\) or a list of exactly 2, one per '
+     r'worker$'),
     ('env_update list length',
      lambda s: s.obtain_samples(10, env_update=['CartPole-v1']), ValueError,
      r'^env_update is a list of length 1 but n_workers is 2'),
@@ -409,7 +410,8 @@ BAD_CALLS = [
      r"reach the workers: TypeError: cannot pickle '_thread.lock' object\. "
      r'Send plain parameters'),
     ('unpicklable update in a list',
-     lambda s: s.obtain_samples(10, agent_update=[{}, {'x': threading.Lock()}]),
+     lambda s: s.obtain_samples(
+         10, agent_update=[{}, {'x': threading.Lock()}]),
      TypeError, r'^agent_update\[1\] cannot be pickled by cloudpickle'),
     ('unpicklable env update',
      lambda s: s.obtain_samples(10, env_update=env_with_lock()),
@@ -482,7 +484,7 @@ def test_bad_constructor_arguments_are_refused(backend, kwargs, error,
         backend(agents, envs, **kwargs)
 
 
-# Construction and closing ------------------------------------------------------------
+# Construction and closing --------------------------------------------------
 
 def test_n_workers_defaults(backend):
     from sampler.sampler import available_cpus

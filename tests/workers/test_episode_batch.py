@@ -43,7 +43,7 @@ def batch(request):
                            else nested_fields()))
 
 
-# Rejections: each names the field and the shapes. ---------------------------
+# Rejections: each names the field and the shapes. --------------------------
 
 REJECTIONS = [
     ('observations leading dim',
@@ -152,7 +152,7 @@ def test_integer_rewards_become_floats_and_int_flags_bools():
     assert b.terminated.dtype == bool
 
 
-# Splitting, concatenating, padding --------------------------------------------
+# Splitting, concatenating, padding -----------------------------------------
 
 def test_concatenate_of_split_equals_batch(batch):
     parts = batch.split()

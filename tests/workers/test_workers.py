@@ -222,7 +222,7 @@ def test_error_site_names_the_failing_call():
     assert w.error_site == 'agent.get_actions'
 
 
-# Agent updates ----------------------------------------------------------------
+# Agent updates -------------------------------------------------------------
 
 def test_parameters_update_the_agent_and_agents_replace_it():
     w = make_worker()
@@ -243,7 +243,7 @@ def test_parameters_for_an_agent_without_set_params_are_refused():
     assert set(episodes(w, 1).actions.tolist()) == {1}
 
 
-# Env updates ------------------------------------------------------------------
+# Env updates ---------------------------------------------------------------
 
 def test_env_updates_replace_and_close_the_old_env():
     w = make_worker('CartPole-v1', 'random')
@@ -293,7 +293,7 @@ def test_module_prefixed_env_id_imports_the_module():
         NewEnvUpdate('no_such_mod:Foo-v0')
 
 
-# Factory arguments -------------------------------------------------------------
+# Factory arguments ---------------------------------------------------------
 
 @pytest.mark.parametrize('kwargs,error,pattern', [
     (dict(n_workers=0), ValueError, r'^n_workers must be an int >= 1, got 0$'),
