@@ -38,18 +38,10 @@ def make_agent(kind, env_fn, seed):
     env = env_fn()
     try:
         if kind == 'random':
-            return _RandomWithParams(env.action_space, seed=seed)
+            return RandomAgent(env.action_space, seed=seed)
         return MLPAgent(env.observation_space, env.action_space, seed=seed)
     finally:
         env.close()
-
-
-class _RandomWithParams(RandomAgent):
-    """RandomAgent taking any parameters, so every row runs the same loop
-    of 'push parameters, collect'."""
-
-    def set_params(self, params):
-        pass
 
 
 def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
