@@ -26,22 +26,43 @@ def reuses_buffers(first, second):
     return False
 
 
+_BATCHED = frozenset(['observations', 'actions', 'agent_infos'])
+
+
 class EpisodeRecord:
-    """The steps of one episode in progress."""
+    """The steps of one episode in progress.
+
+    With ``column=None`` each entry of ``observations``, ``actions`` and
+    ``agent_infos`` is one step's value. A VecWorker records instead, per
+    step, the batched nest its agent saw or returned for every env at once
+    (the same object in the records of all its envs) and this episode's
+    row of it, ``column``: appending a shared reference costs less than
+    slicing out a row, and gathering rows from a few large arrays at
+    :meth:`EpisodeBuffer.to_batch` costs far less than stacking many small
+    ones scattered through memory.
+    """
 
     __slots__ = ('observations', 'actions', 'rewards', 'env_infos',
-                 'agent_infos', 'reset_info')
+                 'agent_infos', 'reset_info', 'column')
 
-    def __init__(self, reset_info):
+    def __init__(self, reset_info, column=None):
         self.observations = []
         self.actions = []
         self.rewards = []
         self.env_infos = []
         self.agent_infos = []
         self.reset_info = reset_info
+        self.column = column
 
     def __len__(self):
         return len(self.rewards)
+
+    def rows(self, field):
+        """The per-step values of ``field``, sliced out of batched steps."""
+        steps = getattr(self, field)
+        if self.column is None or field not in _BATCHED:
+            return steps
+        return [_nest.index(step, self.column) for step in steps]
 
 
 class EpisodeBuffer:
@@ -97,20 +118,68 @@ class EpisodeBuffer:
 
         def steps(field):
             if len(records) == 1:
-                return getattr(records[0], field)
-            return [x for r in records for x in getattr(r, field)]
+                return records[0].rows(field)
+            return [x for r in records for x in r.rows(field)]
 
+        if all(r.column is not None for r in records):
+            observations = _gather_rows(records, 'observations', lengths)
+            actions = _gather_rows(records, 'actions', lengths)
+            agent_infos = _gather_infos(records, lengths)
+        else:
+            observations = _nest.stack(steps('observations'))
+            actions = _nest.stack(steps('actions'))
+            agent_infos = _nest.stack_infos(steps('agent_infos'))
         return EpisodeBatch._unchecked(
-            observations=_nest.stack(steps('observations')),
-            actions=_nest.stack(steps('actions')),
+            observations=observations,
+            actions=actions,
             rewards=np.asarray(steps('rewards'), dtype=np.float64),
             terminated=terminated,
             truncated=truncated,
             last_observations=_nest.stack([e[1] for e in episodes]),
             lengths=lengths,
             env_infos=_nest.stack_infos(steps('env_infos')),
-            agent_infos=_nest.stack_infos(steps('agent_infos')),
+            agent_infos=agent_infos,
             episode_infos=_nest.stack_infos([r.reset_info for r in records]),
             versions=np.array([e[4] for e in episodes], dtype=np.int64),
             worker_numbers=np.array([e[5] for e in episodes],
                                     dtype=np.int64))
+
+
+class _Steps:
+    """The distinct batched steps that records of one field refer to, in
+    order of first use, and per recorded step its row in their
+    concatenation."""
+
+    def __init__(self, records, field, lengths):
+        flat = [x for r in records for x in getattr(r, field)]
+        slot_of = {}
+        slots = np.fromiter((slot_of.setdefault(id(x), len(slot_of))
+                             for x in flat), dtype=np.int64, count=len(flat))
+        self.unique = list({id(x): x for x in flat}.values())
+        self._slots = slots
+        self._columns = np.repeat([r.column for r in records], lengths)
+
+    def gather(self):
+        sizes = np.fromiter(
+            (len(next(_nest.leaves(u))[1]) for u in self.unique),
+            dtype=np.int64, count=len(self.unique))
+        starts = np.cumsum(sizes) - sizes
+        rows = starts[self._slots] + self._columns
+        return _nest.index(_nest.concatenate(self.unique), rows)
+
+
+def _gather_rows(records, field, lengths):
+    return _Steps(records, field, lengths).gather()
+
+
+def _gather_infos(records, lengths):
+    steps = _Steps(records, 'agent_infos', lengths)
+    if not any(steps.unique):
+        return {}
+    keys = steps.unique[0].keys()
+    if all(info.keys() == keys for info in steps.unique):
+        return steps.gather()
+    # Keys that differ between steps: stack per-step rows, which fills
+    # the absent ones and adds their masks.
+    return _nest.stack_infos([x for r in records
+                              for x in r.rows('agent_infos')])

@@ -94,7 +94,7 @@ class VecWorker(Worker):
         self._reset_seeds[i] = None
         self._first_observations[i] = obs
         self._observations[i] = copy_nest(obs)
-        self._records[i] = EpisodeRecord(info)
+        self._records[i] = EpisodeRecord(info, column=i)
         self._steps[i] = 0
 
     def rollout_into(self, buffer):
@@ -114,6 +114,7 @@ class VecWorker(Worker):
         steps, envs = self._steps, self.envs
         copy_obs = self._copy_observations
         first_observations = self._first_observations
+        check_outputs = True
         where = 'env.reset'
         try:
             while True:
@@ -126,35 +127,43 @@ class VecWorker(Worker):
                         where = 'agent.reset'
                         reset(_mask(n_envs, to_reset))
                 where = 'agent.get_actions'
-                actions, agent_infos = get_actions(_nest.stack(observations))
-                if isinstance(actions, np.ndarray) and actions.ndim == 1 \
-                        and actions.dtype.kind in 'iu':
-                    # Discrete actions: one tolist() gives every env a
-                    # Python int (as DefaultWorker's agents give), cheaper
-                    # than indexing the array once per env.
-                    actions = actions.tolist()
-                    action_of = actions.__getitem__
+                batch = _nest.stack(observations)
+                actions, agent_infos = get_actions(batch)
+                if isinstance(actions, list):
+                    actions = np.asarray(actions)
+                if check_outputs:
+                    where = 'agent.get_actions output'
+                    _check_rows(actions, agent_infos, n_envs)
+                    check_outputs = False
+                # Records keep references to the outputs: copies cost far
+                # less than a step and keep them safe from an agent that
+                # writes each call's outputs into the same arrays.
+                actions = copy_nest(actions)
+                agent_infos = copy_nest(agent_infos)
+                if isinstance(actions, np.ndarray) and actions.ndim == 1:
+                    # Discrete actions: iterating the array gives each env
+                    # a numpy scalar, as SyncVectorEnv does; gymnasium's
+                    # Discrete.contains (asserted by most envs' step)
+                    # checks those ~1.3 us faster than a Python int.
+                    action_of = list(actions).__getitem__
                 else:
                     action_of = functools.partial(_nest.index, actions)
                 completed = 0
                 for i in range(n_envs):
                     where = 'env.step'
-                    action = action_of(i)
                     next_obs, reward, terminated, truncated, env_info = \
-                        envs[i].step(action)
+                        envs[i].step(action_of(i))
                     if steps[i] == 0 and not copy_obs[i] and \
                             reuses_buffers(first_observations[i], next_obs):
                         copy_obs[i] = True
                     if copy_obs[i]:
                         next_obs = copy_nest(next_obs)
                     record = records[i]
-                    record.observations.append(observations[i])
-                    record.actions.append(action)
+                    record.observations.append(batch)
+                    record.actions.append(actions)
                     record.rewards.append(reward)
                     record.env_infos.append(env_info)
-                    record.agent_infos.append(
-                        {k: v[i] for k, v in agent_infos.items()}
-                        if agent_infos else agent_infos)
+                    record.agent_infos.append(agent_infos)
                     observations[i] = next_obs
                     steps[i] += 1
                     if steps[i] >= max_length and not (terminated or
@@ -179,6 +188,23 @@ class VecWorker(Worker):
                 env.close()
         self.envs = [None] * self._n_envs
         self._records = None
+
+
+def _check_rows(actions, agent_infos, n_envs):
+    if not isinstance(agent_infos, dict):
+        msg = (f'get_actions must return (actions, agent_infos) with '
+               f'agent_infos a dict, got {type(agent_infos).__name__}')
+        raise TypeError(msg)
+    named = [(f'actions{path}', leaf)
+             for path, leaf in _nest.leaves(actions)]
+    named += [(f'agent_infos{path}', leaf)
+              for path, leaf in _nest.leaves(agent_infos)]
+    for name, leaf in named:
+        if np.shape(leaf)[:1] != (n_envs,):
+            msg = (f'get_actions returned {name} with shape '
+                   f'{np.shape(leaf)} for {n_envs} observations; it must '
+                   f'return one row per observation')
+            raise ValueError(msg)
 
 
 def _mask(n, indices):

@@ -1,4 +1,5 @@
 import pickle
+import re
 
 import cloudpickle
 import gymnasium as gym
@@ -354,3 +355,91 @@ def test_info_keys_missing_in_some_episodes_get_masks():
     ends = batch.episode_starts + batch.lengths - 1
     assert not mask[~np.isin(np.arange(len(batch)), ends)].any()
     assert (batch.env_infos['success'][mask] == 1.0).all()
+
+
+class ActionEchoEnv(InPlaceEnv):
+    """Observes the action it was given, so batches can be checked against
+    what the env really received."""
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        return np.array([obs[0], action]), *rest
+
+
+class BatchedAgent:
+    def get_action(self, observation):
+        actions, infos = self.get_actions(np.asarray(observation)[None])
+        return actions[0], {k: v[0] for k, v in infos.items()}
+
+
+class OverwritingAgent(BatchedAgent):
+    """A batched agent that writes every output into the same arrays."""
+
+    def __init__(self, n):
+        self._rng = np.random.default_rng(0)
+        self._actions = np.zeros(n, dtype=np.int64)
+        self._infos = {'draw': np.zeros(n)}
+
+    def get_actions(self, observations):
+        self._actions[:] = self._rng.integers(0, 2, len(self._actions))
+        self._infos['draw'][:] = self._actions
+        return self._actions, self._infos
+
+
+def test_vec_worker_copies_outputs_an_agent_overwrites_in_place():
+    w = make_worker(ActionEchoEnv, OverwritingAgent(3), VecWorker, n_envs=3)
+    batch = episodes(w, 12)
+    received = batch.next_observations[:, 1]
+    assert 0 < batch.actions.sum() < len(batch)
+    np.testing.assert_array_equal(batch.actions, received)
+    np.testing.assert_array_equal(batch.agent_infos['draw'], received)
+
+
+@pytest.mark.parametrize('bad, name', [
+    (lambda n: (np.zeros(n + 1, dtype=np.int64), {}), 'actions'),
+    (lambda n: (np.zeros(n, dtype=np.int64), {'v': np.zeros(1)}),
+     "agent_infos['v']"),
+])
+def test_vec_worker_refuses_outputs_without_one_row_per_env(bad, name):
+    class Agent(BatchedAgent):
+        def get_actions(self, observations):
+            return bad(len(observations))
+    w = make_worker(InPlaceEnv, Agent(), VecWorker, n_envs=3)
+    w.start_round(0)
+    with pytest.raises(ValueError, match=rf'returned {re.escape(name)} '
+                       r'with shape \(\d,\) for 3 observations'):
+        w.rollout()
+    assert w.error_site == 'agent.get_actions output'
+
+
+def test_vec_worker_agent_info_keys_that_vary_between_steps_get_masks():
+    class Agent(BatchedAgent):
+        def get_actions(self, observations):
+            n = len(observations)
+            infos = {'t': observations[:, 0].copy()}
+            if observations[0, 0] == 2:
+                infos['extra'] = np.ones(n)
+            return np.zeros(n, dtype=np.int64), infos
+    w = make_worker(InPlaceEnv, Agent(), VecWorker, n_envs=2)
+    batch = episodes(w, 4)
+    np.testing.assert_array_equal(batch.agent_infos['t'],
+                                  batch.observations[:, 0])
+    expected = batch.observations[:, 0] == 2
+    np.testing.assert_array_equal(batch.agent_infos['_extra'], expected)
+    np.testing.assert_array_equal(batch.agent_infos['extra'], expected)
+
+
+def test_episode_buffer_gathers_vec_workers_of_different_widths():
+    workers = [make_worker('CartPole-v1', 'mlp', VecWorker, worker_number=k,
+                           n_envs=k + 2) for k in range(2)]
+    singles, buffer = [], EpisodeBuffer()
+    for w in workers:
+        w.start_round(0)
+        singles.append(w.rollout())
+    for w in workers:
+        w.start_round(0)
+        w.rollout_into(buffer)
+    batch = buffer.to_batch()
+    assert batch == EpisodeBatch.concatenate(*singles)
+    batch.check()
+    assert set(batch.agent_infos) == {'logits'}
