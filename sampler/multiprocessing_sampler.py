@@ -48,10 +48,11 @@ import warnings
 import weakref
 from multiprocessing.connection import wait
 
-import click
 import cloudpickle
 
 from sampler import _worker_process
+from sampler._streaming import (Collector, check_streaming_options,
+                                progress_bar)
 from sampler._worker_process import Command, Reply
 from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
                             WorkerCrashedError, WorkerError)
@@ -177,21 +178,7 @@ class MultiprocessingSampler(Sampler):
                    f'{", ".join(mp.get_all_start_methods())}, got '
                    f'{method!r}')
             raise ValueError(msg)
-        for name in ('shutdown_timeout', 'startup_timeout'):
-            value = options[name]
-            if isinstance(value, bool) or not isinstance(
-                    value, (int, float)) or not value > 0:
-                msg = f'{name} must be a number of seconds > 0, got {value!r}'
-                raise ValueError(msg)
-        staleness = options['max_staleness']
-        if isinstance(staleness, bool) or not isinstance(staleness, int) \
-                or staleness < 0:
-            msg = f'max_staleness must be an int >= 0, got {staleness!r}'
-            raise ValueError(msg)
-        if options['progress'] not in (None, True, False):
-            msg = (f'progress must be None, True or False, got '
-                   f'{options["progress"]!r}')
-            raise ValueError(msg)
+        check_streaming_options(options)
         if self.n_workers > available_cpus():
             msg = (f'n_workers={self.n_workers} is more than the '
                    f'{available_cpus()} CPUs this process may use; workers '
@@ -289,14 +276,15 @@ class MultiprocessingSampler(Sampler):
 
     def _sample(self, goal, updates, round_number, deadline):
         kind, count = goal
-        collector = _Collector(self, kind, count, round_number)
+        collector = Collector(self, kind, count, round_number)
         for handle, (env, agent) in zip(self._handles, updates):
             handle.send(Command.START, round_number, self._version,
                         env and env.blob, agent and agent.blob,
                         collector.quota, collector.chunk, collector.share)
         stop = True
         try:
-            with self._progress(kind, count) as bar:
+            with progress_bar(self._options['progress'], kind, count,
+                              self.n_workers) as bar:
                 while not collector.done:
                     self._wait_and_collect(collector, deadline, bar)
             batches = collector.batches()
@@ -385,17 +373,6 @@ class MultiprocessingSampler(Sampler):
                          collector.share)
         collector.restarted(i)
 
-    def _progress(self, kind, count):
-        show = self._options['progress']
-        if show is None:
-            show = sys.stderr.isatty()
-        if not show:
-            return _NoBar()
-        total = count * self.n_workers if kind == 'episodes' else count
-        label = 'episodes' if kind == 'episodes' else 'transitions'
-        return _Bar(click.progressbar(length=total, label=f'sampling {label}',
-                                      file=sys.stderr))
-
     # Shutdown ------------------------------------------------------------
 
     def _shutdown(self):
@@ -403,112 +380,6 @@ class MultiprocessingSampler(Sampler):
         finalizer = getattr(self, '_finalizer', None)
         if finalizer is not None:
             finalizer()
-
-
-class _NoBar:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc_info):
-        return False
-
-
-class _Bar:
-    """A click progress bar redrawn at most ten times a second: drawing on
-    every message would put terminal writes on the caller's hot path."""
-
-    def __init__(self, bar):
-        self.bar = bar
-        self.pending = 0
-        self.drawn_at = 0.0
-
-    def __enter__(self):
-        self.bar.__enter__()
-        return self
-
-    def advance(self, n):
-        self.pending += n
-        now = time.monotonic()
-        if now - self.drawn_at >= 0.1:
-            self.bar.update(self.pending)
-            self.pending, self.drawn_at = 0, now
-
-    def __exit__(self, *exc_info):
-        if self.pending:
-            self.bar.update(self.pending)
-        return self.bar.__exit__(*exc_info)
-
-
-class _Collector:
-    """Keeps the episodes a call may return and counts the rest."""
-
-    def __init__(self, sampler, kind, count, round_number):
-        self.sampler = sampler
-        self.kind = kind
-        self.count = count
-        self.round = round_number
-        self.quota = count if kind == 'episodes' else None
-        # Transitions per message: enough to make per-message costs small,
-        # few enough that the partial chunks dropped when a call ends stay
-        # near 3% of it. Exact episodes are sent when a worker's quota is
-        # met (or after FLUSH_AFTER_S).
-        self.chunk = None if kind == 'episodes' else \
-            max(1, count // (16 * sampler.n_workers))
-        # A worker's fair part of the call; past it, it sends at once.
-        self.share = None if kind == 'episodes' else \
-            -(-count // sampler.n_workers)
-        self.min_version = sampler.version - \
-            sampler._options['max_staleness']
-        self.kept = [[] for _ in range(sampler.n_workers)]  # exact episodes
-        self.arrived = []  # samples, in the order they arrived
-        self.per_worker = [0] * sampler.n_workers
-        self.transitions = 0
-
-    @property
-    def done(self):
-        if self.kind == 'episodes':
-            return all(n >= self.count for n in self.per_worker)
-        return self.transitions >= self.count
-
-    def add(self, worker, round_number, version, batch):
-        """Keep or discard a batch; return the progress it made."""
-        stats = self.sampler._stats
-        if self.kind == 'episodes':
-            wanted = self.count - self.per_worker[worker]
-            if round_number != self.round or wanted <= 0:
-                stats['discarded_episodes'] += batch.n_episodes
-                return 0
-            batch = self.sampler._keep_episodes(batch, wanted)
-            self.kept[worker].append(batch)
-            self.per_worker[worker] += batch.n_episodes
-            return batch.n_episodes
-        if version < self.min_version or self.done:
-            stats['discarded_episodes'] += batch.n_episodes
-            return 0
-        self.arrived.append(batch)
-        self.transitions += len(batch)
-        return len(batch)
-
-    def restarted(self, worker):
-        if self.kind == 'episodes':
-            # The replacement redoes the round from its seeds; what the
-            # failed worker sent of it would not be reproducible with it.
-            dropped = sum(b.n_episodes for b in self.kept[worker])
-            self.sampler._stats['discarded_episodes'] += dropped
-            self.kept[worker] = []
-            self.per_worker[worker] = 0
-
-    def batches(self):
-        if self.kind == 'episodes':
-            return [b for kept in self.kept for b in kept]
-        return self.arrived
-
-    def describe(self):
-        if self.kind == 'episodes':
-            short = [f'worker {i} had returned {n} of {self.count} episodes'
-                     for i, n in enumerate(self.per_worker) if n < self.count]
-            return '; '.join(short)
-        return f'{self.transitions} of {self.count} transitions were collected'
 
 
 def _receive(handle):
