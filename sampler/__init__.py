@@ -1,7 +1,8 @@
 """Where and how workers run: samplers, their errors, the ``sampler`` CLI.
 
-``RaySampler`` needs the ``ray`` extra; it is imported lazily so that
-``import sampler`` works without Ray.
+``RaySampler`` needs the ``ray`` extra (``pip install
+"rollout-sampler[ray]"``); Ray itself is imported only when one is
+constructed, so ``import sampler`` works without it.
 """
 
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
@@ -9,6 +10,7 @@ from sampler.errors import (BrokenSamplerError, SamplerClosedError,
                             WorkerCrashedError, WorkerError)
 from sampler.local_sampler import LocalSampler
 from sampler.multiprocessing_sampler import MultiprocessingSampler
+from sampler.ray_sampler import RaySampler
 from sampler.sampler import Sampler
 from workers import EpisodeBatch, WorkerFactory
 
@@ -17,6 +19,7 @@ __all__ = [
     'EpisodeBatch',
     'LocalSampler',
     'MultiprocessingSampler',
+    'RaySampler',
     'Sampler',
     'SamplerClosedError',
     'SamplerError',

@@ -6,6 +6,7 @@ import sys
 import time
 
 import click
+import numpy as np
 
 
 def check_streaming_options(options):
@@ -120,6 +121,11 @@ class Collector:
         if version < self.min_version or self.done:
             stats['discarded_episodes'] += batch.n_episodes
             return 0
+        need = self.count - self.transitions
+        if len(batch) > need:
+            # Whole episodes up to the one that meets the goal; no more.
+            enough = int(np.searchsorted(np.cumsum(batch.lengths), need)) + 1
+            batch = self.sampler._keep_episodes(batch, enough)
         self.arrived.append(batch)
         self.transitions += len(batch)
         return len(batch)

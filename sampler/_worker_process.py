@@ -242,12 +242,7 @@ class _Loop:
             self.worker.update_agent(update)
 
     def _report_error(self):
-        exc_type, exc, _ = sys.exc_info()
-        site = getattr(self.worker, 'error_site', None)
-        if self.worker is None:
-            site = 'building the worker'
-        self._send((Reply.ERROR, site, exc_type.__name__, str(exc),
-                    traceback.format_exc()))
+        self._send(error_reply(self.worker))
 
     def _send(self, message):
         self._send_bytes(_dumps(message))
@@ -267,6 +262,17 @@ class _Loop:
             except Exception:
                 pass  # exiting anyway; the caller has what it needs
         self.results.close()
+
+
+def error_reply(worker):
+    """The ERROR reply for the exception being handled: the call that
+    raised (``worker.error_site``), its type, message and traceback."""
+    exc_type, exc, _ = sys.exc_info()
+    site = getattr(worker, 'error_site', None)
+    if worker is None:
+        site = 'building the worker'
+    return (Reply.ERROR, site, exc_type.__name__, str(exc),
+            traceback.format_exc())
 
 
 def _dumps(message):

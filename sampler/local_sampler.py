@@ -71,7 +71,7 @@ class LocalSampler(Sampler):
                     # A worker that cannot start is not restarted: the same
                     # recipe would fail again. Say which and why.
                     raise self._error(i, exc) from exc
-            self._check_spaces()
+            self._check_same_spaces([w.env_spaces for w in self._workers])
         except BaseException:
             self._shutdown()
             raise
@@ -80,18 +80,6 @@ class LocalSampler(Sampler):
         self._workers[i] = worker = self._factory(i)
         for payload in self._recipes[i].payloads():
             _apply(worker, payload)
-
-    def _check_spaces(self):
-        first = self._workers[0].env_spaces
-        for i, worker in enumerate(self._workers[1:], start=1):
-            spaces = worker.env_spaces
-            if spaces != first:
-                msg = (f"worker {i}'s env has observation space {spaces[0]} "
-                       f"and action space {spaces[1]}, but worker 0's has "
-                       f'{first[0]} and {first[1]}; all workers must share '
-                       f'their spaces, since their episodes are '
-                       f'concatenated')
-                raise ValueError(msg)
 
     def _sample(self, goal, updates, round_number, deadline):
         self._round = round_number

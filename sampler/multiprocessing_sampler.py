@@ -240,15 +240,7 @@ class MultiprocessingSampler(Sampler):
                     tag, *args = self._receive_or_raise(handle)
                     handle.ready = True
                     spaces[handle.number] = args[0]
-        first = spaces[0]
-        for i in range(1, self.n_workers):
-            if spaces[i] != first:
-                msg = (f"worker {i}'s env has observation space "
-                       f'{spaces[i][0]} and action space {spaces[i][1]}, but '
-                       f"worker 0's has {first[0]} and {first[1]}; all "
-                       f'workers must share their spaces, since their '
-                       f'episodes are concatenated')
-                raise ValueError(msg)
+        self._check_same_spaces(spaces)
 
     def _receive_or_raise(self, handle):
         """One start-up reply; a worker's error or death is raised."""

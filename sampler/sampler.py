@@ -365,6 +365,20 @@ class Sampler:
         self._stats['discarded_episodes'] += batch.n_episodes - wanted
         return batch.head(wanted)
 
+    def _check_same_spaces(self, spaces):
+        """``spaces[i]`` is worker i's ``(observation_space,
+        action_space)``; all must match, since episodes are
+        concatenated."""
+        first = spaces[0]
+        for i in range(1, self.n_workers):
+            if spaces[i] != first:
+                msg = (f"worker {i}'s env has observation space "
+                       f'{spaces[i][0]} and action space {spaces[i][1]}, but '
+                       f"worker 0's has {first[0]} and {first[1]}; all "
+                       f'workers must share their spaces, since their '
+                       f'episodes are concatenated')
+                raise ValueError(msg)
+
     # State ---------------------------------------------------------------
 
     def _check_usable(self):

@@ -12,8 +12,11 @@ import helpers  # noqa: E402
 # Worker processes get the test envs by value, whatever their sys.path.
 cloudpickle.register_pickle_by_value(helpers)
 
-# multiprocessing's own long-lived helpers: one per test session, not ours.
-_HELPERS = ('multiprocessing.forkserver', 'multiprocessing.resource_tracker')
+# Long-lived helpers, one per test session, not ours: multiprocessing's,
+# and the Ray runtime's (its servers, agents and pool of idle workers). A
+# RaySampler's actors show as 'ray::SamplerWorker...' and are ours.
+_HELPERS = ('multiprocessing.forkserver', 'multiprocessing.resource_tracker',
+            '/site-packages/ray/')
 
 
 def _ours(process):
@@ -21,6 +24,8 @@ def _ours(process):
         cmdline = ' '.join(process.cmdline())
     except psutil.Error:
         return False
+    if cmdline.startswith('ray::'):
+        return cmdline.startswith('ray::SamplerWorker')
     return not any(h in cmdline for h in _HELPERS)
 
 

@@ -1,15 +1,59 @@
+import os
+import sys
+
 import pytest
 
 from helpers import closing_samplers
 
-from sampler import LocalSampler, MultiprocessingSampler
+from sampler import LocalSampler, MultiprocessingSampler, RaySampler
 
-BACKENDS = {'local': LocalSampler, 'multiprocessing': MultiprocessingSampler}
+try:
+    import ray
+except ImportError:  # the ray extra is not installed: its tests skip
+    ray = None
+
+BACKENDS = {'local': LocalSampler, 'multiprocessing': MultiprocessingSampler,
+            'ray': RaySampler}
+
+
+@pytest.fixture(scope='session')
+def ray_runtime():
+    """One local Ray runtime for the whole session: starting one takes
+    seconds. RaySampler uses a runtime it finds running and leaves it be.
+    Its CPUs are logical: enough for the most workers a test asks for."""
+    if ray is None:
+        pytest.skip('Ray is not installed (pip install '
+                    '"rollout-sampler[ray]")')
+    started = not ray.is_initialized()
+    if started:
+        # Actors import what tests define by reference (test modules, the
+        # helpers): their processes need the test folders on their path.
+        tests = os.path.dirname(os.path.dirname(__file__))
+        folders = [tests, os.path.join(tests, 'sampler'),
+                   os.path.join(tests, 'workers')]
+        path = os.environ.get('PYTHONPATH')
+        os.environ['PYTHONPATH'] = os.pathsep.join(
+            folders + ([path] if path else []))
+        ray.init(num_cpus=8, include_dashboard=False,
+                 logging_level='WARNING')
+    yield ray
+    if started:
+        ray.shutdown()
 
 
 @pytest.fixture(params=sorted(BACKENDS))
 def backend(request):
     """The sampler class under test; behaviour tests run on every backend."""
+    if request.param == 'ray':
+        request.getfixturevalue('ray_runtime')
+    return BACKENDS[request.param]
+
+
+@pytest.fixture(params=['multiprocessing', 'ray'])
+def process_backend(request):
+    """The backends whose workers are processes of their own."""
+    if request.param == 'ray':
+        request.getfixturevalue('ray_runtime')
     return BACKENDS[request.param]
 
 

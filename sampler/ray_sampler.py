@@ -1,0 +1,410 @@
+"""RaySampler: one Ray actor per worker, for users who outgrow one machine.
+
+Data flow of one call::
+
+    caller: obtain_samples(n, agent_update, env_update)
+      |  checks and pickles the updates once (Sampler base class);
+      |  ray.put() each distinct update once per call, shared by all actors
+      |  actor.start(round, version, update refs, quota, chunk, share)
+      |  actor.sample() x DEPTH        (queued on each actor, in order)
+      v
+    actor i (sampler._ray_actor.SamplerWorker): applies updates between
+      |  episodes; each sample() runs whole episodes into one
+      |  EPISODES(round, version, batch), returned through Ray's object store
+      v
+    caller: blocks in ray.wait() on every reference in flight; keeps
+      |  episodes of the current version (round, for exact episodes),
+      |  discards the rest, counts; sends the next sample() to that actor
+      v
+    at the end: queued sample() calls are cancelled (workers go idle), the
+    one running is kept for the next call; EpisodeBatch.concatenate(kept)
+
+Keeping DEPTH calls queued on every actor means an actor never waits for
+the caller's round trip between two chunks of work, and bounds what it
+produces ahead (DEPTH chunks).
+
+Failures: env or agent exceptions come back as ERROR replies
+(``WorkerError`` with the worker's traceback); an actor whose process died
+makes its references raise ``RayActorError`` (``WorkerCrashedError``).
+A failed actor is killed and, with ``on_worker_error='restart'``, replaced
+by a new one built from its recipe, which redoes the round.
+
+The runtime: a sampler uses Ray as it finds it initialised; otherwise it
+starts a local runtime sized for its workers (``address=None``) or joins
+a cluster (``address='auto'`` or ``'host:port'``). What it started or
+joined it shuts down or leaves when the last sampler using it closes;
+a runtime it found running is never shut down.
+"""
+
+import math
+import numbers
+import re
+import threading
+import time
+import weakref
+
+import cloudpickle
+
+from sampler._ray_actor import SamplerWorker
+from sampler._streaming import (Collector, check_streaming_options,
+                                progress_bar)
+from sampler._worker_process import Reply
+from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
+                            WorkerCrashedError, WorkerError)
+from sampler.sampler import Sampler
+
+#: ``sample()`` calls kept queued on each actor during a call.
+DEPTH = 2
+
+_PIP_HINT = 'pip install "rollout-sampler[ray]"'
+
+
+def _import_ray():
+    try:
+        import ray
+    except ImportError as err:
+        msg = (f'RaySampler needs Ray, which is not installed: '
+               f'{_PIP_HINT}')
+        raise ImportError(msg) from err
+    return ray
+
+
+class _Runtime:
+    """Counts the samplers using a runtime this module started or joined,
+    and ends it when the last one closes."""
+
+    lock = threading.Lock()
+    users = 0
+
+    @classmethod
+    def acquire(cls, ray, address, num_cpus):
+        """Make sure Ray is initialised; return the release function."""
+        with cls.lock:
+            if ray.is_initialized():
+                if cls.users == 0:
+                    return _nothing  # the user's runtime: never ours to end
+            elif address is None:
+                ray.init(num_cpus=num_cpus, include_dashboard=False,
+                         logging_level='WARNING')
+            else:
+                ray.init(address=address, logging_level='WARNING')
+            cls.users += 1
+        return cls._release
+
+    @classmethod
+    def _release(cls, ray):
+        with cls.lock:
+            cls.users -= 1
+            if cls.users == 0 and ray.is_initialized():
+                ray.shutdown()
+
+
+def _nothing(ray):
+    pass
+
+
+class _Handle:
+    """The caller's view of one actor."""
+
+    __slots__ = ('number', 'actor', 'pid', 'running')
+
+    def __init__(self, number, actor):
+        self.number = number
+        self.actor = actor
+        self.pid = None
+        self.running = False
+
+
+class RaySampler(Sampler):
+    """Runs each worker in a Ray actor and streams episodes back.
+
+    Takes every argument of :class:`~sampler.LocalSampler`, the options of
+    :class:`~sampler.MultiprocessingSampler` (``on_worker_error``,
+    ``max_restarts``, ``progress``, ``shutdown_timeout``,
+    ``startup_timeout``, ``max_staleness``; not ``start_method``), and:
+
+    Args:
+        address: where Ray runs when it is not initialised yet: None
+            (default) starts a local runtime with CPUs for the workers;
+            ``'auto'`` joins the cluster started with ``ray start`` on this
+            machine; ``'host:port'`` joins that one.
+        num_cpus: CPUs Ray reserves for each worker (default 1).
+        actor_options: further options for each actor, as
+            ``ray.remote(...).options`` takes them (``resources``,
+            ``scheduling_strategy``, ``runtime_env``, ``memory``, ...).
+
+    Ray must be installed: ``pip install "rollout-sampler[ray]"``. Nodes of
+    a cluster need rollout-sampler installed too.
+
+    A dead actor's process exit code is not known to Ray's callers, so a
+    ``WorkerCrashedError`` here has ``exitcode=None`` and quotes what Ray
+    reported instead.
+    """
+
+    _OPTIONS = {**Sampler._OPTIONS, 'progress': None,
+                'shutdown_timeout': 5.0, 'startup_timeout': 60.0,
+                'max_staleness': 0, 'address': None, 'num_cpus': 1,
+                'actor_options': None}
+
+    def __init__(self, agents, envs, **kwargs):
+        self._ray = _import_ray()
+        super().__init__(agents, envs, **kwargs)
+
+    def _start(self, options):
+        check_streaming_options(options)
+        address = options['address']
+        if address is not None and not isinstance(address, str):
+            msg = (f"address must be None (start a local runtime), 'auto' "
+                   f"or 'host:port', got {address!r}")
+            raise ValueError(msg)
+        cpus = options['num_cpus']
+        if isinstance(cpus, bool) or not isinstance(cpus, numbers.Real) \
+                or not cpus >= 0:
+            msg = f'num_cpus must be a number >= 0, got {cpus!r}'
+            raise ValueError(msg)
+        actor_options = options['actor_options'] or {}
+        if not isinstance(actor_options, dict):
+            msg = (f'actor_options must be a dict of Ray actor options, got '
+                   f'{actor_options!r}')
+            raise TypeError(msg)
+        clash = sorted({'num_cpus', 'max_restarts'} & set(actor_options))
+        if clash:
+            msg = (f'actor_options may not set {", ".join(clash)}: pass '
+                   f'num_cpus as its own option; the sampler restarts '
+                   f'actors itself (on_worker_error, max_restarts)')
+            raise ValueError(msg)
+        ray = self._ray
+        self._actor_class = ray.remote(SamplerWorker).options(
+            num_cpus=cpus, max_restarts=0, max_task_retries=0,
+            **actor_options)
+        release = _Runtime.acquire(
+            ray, address, max(1, math.ceil(cpus * self.n_workers)))
+        self._handles = []
+        self._pending = {}  # object ref -> (handle, 'ready'|'start'|'sample')
+        self._finalizer = weakref.finalize(
+            self, _shutdown, ray, self._handles, self._pending,
+            options['shutdown_timeout'], release)
+        try:
+            self._factory_ref = ray.put(cloudpickle.dumps(self._factory))
+            for i in range(self.n_workers):
+                self._handles.append(self._spawn(i))
+            self._await_ready(options['startup_timeout'])
+        except BaseException:
+            self._finalizer()
+            raise
+
+    def _spawn(self, i):
+        payloads = self._recipes[i].payloads()
+        refs = {}
+        for payload in payloads:
+            if id(payload.blob) not in refs:
+                refs[id(payload.blob)] = self._ray.put(payload.blob)
+        actor = self._actor_class.remote(
+            i, self._factory_ref, [p.kind for p in payloads],
+            *[refs[id(p.blob)] for p in payloads])
+        handle = _Handle(i, actor)
+        self._pending[actor.ready.remote()] = (handle, 'ready')
+        return handle
+
+    def _await_ready(self, timeout):
+        deadline = time.monotonic() + timeout
+        spaces = {}
+        while len(spaces) < self.n_workers:
+            refs = [r for r, (_, what) in self._pending.items()
+                    if what == 'ready']
+            ready, _ = self._ray.wait(
+                refs, num_returns=1,
+                timeout=max(deadline - time.monotonic(), 0))
+            if not ready:
+                names = ', '.join(str(self._pending[r][0].number)
+                                  for r in refs)
+                msg = (f'worker(s) {names} did not start within '
+                       f'startup_timeout={timeout} s; '
+                       f'{self._cpu_report()}')
+                raise SamplerTimeoutError(msg)
+            handle, _ = self._pending.pop(ready[0])
+            reply = self._get(handle, ready[0])
+            if reply[0] is not Reply.READY:
+                raise self._failure(handle, reply, ' while starting')
+            spaces[handle.number] = reply[1]
+            handle.pid = reply[2]
+        self._check_same_spaces(spaces)
+
+    def _cpu_report(self):
+        ray = self._ray
+        total = ray.cluster_resources().get('CPU', 0)
+        free = ray.available_resources().get('CPU', 0)
+        return (f'each asks Ray for num_cpus={self._options["num_cpus"]} '
+                f'and the cluster has {free:g} of {total:g} CPUs free; '
+                f'lower num_cpus or n_workers, or add nodes')
+
+    def worker_pids(self):
+        """Process ids of the actors, in worker order (None for one that
+        has not started yet)."""
+        return [handle.pid for handle in self._handles]
+
+    # Sampling ------------------------------------------------------------
+
+    def _sample(self, goal, updates, round_number, deadline):
+        kind, count = goal
+        collector = Collector(self, kind, count, round_number)
+        refs = {}
+        for handle, (env, agent) in zip(self._handles, updates):
+            blobs = []
+            for payload in (env, agent):
+                if payload is None:
+                    blobs.append(None)
+                    continue
+                if id(payload.blob) not in refs:
+                    refs[id(payload.blob)] = self._ray.put(payload.blob)
+                blobs.append(refs[id(payload.blob)])
+            self._begin(handle, collector, *blobs)
+        stop = True
+        try:
+            with progress_bar(self._options['progress'], kind, count,
+                              self.n_workers) as bar:
+                while not collector.done:
+                    self._wait_and_collect(collector, deadline, bar)
+            batches = collector.batches()
+            stop = self._options['max_staleness'] == 0
+        finally:
+            if stop and not self._closed:
+                self._idle()
+        return batches
+
+    def _begin(self, handle, collector, env_ref=None, agent_ref=None):
+        start = handle.actor.start.remote(
+            collector.round, self._version, env_ref, agent_ref,
+            collector.quota, collector.chunk, collector.share)
+        self._pending[start] = (handle, 'start')
+        handle.running = True
+        for _ in range(DEPTH):
+            self._pending[handle.actor.sample.remote()] = (handle, 'sample')
+
+    def _idle(self):
+        """Cancel the sample() calls still queued; the oldest of each actor
+        may be running and is kept: the next call uses its episodes if
+        their version is still current."""
+        seen = set()
+        for ref, (handle, what) in list(self._pending.items()):
+            if what != 'sample':
+                continue
+            if handle.number not in seen:
+                seen.add(handle.number)
+                continue
+            del self._pending[ref]
+            self._ray.cancel(ref)
+        for handle in self._handles:
+            handle.running = False
+
+    def _wait_and_collect(self, collector, deadline, bar):
+        timeout = None
+        if deadline is not None:
+            timeout = max(deadline - time.monotonic(), 0)
+        ready, _ = self._ray.wait(list(self._pending), num_returns=1,
+                                  timeout=timeout)
+        if not ready:
+            raise SamplerTimeoutError(collector.describe())
+        handle, what = self._pending.pop(ready[0])
+        if self._handles[handle.number] is not handle:
+            return  # from an actor already replaced
+        reply = self._get(handle, ready[0])
+        if reply is None:  # a start() that succeeded, or a cancelled call
+            return
+        if reply[0] is Reply.READY:  # a replacement actor has started
+            handle.pid = reply[2]
+            return
+        if reply[0] is not Reply.EPISODES:
+            self._on_failure(handle, self._failure(handle, reply), collector)
+            return
+        _, round_number, version, batch = reply
+        if batch is None:
+            return  # its quota for the round was already met
+        got = collector.add(handle.number, round_number, version, batch)
+        if bar is not None:
+            bar.advance(got)
+        if handle.running and not collector.done:
+            ref = handle.actor.sample.remote()
+            self._pending[ref] = (handle, 'sample')
+
+    def _get(self, handle, ref):
+        """A reply; a dead actor or a task Ray could not run as a reply
+        shaped like the others (``None`` for a cancelled call)."""
+        ray = self._ray
+        try:
+            return ray.get(ref)
+        except ray.exceptions.TaskCancelledError:
+            return None
+        except ray.exceptions.RayActorError as err:
+            return (None, err)
+        except ray.exceptions.RayTaskError as err:
+            cause = err.cause if err.cause is not None else err
+            return (Reply.ERROR, 'returning the episodes',
+                    type(cause).__name__, str(cause), str(err))
+
+    def _failure(self, handle, reply, detail=''):
+        if reply[0] is Reply.ERROR:
+            err = WorkerError(handle.number, *reply[1:])
+            err.__cause__ = RemoteTraceback(reply[4])
+            return err
+        return WorkerCrashedError(handle.number, None,
+                                  detail + _ray_report(reply[1]))
+
+    def _on_failure(self, handle, err, collector):
+        if not self._worker_failed(err):
+            raise err
+        i = handle.number
+        self._forget(handle)
+        replacement = self._spawn(i)
+        self._handles[i] = replacement
+        # Its recipe already holds this call's updates; it redoes the round.
+        self._begin(replacement, collector)
+        collector.restarted(i)
+
+    def _forget(self, handle):
+        for ref, (owner, _) in list(self._pending.items()):
+            if owner is handle:
+                del self._pending[ref]
+        self._ray.kill(handle.actor, no_restart=True)
+
+    # Shutdown ------------------------------------------------------------
+
+    def _shutdown(self):
+        finalizer = getattr(self, '_finalizer', None)
+        if finalizer is not None:
+            finalizer()
+
+
+def _ray_report(err):
+    """What Ray said about a dead actor, briefly: its pid and exit detail."""
+    text = str(err)
+    pid = re.search(r'\bpid: (\d+)', text)
+    detail = re.search(r'Worker exit detail: (.*?\.)(?:\s|$)', text)
+    said = detail.group(1) if detail else text.splitlines()[0]
+    process = f'actor process {pid.group(1)}' if pid else 'the actor'
+    return f'; Ray reports of {process}: {said}'
+
+
+def _shutdown(ray, handles, pending, timeout, release):
+    """Close the actors' envs, then kill the actors; returns within about
+    ``timeout`` seconds. Ends the runtime if this was its last user."""
+    if not ray.is_initialized():  # ended already (interpreter exit)
+        handles.clear()
+        pending.clear()
+        return
+    closing = []
+    for handle in handles:
+        try:
+            closing.append(handle.actor.shutdown.remote())
+        except Exception:
+            pass  # the actor is gone already
+    if closing:
+        ray.wait(closing, num_returns=len(closing), timeout=timeout / 2)
+    for handle in handles:
+        try:
+            ray.kill(handle.actor, no_restart=True)
+        except Exception:
+            pass
+    handles.clear()
+    pending.clear()
+    release(ray)
