@@ -66,7 +66,7 @@ class SamplerRow(Row):
         self.max_episode_length = max_episode_length
         self.progress = progress
         backend = 'local' if sampler_class.__name__ == 'LocalSampler' \
-            else 'multiprocessing'
+            else 'processes'
         envs = f' x {envs_per_worker} envs' if envs_per_worker > 1 else ''
         self.name = f'{sampler_class.__name__} ({workers} workers{envs})'
         self.backend = backend
@@ -81,6 +81,10 @@ class SamplerRow(Row):
             worker_args = {'n_envs': self.envs_per_worker}
         options = {} if self.backend == 'local' else \
             {'progress': self.progress}
+        if self.sampler_class.__name__ == 'RaySampler':
+            # Rows are set up together but timed one at a time: CPUs
+            # reserved per actor would only keep later rows from starting.
+            options['num_cpus'] = 0
         started = time.perf_counter()
         self.sampler = self.sampler_class(
             self.agent, self.env_fn, n_workers=self.workers, seed=self.seed,

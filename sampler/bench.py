@@ -14,6 +14,7 @@ one core, discarded episodes, peak memory of the caller, and the ratio of
 the median rate to the best single-process row's.
 """
 
+import contextlib
 import json
 import re
 import statistics
@@ -22,14 +23,16 @@ import time
 import cloudpickle
 import psutil
 
-from sampler import bench_envs
+from sampler import bench_envs, ray_sampler
 from sampler._bench_rows import (EpisodeRecorder, PlainLoopRow, Row, Sample,
                                  SamplerRow, VectorEnvRow)
 from sampler.local_sampler import LocalSampler
 from sampler.multiprocessing_sampler import MultiprocessingSampler
+from sampler.ray_sampler import RaySampler
 from workers import MLPAgent, RandomAgent
 
-BACKENDS = {'local': LocalSampler, 'multiprocessing': MultiprocessingSampler}
+BACKENDS = {'local': LocalSampler, 'multiprocessing': MultiprocessingSampler,
+            'ray': RaySampler}
 SYNC_ENVS = (1, 4, 8)
 ASYNC_ENVS = (2, 4)
 
@@ -56,10 +59,11 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
 
     per_worker = envs_per_worker if isinstance(envs_per_worker, tuple) \
         else (envs_per_worker,)
-    rows = [SamplerRow(BACKENDS[backend], copy(), env_fn, workers=n,
+    rows = [SamplerRow(BACKENDS[b], copy(), env_fn, workers=n,
                        envs_per_worker=k, seed=seed,
                        max_episode_length=max_episode_length,
                        progress=progress)
+            for b in backend.split(',')
             for n in (sweep_workers or (workers,)) for k in per_worker]
     if compare:
         rows.append(PlainLoopRow(copy(), env_fn, seed))
@@ -88,8 +92,10 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         envs_per_worker=envs_per_worker, agent=agent, seed=seed,
         max_episode_length=max_episode_length, step_cost_us=step_cost_us,
         compare=compare, progress=progress, sweep_workers=sweep_workers)
-    results, best = time_rows(rows, the_agent.get_params(), samples=samples,
-                              iterations=iterations, echo=echo)
+    with _ray_runtime('ray' in backend.split(',')):
+        results, best = time_rows(rows, the_agent.get_params(),
+                                  samples=samples, iterations=iterations,
+                                  echo=echo)
     return {
         'env': env, 'backend': backend, 'workers': workers,
         'envs_per_worker': envs_per_worker, 'agent': agent,
@@ -100,6 +106,24 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         'best_single_process_row': best,
         'rows': results,
     }
+
+
+@contextlib.contextmanager
+def _ray_runtime(needed):
+    """One local Ray runtime for every Ray row of a run, unless Ray is
+    running already; each sampler would otherwise start and end its own."""
+    if not needed:
+        yield
+        return
+    ray = ray_sampler._import_ray()
+    if ray.is_initialized():
+        yield
+        return
+    ray.init(include_dashboard=False, logging_level='WARNING')
+    try:
+        yield
+    finally:
+        ray.shutdown()
 
 
 def time_rows(rows, params, *, samples, iterations, echo=None):
@@ -288,16 +312,18 @@ def plot_sweep(result, path):
         msg = ('--plot needs matplotlib: pip install '
                '"rollout-sampler[plot]"')
         raise RuntimeError(msg) from None
-    ours = [r for r in result['rows'] if 'startup_s' in r]
-    workers = [int(re.search(r'\((\d+) workers', r['name']).group(1))
-               for r in ours]
     fig, ax = plt.subplots(figsize=(6, 4))
-    ax.errorbar(workers, [r['median_transitions_per_s'] for r in ours],
-                yerr=[[r['median_transitions_per_s'] -
-                       r['min_transitions_per_s'] for r in ours],
-                      [r['max_transitions_per_s'] -
-                       r['median_transitions_per_s'] for r in ours]],
-                marker='o', capsize=3, label=result['backend'])
+    ours = [r for r in result['rows'] if 'startup_s' in r]
+    for backend in dict.fromkeys(r['name'].split(' ')[0] for r in ours):
+        line = [r for r in ours if r['name'].startswith(backend + ' ')]
+        workers = [int(re.search(r'\((\d+) workers', r['name']).group(1))
+                   for r in line]
+        ax.errorbar(workers, [r['median_transitions_per_s'] for r in line],
+                    yerr=[[r['median_transitions_per_s'] -
+                           r['min_transitions_per_s'] for r in line],
+                          [r['max_transitions_per_s'] -
+                           r['median_transitions_per_s'] for r in line]],
+                    marker='o', capsize=3, label=backend)
     for r in result['rows']:
         if r['single_process']:
             ax.axhline(r['median_transitions_per_s'], linestyle=':',

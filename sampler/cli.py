@@ -34,14 +34,25 @@ def _counts(ctx, param, value):
     return counts
 
 
+def _backends(ctx, param, value):
+    names = [v.strip() for v in value.split(',')]
+    unknown = [n for n in names if n not in _bench.BACKENDS]
+    if unknown:
+        msg = (f'{", ".join(map(repr, unknown))} is not one of '
+               f'{", ".join(sorted(_bench.BACKENDS))}')
+        raise click.BadParameter(msg)
+    return ','.join(dict.fromkeys(names))
+
+
 @main.command()
 @click.option('--env', default='CartPole-v1', show_default=True,
               callback=_env_id,
               help=f'gymnasium env id ({_bench.bench_envs.IMAGE_ENV_ID} for '
                    f'84x84x3 frames)')
-@click.option('--backend', type=click.Choice(sorted(_bench.BACKENDS)),
-              default='multiprocessing', show_default=True,
-              help='where workers run')
+@click.option('--backend', callback=_backends, default='multiprocessing',
+              show_default=True,
+              help=f'where workers run: {", ".join(sorted(_bench.BACKENDS))}'
+                   f'; a list like multiprocessing,ray times each')
 @click.option('--workers', type=click.IntRange(min=1), default=None,
               help='worker count  [default: the CPUs this process may use]')
 @click.option('--envs-per-worker', callback=_counts, default='1',

@@ -51,7 +51,7 @@ from sampler._streaming import (Collector, check_streaming_options,
 from sampler._worker_process import Reply
 from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
                             WorkerCrashedError, WorkerError)
-from sampler.sampler import Sampler
+from sampler.sampler import Sampler, available_cpus
 
 #: ``sample()`` calls kept queued on each actor during a call.
 DEPTH = 2
@@ -125,7 +125,8 @@ class RaySampler(Sampler):
 
     Args:
         address: where Ray runs when it is not initialised yet: None
-            (default) starts a local runtime with CPUs for the workers;
+            (default) starts a local runtime with this machine's CPUs (or
+            more, if the workers ask for more);
             ``'auto'`` joins the cluster started with ``ray start`` on this
             machine; ``'host:port'`` joins that one.
         num_cpus: CPUs Ray reserves for each worker (default 1).
@@ -177,8 +178,11 @@ class RaySampler(Sampler):
         self._actor_class = ray.remote(SamplerWorker).options(
             num_cpus=cpus, max_restarts=0, max_task_retries=0,
             **actor_options)
+        # A runtime of its own gets this machine's CPUs, or more if the
+        # workers ask for more: later samplers of this process share it.
         release = _Runtime.acquire(
-            ray, address, max(1, math.ceil(cpus * self.n_workers)))
+            ray, address, max(available_cpus(),
+                              math.ceil(cpus * self.n_workers)))
         self._handles = []
         self._pending = {}  # object ref -> (handle, 'ready'|'start'|'sample')
         self._finalizer = weakref.finalize(

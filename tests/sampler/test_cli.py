@@ -51,6 +51,17 @@ def test_bench_prints_the_rate_and_writes_json(tmp_path, extra):
     assert row['ratio_to_best_single_process'] is None  # no --compare
 
 
+def test_several_backends_are_timed_in_one_run(tmp_path, ray_runtime):
+    out, data = bench(tmp_path, '--backend', 'multiprocessing,ray',
+                      '--samples', '200')
+    assert data['backend'] == 'multiprocessing,ray'
+    assert [r['name'] for r in data['rows']] == [
+        'MultiprocessingSampler (2 workers)', 'RaySampler (2 workers)']
+    for row in data['rows']:
+        assert all(c['transitions'] >= 200 for c in row['calls'])
+        assert row['workers_cpu_percent'] > 0
+
+
 def test_compare_adds_every_peer_row_with_ratios(tmp_path):
     out, data = bench(tmp_path, '--compare', '--samples', '200',
                       '--iterations', '1')
@@ -118,6 +129,8 @@ def test_plot_needs_the_sweep_and_matplotlib(tmp_path):
     (['--workers', '0'], "Invalid value for '--workers'"),
     (['--agent', 'clever'], "Invalid value for '--agent'"),
     (['--backend', 'cloud'], "Invalid value for '--backend'"),
+    (['--backend', 'ray,cloud'], "'--backend': 'cloud' is not one of local, "
+                                 "multiprocessing, ray"),
     (['--env', 'CartPol-v1'], "Did you mean: `CartPole`?"),
     (['--samples', 'many'], "Invalid value for '--samples'"),
     (['--step-cost-us', '-1'], "Invalid value for '--step-cost-us'"),
