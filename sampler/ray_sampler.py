@@ -277,6 +277,9 @@ class RaySampler(Sampler):
         return batches
 
     def _begin(self, handle, collector, env_ref=None, agent_ref=None):
+        # Calls left from before (max_staleness > 0 keeps them) would run
+        # first: keep one, so what an actor holds ahead stays bounded.
+        self._trim(handle)
         start = handle.actor.start.remote(
             collector.round, self._version, env_ref, agent_ref,
             collector.quota, collector.chunk, collector.share)
@@ -286,20 +289,23 @@ class RaySampler(Sampler):
             self._pending[handle.actor.sample.remote()] = (handle, 'sample')
 
     def _idle(self):
-        """Cancel the sample() calls still queued; the oldest of each actor
-        may be running and is kept: the next call uses its episodes if
-        their version is still current."""
-        seen = set()
-        for ref, (handle, what) in list(self._pending.items()):
-            if what != 'sample':
-                continue
-            if handle.number not in seen:
-                seen.add(handle.number)
-                continue
-            del self._pending[ref]
-            self._ray.cancel(ref)
+        """Workers go idle: each keeps the sample() call that may be
+        running (the next call uses its episodes if their version is still
+        current); the ones queued behind it are cancelled."""
         for handle in self._handles:
+            self._trim(handle)
             handle.running = False
+
+    def _trim(self, handle):
+        """Cancel all but the oldest sample() call queued on ``handle``."""
+        queued = [ref for ref, (owner, what) in self._pending.items()
+                  if owner is handle and what == 'sample']
+        for ref in queued[1:]:
+            del self._pending[ref]
+            try:
+                self._ray.cancel(ref)
+            except Exception:
+                pass  # it ran already; its reply is simply not read
 
     def _wait_and_collect(self, collector, deadline, bar):
         timeout = None
@@ -327,7 +333,8 @@ class RaySampler(Sampler):
         got = collector.add(handle.number, round_number, version, batch)
         if bar is not None:
             bar.advance(got)
-        if handle.running and not collector.done:
+        if handle.running and not collector.done and \
+                round_number == collector.round:
             ref = handle.actor.sample.remote()
             self._pending[ref] = (handle, 'sample')
 
@@ -342,7 +349,7 @@ class RaySampler(Sampler):
         except ray.exceptions.RayActorError as err:
             return (None, err)
         except ray.exceptions.RayTaskError as err:
-            cause = err.cause if err.cause is not None else err
+            cause = getattr(err, 'cause', None) or err
             return (Reply.ERROR, 'returning the episodes',
                     type(cause).__name__, str(cause), str(err))
 
