@@ -100,6 +100,25 @@ class Collector:
         self.per_worker = [0] * sampler.n_workers
         self.transitions = 0
 
+    def run(self, wait_and_collect, deadline, stop_workers):
+        """Call ``wait_and_collect(self, deadline, bar)`` until done and
+        return the batches kept. ``stop_workers()`` follows, also after an
+        error or Ctrl-C (workers must not go on), unless ``max_staleness``
+        keeps them sampling between calls."""
+        sampler = self.sampler
+        stop = True
+        try:
+            with progress_bar(sampler._options['progress'], self.kind,
+                              self.count, sampler.n_workers) as bar:
+                while not self.done:
+                    wait_and_collect(self, deadline, bar)
+            batches = self.batches()
+            stop = sampler._options['max_staleness'] == 0
+        finally:
+            if stop and not sampler.closed:
+                stop_workers()
+        return batches
+
     @property
     def done(self):
         if self.kind == 'episodes':

@@ -51,8 +51,7 @@ from multiprocessing.connection import wait
 import cloudpickle
 
 from sampler import _worker_process
-from sampler._streaming import (Collector, check_streaming_options,
-                                progress_bar)
+from sampler._streaming import Collector, check_streaming_options
 from sampler._worker_process import Command, Reply
 from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
                             WorkerCrashedError, WorkerError)
@@ -273,20 +272,11 @@ class MultiprocessingSampler(Sampler):
             handle.send(Command.START, round_number, self._version,
                         env and env.blob, agent and agent.blob,
                         collector.quota, collector.chunk, collector.share)
-        stop = True
-        try:
-            with progress_bar(self._options['progress'], kind, count,
-                              self.n_workers) as bar:
-                while not collector.done:
-                    self._wait_and_collect(collector, deadline, bar)
-            batches = collector.batches()
-            stop = self._options['max_staleness'] == 0
-        finally:
-            # After an error or Ctrl-C, always: workers must not go on.
-            if stop and not self._closed:
-                for handle in self._handles:
-                    handle.send(Command.STOP)
-        return batches
+        return collector.run(self._wait_and_collect, deadline, self._stop)
+
+    def _stop(self):
+        for handle in self._handles:
+            handle.send(Command.STOP)
 
     def _events(self, timeout):
         """Block until a result pipe has data or a worker process exits.

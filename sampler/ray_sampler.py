@@ -46,8 +46,7 @@ import weakref
 import cloudpickle
 
 from sampler._ray_actor import SamplerWorker
-from sampler._streaming import (Collector, check_streaming_options,
-                                progress_bar)
+from sampler._streaming import Collector, check_streaming_options
 from sampler._worker_process import Reply
 from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
                             WorkerCrashedError, WorkerError)
@@ -263,18 +262,7 @@ class RaySampler(Sampler):
                     refs[id(payload.blob)] = self._ray.put(payload.blob)
                 blobs.append(refs[id(payload.blob)])
             self._begin(handle, collector, *blobs)
-        stop = True
-        try:
-            with progress_bar(self._options['progress'], kind, count,
-                              self.n_workers) as bar:
-                while not collector.done:
-                    self._wait_and_collect(collector, deadline, bar)
-            batches = collector.batches()
-            stop = self._options['max_staleness'] == 0
-        finally:
-            if stop and not self._closed:
-                self._idle()
-        return batches
+        return collector.run(self._wait_and_collect, deadline, self._idle)
 
     def _begin(self, handle, collector, env_ref=None, agent_ref=None):
         # Calls left from before (max_staleness > 0 keeps them) would run
