@@ -19,12 +19,14 @@ def test_every_public_name_imports(package):
 
 def test_design_names_available_today():
     from sampler import (BrokenSamplerError, EpisodeBatch, LocalSampler,
-                         Sampler, SamplerClosedError, SamplerError,
+                         MultiprocessingSampler, RaySampler, Sampler,
+                         SamplerClosedError, SamplerError,
                          SamplerTimeoutError, WorkerCrashedError, WorkerError,
                          WorkerFactory)
     from workers import EpisodeBatch as WorkersEpisodeBatch
     assert EpisodeBatch is WorkersEpisodeBatch
-    assert issubclass(LocalSampler, Sampler)
+    for backend in (LocalSampler, MultiprocessingSampler, RaySampler):
+        assert issubclass(backend, Sampler)
     assert issubclass(SamplerTimeoutError, TimeoutError)
     for err in (BrokenSamplerError, SamplerClosedError, WorkerError,
                 WorkerCrashedError, SamplerTimeoutError):
@@ -45,6 +47,15 @@ def test_workers_never_imports_sampler():
             offenders += [f'{path.name}: {n}' for n in names
                           if n == 'sampler' or n.startswith('sampler.')]
     assert not offenders
+
+
+@pytest.mark.timeout(60)
+def test_importing_sampler_does_not_import_ray():
+    code = 'import sampler, sys; print("ray" in sys.modules)'
+    out = subprocess.run([sys.executable, '-c', code], capture_output=True,
+                         text=True, timeout=60, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == 'False'
 
 
 @pytest.mark.timeout(60)
