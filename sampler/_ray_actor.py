@@ -27,7 +27,7 @@ import time
 
 import cloudpickle
 
-from sampler._worker_process import FLUSH_AFTER_S, Reply, error_reply
+from sampler._worker_process import Reply, Round, apply_update, error_reply
 from workers import EpisodeBuffer
 
 
@@ -44,17 +44,14 @@ class SamplerWorker:
     """
 
     def __init__(self, worker_number, factory_blob, kinds, *blobs):
-        self._number = worker_number
         self._worker = None
+        self._progress = None
         self._failure = None
-        self._running = False
-        self._round = self._version = 0
-        self._quota = self._chunk = self._share = None
-        self._produced = self._produced_transitions = 0
         try:
             self._worker = cloudpickle.loads(factory_blob)(worker_number)
             for kind, blob in zip(kinds, blobs):
-                self._apply(kind, blob)
+                apply_update(self._worker, kind, blob)
+            self._progress = Round(self._worker)
         except Exception:
             self._failure = error_reply(self._worker)
 
@@ -65,63 +62,32 @@ class SamplerWorker:
 
     def start(self, round_number, version, env_blob, agent_blob, quota,
               chunk, share):
-        self._running = False
         try:
-            if env_blob is not None:
-                self._apply('env', env_blob)
-            if agent_blob is not None:
-                self._apply('agent', agent_blob)
-            self._worker.start_round(round_number, version)
+            self._progress.start(round_number, version, env_blob, agent_blob,
+                                 quota, chunk, share)
         except Exception:
             return error_reply(self._worker)
-        self._round, self._version = round_number, version
-        self._quota, self._chunk, self._share = quota, chunk, share
-        self._produced = self._produced_transitions = 0
-        self._running = True
         return None
 
     def sample(self):
-        if not self._running:
-            return (Reply.EPISODES, self._round, self._version, None)
+        progress = self._progress
+        if not progress.running:
+            return (Reply.EPISODES, progress.round, progress.version, None)
         buffer = EpisodeBuffer()
         started = time.monotonic()
         try:
-            while True:
-                episodes, transitions = buffer.n_episodes, buffer.transitions
-                self._worker.rollout_into(buffer)
-                self._produced += buffer.n_episodes - episodes
-                self._produced_transitions += \
-                    buffer.transitions - transitions
-                if self._quota is not None and \
-                        self._produced >= self._quota:
-                    self._running = False
-                    break
-                if self._enough(buffer, started):
-                    break
+            while progress.rollout_into(buffer) and \
+                    not progress.message_due(buffer, started):
+                pass
             self._worker.error_site = 'building the message'
             batch = buffer.to_batch()
             self._worker.error_site = None
         except Exception:
-            self._running = False
+            progress.running = False
             return error_reply(self._worker)
-        return (Reply.EPISODES, self._round, self._version, batch)
-
-    def _enough(self, buffer, started):
-        if self._share is not None and \
-                self._produced_transitions >= self._share:
-            return True
-        if self._chunk is not None and buffer.transitions >= self._chunk:
-            return True
-        return time.monotonic() - started >= FLUSH_AFTER_S
+        return (Reply.EPISODES, progress.round, progress.version, batch)
 
     def shutdown(self):
         if self._worker is not None:
             self._worker.shutdown()
             self._worker = None
-
-    def _apply(self, kind, blob):
-        update = cloudpickle.loads(blob)
-        if kind == 'env':
-            self._worker.update_env(update)
-        else:
-            self._worker.update_agent(update)

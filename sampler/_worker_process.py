@@ -110,13 +110,7 @@ class _Loop:
             self.selector.register(parent.sentinel, selectors.EVENT_READ,
                                    True)
         self.worker = None
-        self.running = False
-        self.round = self.version = 0
-        self.quota = None
-        self.chunk = None
-        self.share = None
-        self.produced = 0
-        self.produced_transitions = 0
+        self.progress = None  # a Round, once the worker is built
         self.pending = EpisodeBuffer()
         self.pending_since = 0.0
 
@@ -126,10 +120,11 @@ class _Loop:
             factory = cloudpickle.loads(factory_blob)
             self.worker = factory(self.worker_number)
             for kind, blob in payloads:
-                self._apply(kind, blob)
+                apply_update(self.worker, kind, blob)
         except Exception:
             self._report_error()
             return False
+        self.progress = Round(self.worker)
         self._send((Reply.READY, self.worker.env_spaces))
         return True
 
@@ -138,7 +133,7 @@ class _Loop:
             # Handle every queued command before the next episode, in order:
             # none is lost, and the last word decides the state. Idle, this
             # blocks; running, it only looks.
-            timeout = 0 if self.running else None
+            timeout = 0 if self.progress.running else None
             while True:
                 events = self.selector.select(timeout)
                 if not events:
@@ -156,25 +151,17 @@ class _Loop:
                     return
                 if not keep_going:
                     return
-                timeout = 0 if self.running else None
-            if self.running:
-                pending = self.pending
-                episodes = pending.n_episodes
-                transitions = pending.transitions
-                if not episodes:
+                timeout = 0 if self.progress.running else None
+            if self.progress.running:
+                if not self.pending.n_episodes:
                     self.pending_since = time.monotonic()
                 try:
-                    self.worker.rollout_into(pending)
+                    more = self.progress.rollout_into(self.pending)
                 except Exception:
                     self._report_error()
                     return
-                self.produced += pending.n_episodes - episodes
-                self.produced_transitions += pending.transitions - transitions
-                quota_met = self.quota is not None and \
-                    self.produced >= self.quota
-                if quota_met:
-                    self.running = False
-                if quota_met or self._chunk_ready():
+                if not more or self.progress.message_due(
+                        self.pending, self.pending_since):
                     if not self._flush():
                         return
 
@@ -182,25 +169,15 @@ class _Loop:
         """Apply one command; False means exit."""
         tag, *args = message
         if tag is Command.START:
-            (round_number, version, env_blob, agent_blob, quota, chunk,
-             share) = args
             # Episodes still held are of the round this START ends.
             self.pending = EpisodeBuffer()
             try:
-                if env_blob is not None:
-                    self._apply('env', env_blob)
-                if agent_blob is not None:
-                    self._apply('agent', agent_blob)
-                self.worker.start_round(round_number, version)
+                self.progress.start(*args)
             except Exception:
                 self._report_error()
                 return False
-            self.round, self.version = round_number, version
-            self.quota, self.chunk, self.share = quota, chunk, share
-            self.produced = self.produced_transitions = 0
-            self.running = True
         elif tag is Command.STOP:
-            self.running = False
+            self.progress.running = False
             # Hand over what is done: the next call keeps it if its
             # version is still current.
             if self.pending.n_episodes and not self._flush():
@@ -212,34 +189,20 @@ class _Loop:
             raise ValueError(msg)
         return True
 
-    def _chunk_ready(self):
-        if self.share is not None and self.produced_transitions >= self.share:
-            return True
-        if self.chunk is not None and \
-                self.pending.transitions >= self.chunk:
-            return True
-        return time.monotonic() - self.pending_since >= FLUSH_AFTER_S
-
     def _flush(self):
         """Send the episodes held as one batch; False after an error."""
         try:
             self.worker.error_site = 'building the message'
             batch = self.pending.to_batch()
             self.worker.error_site = 'pickling the episodes'
-            data = _dumps((Reply.EPISODES, self.round, self.version, batch))
+            data = _dumps((Reply.EPISODES, self.progress.round,
+                          self.progress.version, batch))
             self.worker.error_site = None
         except Exception:
             self._report_error()
             return False
         self._send_bytes(data)
         return True
-
-    def _apply(self, kind, blob):
-        update = cloudpickle.loads(blob)
-        if kind == 'env':
-            self.worker.update_env(update)
-        else:
-            self.worker.update_agent(update)
 
     def _report_error(self):
         self._send(error_reply(self.worker))
@@ -262,6 +225,64 @@ class _Loop:
             except Exception:
                 pass  # exiting anyway; the caller has what it needs
         self.results.close()
+
+
+class Round:
+    """A worker's progress through one call (a round): the START's
+    updates, what it has produced, and when a message is due. Shared by
+    the worker process loop here and the Ray actor."""
+
+    def __init__(self, worker):
+        self.worker = worker
+        self.running = False
+        self.round = self.version = 0
+        self.quota = self.chunk = self.share = None
+        self.produced = self.produced_transitions = 0
+
+    def start(self, round_number, version, env_blob, agent_blob, quota,
+              chunk, share):
+        """Apply the updates and begin the round; raises what they raise."""
+        self.running = False
+        if env_blob is not None:
+            apply_update(self.worker, 'env', env_blob)
+        if agent_blob is not None:
+            apply_update(self.worker, 'agent', agent_blob)
+        self.worker.start_round(round_number, version)
+        self.round, self.version = round_number, version
+        self.quota, self.chunk, self.share = quota, chunk, share
+        self.produced = self.produced_transitions = 0
+        self.running = True
+
+    def rollout_into(self, buffer):
+        """Run episodes into ``buffer``; False once the round's episode
+        quota is met, which ends the round."""
+        episodes, transitions = buffer.n_episodes, buffer.transitions
+        self.worker.rollout_into(buffer)
+        self.produced += buffer.n_episodes - episodes
+        self.produced_transitions += buffer.transitions - transitions
+        if self.quota is not None and self.produced >= self.quota:
+            self.running = False
+        return self.running
+
+    def message_due(self, buffer, since):
+        """Whether ``buffer`` (holding episodes since ``since``) should be
+        sent now: past the worker's share of the call, at a full chunk, or
+        FLUSH_AFTER_S after its first episode."""
+        if self.share is not None and self.produced_transitions >= self.share:
+            return True
+        if self.chunk is not None and buffer.transitions >= self.chunk:
+            return True
+        return time.monotonic() - since >= FLUSH_AFTER_S
+
+
+def apply_update(worker, kind, blob):
+    """Unpickle an update and apply it: an env update, or an agent (or its
+    parameters)."""
+    update = cloudpickle.loads(blob)
+    if kind == 'env':
+        worker.update_env(update)
+    else:
+        worker.update_agent(update)
 
 
 def error_reply(worker):
