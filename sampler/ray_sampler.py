@@ -16,8 +16,9 @@ Data flow of one call::
       |  episodes of the current version (round, for exact episodes),
       |  discards the rest, counts; sends the next sample() to that actor
       v
-    at the end: queued sample() calls are cancelled (workers go idle), the
-    one running is kept for the next call; EpisodeBatch.concatenate(kept)
+    at the end: no more sample() calls are sent (workers go idle once the
+    DEPTH queued ones ran; the next call keeps their episodes if their
+    version is still current); EpisodeBatch.concatenate(kept)
 
 Keeping DEPTH calls queued on every actor means an actor never waits for
 the caller's round trip between two chunks of work, and bounds what it
@@ -265,35 +266,25 @@ class RaySampler(Sampler):
         return collector.run(self._wait_and_collect, deadline, self._idle)
 
     def _begin(self, handle, collector, env_ref=None, agent_ref=None):
-        # Calls left from before (max_staleness > 0 keeps them) would run
-        # first: keep one, so what an actor holds ahead stays bounded.
-        self._trim(handle)
         start = handle.actor.start.remote(
             collector.round, self._version, env_ref, agent_ref,
             collector.quota, collector.chunk, collector.share)
         self._pending[start] = (handle, 'start')
         handle.running = True
+        # sample() calls left from the last call run first; their replies
+        # are kept or discarded like any other, and only replies of this
+        # round ask for more, so DEPTH calls of this round stay queued.
         for _ in range(DEPTH):
             self._pending[handle.actor.sample.remote()] = (handle, 'sample')
 
     def _idle(self):
-        """Workers go idle: each keeps the sample() call that may be
-        running (the next call uses its episodes if their version is still
-        current); the ones queued behind it are cancelled."""
+        """Workers go idle: no more sample() calls are sent. The ones
+        queued (DEPTH at most, each a chunk of work) still run; the next
+        call uses their episodes if their version is still current.
+        (Cancelling queued actor calls is not safe: Ray may then wait 30 s
+        for the missing call and fail the actor's later ones.)"""
         for handle in self._handles:
-            self._trim(handle)
             handle.running = False
-
-    def _trim(self, handle):
-        """Cancel all but the oldest sample() call queued on ``handle``."""
-        queued = [ref for ref, (owner, what) in self._pending.items()
-                  if owner is handle and what == 'sample']
-        for ref in queued[1:]:
-            del self._pending[ref]
-            try:
-                self._ray.cancel(ref)
-            except Exception:
-                pass  # it ran already; its reply is simply not read
 
     def _wait_and_collect(self, collector, deadline, bar):
         timeout = None
@@ -307,7 +298,7 @@ class RaySampler(Sampler):
         if self._handles[handle.number] is not handle:
             return  # from an actor already replaced
         reply = self._get(handle, ready[0])
-        if reply is None:  # a start() that succeeded, or a cancelled call
+        if reply is None:  # a start() that succeeded
             return
         if reply[0] is Reply.READY:  # a replacement actor has started
             handle.pid = reply[2]
@@ -328,12 +319,10 @@ class RaySampler(Sampler):
 
     def _get(self, handle, ref):
         """A reply; a dead actor or a task Ray could not run as a reply
-        shaped like the others (``None`` for a cancelled call)."""
+        shaped like the others."""
         ray = self._ray
         try:
             return ray.get(ref)
-        except ray.exceptions.TaskCancelledError:
-            return None
         except ray.exceptions.RayActorError as err:
             return (None, err)
         except ray.exceptions.RayTaskError as err:
