@@ -6,13 +6,15 @@ method calls instead of a command pipe::
     ready()  -> READY(env_spaces, pid) | ERROR(...)   once, after building
     start(round, version, env, agent, quota, chunk, share)
              -> None | ERROR(...)                      applies updates
-    sample() -> EPISODES(round, version, batch | None) | ERROR(...)
+    sample([round, chunk])
+             -> EPISODES(round, version, batch | None) | ERROR(...)
     shutdown()                                         closes the envs
 
 ``sample`` runs whole episodes until it holds ``chunk`` transitions, its
 ``share`` of the call, the episode ``quota`` of the round, or
 FLUSH_AFTER_S of work, and returns them as one batch; ``None`` instead of
-a batch means the round's quota was already met. A Ray actor runs its
+a batch means the round's quota was already met. A ``chunk`` given with
+the current round replaces the round's (smaller chunks in a call's tail). A Ray actor runs its
 calls one at a time in the order they were sent, so a ``start`` queued
 behind ``sample`` calls takes effect after them: updates land between
 episodes, never inside one.
@@ -69,8 +71,10 @@ class SamplerWorker:
             return error_reply(self._worker)
         return None
 
-    def sample(self):
+    def sample(self, round_number=None, chunk=None):
         progress = self._progress
+        if chunk is not None and round_number == progress.round:
+            progress.chunk = chunk
         if not progress.running:
             return (Reply.EPISODES, progress.round, progress.version, None)
         buffer = EpisodeBuffer()

@@ -75,6 +75,10 @@ class _Bar:
         return self.bar.__exit__(*exc_info)
 
 
+#: In a call's tail, chunks are this many times smaller.
+TAIL_DIVISOR = 8
+
+
 class Collector:
     """Keeps the episodes a call may return and counts the rest."""
 
@@ -93,6 +97,11 @@ class Collector:
         # A worker's fair part of the call; past it, it sends at once.
         self.share = None if kind == 'episodes' else \
             -(-count // sampler.n_workers)
+        # The tail of a call: once what is still needed could be sitting in
+        # the workers' unsent chunks, chunks shrink (see enter_tail), so
+        # that a worker slower than the rest does not hold finished
+        # episodes when the call ends, which would be wasted work.
+        self.in_tail = kind == 'episodes'
         self.min_version = sampler.version - \
             sampler._options['max_staleness']
         self.kept = [[] for _ in range(sampler.n_workers)]  # exact episodes
@@ -118,6 +127,18 @@ class Collector:
             if stop and not sampler.closed:
                 stop_workers()
         return batches
+
+    def enter_tail(self):
+        """True once per call, when the workers should send smaller
+        chunks (``self.chunk`` is then the smaller size): what the call
+        still needs is at most one chunk per worker."""
+        if self.in_tail or self.done or \
+                self.count - self.transitions > \
+                self.chunk * self.sampler.n_workers:
+            return False
+        self.in_tail = True
+        self.chunk = max(1, self.chunk // TAIL_DIVISOR)
+        return True
 
     @property
     def done(self):

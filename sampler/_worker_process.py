@@ -10,8 +10,9 @@ its command pipe and writes replies to its own result pipe::
 States and transitions (checked between episodes, never inside one)::
 
     IDLE ---START---> RUNNING ---STOP, or the episode quota met---> IDLE
-      ^                  |
-      +----START---------+   (a START while running begins the new round)
+      ^                  |  ^
+      +----START---------+  +--TAIL (the same round: smaller messages)
+                             (a START while running begins the new round)
     any state ---EXIT, or the parent process died---> exit
 
 IDLE blocks on the command pipe and the parent's sentinel: no CPU at all.
@@ -21,7 +22,11 @@ episode quota is met, or 50 ms after its first episode: per-message costs
 (pickling, a system call, unpickling in the caller) are paid per chunk,
 not per episode. Past its ``share`` of a call's transitions, the end of
 the call is near: it sends every episode at once, so that little finished
-work is still held when STOP comes. A send blocks only while the caller's
+work is still held when STOP comes. TAIL says the same from the caller,
+who sees every worker: the call needs at most a chunk per worker more, so
+the worker sends what it holds (if it is a new, smaller chunk) and smaller
+chunks after it; a worker slower than the others would otherwise hold
+episodes that are wasted when the call ends. A send blocks only while the caller's
 end of the pipe is full, which pauses the worker until the caller reads;
 the caller reads whenever it waits, so a paused worker resumes as soon as
 there is room, and a command is seen right after.
@@ -50,6 +55,8 @@ class Command(enum.Enum):
     START = 'start'  # (round, version, env blob, agent blob, episode quota,
     #                    transitions per message, transitions share)
     STOP = 'stop'    # ()
+    TAIL = 'tail'    # (round, transitions per message): the call is nearly
+    #                   done; send what is held and smaller messages
     EXIT = 'exit'    # ()
 
 
@@ -182,6 +189,12 @@ class _Loop:
             # version is still current.
             if self.pending.n_episodes and not self._flush():
                 return False
+        elif tag is Command.TAIL:
+            round_number, chunk = args
+            if self.progress.running and round_number == self.progress.round:
+                self.progress.chunk = chunk
+                if self.pending.transitions >= chunk and not self._flush():
+                    return False
         elif tag is Command.EXIT:
             return False
         else:

@@ -11,7 +11,9 @@ Data flow of one call::
       v                                       on its own result pipe i
     caller: blocks in connection.wait() on every result pipe and every
       |  process sentinel; keeps episodes of the current version (round,
-      |  for exact episodes), discards the rest, counts
+      |  for exact episodes), discards the rest, counts; once at most a
+      |  chunk per worker is still needed, TAIL --> every command pipe
+      |  (send what you hold, then smaller chunks)
       v
     STOP --> every command pipe (workers go idle), then
     EpisodeBatch.concatenate(kept) --> caller
@@ -329,6 +331,10 @@ class MultiprocessingSampler(Sampler):
             got = collector.add(handle.number, *reply[1:])
             if bar is not None:
                 bar.advance(got)
+            if collector.enter_tail():
+                for worker in self._handles:
+                    worker.send(Command.TAIL, collector.round,
+                                collector.chunk)
             return
         if tag is Reply.READY:  # a replacement worker has started
             return

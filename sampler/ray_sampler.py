@@ -15,6 +15,7 @@ Data flow of one call::
     caller: blocks in ray.wait() on every reference in flight; keeps
       |  episodes of the current version (round, for exact episodes),
       |  discards the rest, counts; sends the next sample() to that actor
+      |  (with a smaller chunk once at most a chunk per worker is needed)
       v
     at the end: no more sample() calls are sent (workers go idle once the
     DEPTH queued ones ran; the next call keeps their episodes if their
@@ -312,9 +313,13 @@ class RaySampler(Sampler):
         got = collector.add(handle.number, round_number, version, batch)
         if bar is not None:
             bar.advance(got)
+        collector.enter_tail()
         if handle.running and not collector.done and \
                 round_number == collector.round:
-            ref = handle.actor.sample.remote()
+            # In the call's tail, the chunk is smaller (see Collector).
+            ref = handle.actor.sample.remote(
+                collector.round, collector.chunk if collector.in_tail
+                else None)
             self._pending[ref] = (handle, 'sample')
 
     def _get(self, handle, ref):
