@@ -7,8 +7,11 @@ EpisodeBatch, whose construction checks every invariant: a row that
 miscounts or mangles episodes fails the run instead of winning it.
 """
 
+import multiprocessing as mp
 import time
+import traceback
 
+import cloudpickle
 import gymnasium
 import numpy as np
 
@@ -32,6 +35,7 @@ class Row:
 
     name = ''
     single_process = False
+    limit = False  # the machine's limit, not a sampler
 
     def setup(self):
         pass
@@ -168,7 +172,8 @@ class PlainLoopRow(Row):
         self.recorder = EpisodeRecorder(1)
 
     def call(self, n, params):
-        self.agent.set_params(params)
+        if params is not None:
+            self.agent.set_params(params)
         env, get_action, keep = self.env, self.agent.get_action, \
             self.steps.append
         obs, episodes = self.obs, 0
@@ -253,3 +258,129 @@ class VectorEnvRow(Row):
 
     def close(self):
         self.envs.close()
+
+
+class ParallelLoopsRow(Row):
+    """``n`` copies of the plain loop in ``n`` processes, stepping until
+    they have done a call's transitions between them (a shared counter,
+    added to every ``LOOP_STEPS`` steps), and sending back only counts: no
+    sampler at all. What ``n`` processes can do on this machine at this
+    moment, the limit to read our multi-worker rows against (on a shared
+    machine it is often well below ``n`` times the single-process rate)."""
+
+    limit = True
+
+    def __init__(self, n, agent, env_fn, seed):
+        self.n = n
+        self.agent = agent
+        self.env_fn = env_fn
+        self.seed = seed
+        self.name = f'{n} plain loops in parallel (the limit)'
+        self.processes = []
+        self.pipes = []
+
+    def setup(self):
+        method = 'forkserver' if 'forkserver' in \
+            mp.get_all_start_methods() else 'spawn'
+        ctx = mp.get_context(method)
+        seeds = np.random.SeedSequence(self.seed).generate_state(self.n)
+        self.counter = ctx.Value('q', 0)
+        for seed in seeds:
+            ours, theirs = ctx.Pipe()
+            process = ctx.Process(
+                target=_serve_plain_loop, name='bench-plain-loop',
+                args=(theirs, cloudpickle.dumps((self.agent, self.env_fn)),
+                      int(seed), self.counter),
+                daemon=True)
+            process.start()
+            theirs.close()
+            self.processes.append(process)
+            self.pipes.append(ours)
+
+    def _ask_all(self, message):
+        try:
+            for pipe in self.pipes:
+                pipe.send(message)
+            replies = [pipe.recv() for pipe in self.pipes]
+        except (EOFError, OSError):
+            codes = [p.exitcode for p in self.processes]
+            msg = f'a plain loop process died (exit codes {codes})'
+            raise RuntimeError(msg) from None
+        for reply in replies:
+            if reply[0] == 'error':
+                raise RuntimeError(f'a plain loop process failed:\n'
+                                   f'{reply[1]}')
+        return replies
+
+    def call(self, n, params):
+        self.counter.value = 0
+        replies = self._ask_all(('call', n, params))
+        return Sample(sum(r[1].transitions for r in replies),
+                      sum(r[1].episodes for r in replies))
+
+    def worker_pids(self):
+        return [p.pid for p in self.processes]
+
+    def check(self):
+        self._ask_all(('check',))
+
+    def close(self):
+        for pipe in self.pipes:
+            try:
+                pipe.send(('exit',))
+            except OSError:
+                pass
+        for process in self.processes:
+            process.join(5)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for pipe in self.pipes:
+            pipe.close()
+        self.processes, self.pipes = [], []
+
+
+#: Steps a process of ParallelLoopsRow runs between looks at the counter.
+LOOP_STEPS = 64
+
+
+def _serve_plain_loop(pipe, blob, seed, counter):
+    """A :class:`PlainLoopRow` in a process of its own, driven by
+    ``('call', n, params)``, ``('check',)`` and ``('exit',)``; ``blob`` is
+    the cloudpickled agent and env constructor, ``counter`` the
+    transitions done in this call by all the processes."""
+    row = PlainLoopRow(*cloudpickle.loads(blob), seed)
+    failure = None
+    try:
+        row.setup()
+    except Exception:
+        failure = traceback.format_exc()
+    try:
+        while True:
+            message = pipe.recv()
+            if message[0] == 'exit':
+                break
+            try:
+                if failure is not None:
+                    pipe.send(('error', failure))
+                elif message[0] == 'call':
+                    _, n, params = message
+                    done = Sample(0, 0)
+                    while counter.value < n:
+                        part = row.call(LOOP_STEPS, params)
+                        params = None  # set once per call
+                        with counter.get_lock():
+                            counter.value += part.transitions
+                        done.transitions += part.transitions
+                        done.episodes += part.episodes
+                    pipe.send(('ok', done))
+                else:
+                    row.check()
+                    pipe.send(('ok', None))
+            except Exception:
+                pipe.send(('error', traceback.format_exc()))
+    except (EOFError, OSError):
+        pass  # the bench has gone
+    finally:
+        if failure is None:
+            row.close()

@@ -14,10 +14,10 @@ method calls instead of a command pipe::
 ``share`` of the call, the episode ``quota`` of the round, or
 FLUSH_AFTER_S of work, and returns them as one batch; ``None`` instead of
 a batch means the round's quota was already met. A ``chunk`` given with
-the current round replaces the round's (smaller chunks in a call's tail). A Ray actor runs its
-calls one at a time in the order they were sent, so a ``start`` queued
-behind ``sample`` calls takes effect after them: updates land between
-episodes, never inside one.
+the current round replaces the round's (smaller chunks in a call's tail).
+A Ray actor runs its calls one at a time in the order they were sent, so a
+``start`` queued behind ``sample`` calls takes effect after them: updates
+land between episodes, never inside one.
 
 Exceptions from env or agent code are returned as ERROR replies (with the
 call that raised and the traceback text), never raised: the caller then

@@ -26,10 +26,10 @@ work is still held when STOP comes. TAIL says the same from the caller,
 who sees every worker: the call needs at most a chunk per worker more, so
 the worker sends what it holds (if it is a new, smaller chunk) and smaller
 chunks after it; a worker slower than the others would otherwise hold
-episodes that are wasted when the call ends. A send blocks only while the caller's
-end of the pipe is full, which pauses the worker until the caller reads;
-the caller reads whenever it waits, so a paused worker resumes as soon as
-there is room, and a command is seen right after.
+episodes that are wasted when the call ends. A send blocks only while the
+caller's end of the pipe is full, which pauses the worker until the caller
+reads; the caller reads whenever it waits, so a paused worker resumes as
+soon as there is room, and a command is seen right after.
 """
 
 import enum

@@ -11,7 +11,10 @@ call, outside the timed region.
 Figures per row: transitions per second (median, min, max over the calls),
 episodes per second, the caller's CPU and the workers' CPU as a share of
 one core, discarded episodes, peak memory of the caller, and the ratio of
-the median rate to the best single-process row's.
+the median rate to the best single-process row's. With ``compare`` and
+more than one worker, a last row runs that many plain loops in parallel
+processes with no sampler: what the machine allows at that moment, which
+on a shared machine can be far below the worker count times one loop.
 """
 
 import contextlib
@@ -24,8 +27,9 @@ import cloudpickle
 import psutil
 
 from sampler import bench_envs, ray_sampler
-from sampler._bench_rows import (EpisodeRecorder, PlainLoopRow, Row, Sample,
-                                 SamplerRow, VectorEnvRow)
+from sampler._bench_rows import (EpisodeRecorder, ParallelLoopsRow,
+                                 PlainLoopRow, Row, Sample, SamplerRow,
+                                 VectorEnvRow)
 from sampler.local_sampler import LocalSampler
 from sampler.multiprocessing_sampler import MultiprocessingSampler
 from sampler.ray_sampler import RaySampler
@@ -71,6 +75,9 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                  for n in SYNC_ENVS]
         rows += [VectorEnvRow('async', n, copy(), env_fn, seed)
                  for n in ASYNC_ENVS]
+        most = max(sweep_workers or (workers,))
+        if most > 1:
+            rows.append(ParallelLoopsRow(most, copy(), env_fn, seed))
     return rows, the_agent, loops
 
 
@@ -188,6 +195,7 @@ def _summarise(row, log):
     result = {
         'name': row.name,
         'single_process': row.single_process,
+        'limit': row.limit,
         'median_transitions_per_s': statistics.median(rates),
         'min_transitions_per_s': min(rates),
         'max_transitions_per_s': max(rates),
@@ -287,6 +295,15 @@ def format_table(result):
         out.append(f"ratio: median transitions/s over the best "
                    f"single-process row's ({best})")
     ours = [r for r in result['rows'] if 'startup_s' in r]
+    limits = [r for r in result['rows'] if r['limit']]
+    if limits and ours and result['best_single_process_row']:
+        limit = limits[0]
+        best = max(ours, key=lambda r: r['median_transitions_per_s'])
+        share = best['median_transitions_per_s'] / \
+            limit['median_transitions_per_s']
+        out.append(f"limit: {limit['name'].split(' (')[0]} reached "
+                   f"{limit['ratio_to_best_single_process']:.2f}x; "
+                   f"{best['name']} {share:.0%} of that")
     for r in ours:
         memory = r['peak_memory_over_batch_bytes']
         out.append(f"{r['name']}: start-up {r['startup_s']:.2f} s, "
@@ -340,6 +357,6 @@ def plot_sweep(result, path):
 
 
 #: What scripts that add rows of their own (scripts/bench_peers.py) use.
-__all__ = ['EpisodeRecorder', 'PlainLoopRow', 'Row', 'Sample', 'SamplerRow',
-           'VectorEnvRow', 'build_rows', 'format_table', 'make_agent', 'run',
-           'time_rows', 'write_json']
+__all__ = ['EpisodeRecorder', 'ParallelLoopsRow', 'PlainLoopRow', 'Row',
+           'Sample', 'SamplerRow', 'VectorEnvRow', 'build_rows',
+           'format_table', 'make_agent', 'run', 'time_rows', 'write_json']

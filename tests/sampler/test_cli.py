@@ -71,7 +71,8 @@ def test_compare_adds_every_peer_row_with_ratios(tmp_path):
         'gymnasium SyncVectorEnv (1 envs)', 'gymnasium SyncVectorEnv (4 envs)',
         'gymnasium SyncVectorEnv (8 envs)',
         'gymnasium AsyncVectorEnv (2 envs)',
-        'gymnasium AsyncVectorEnv (4 envs)']
+        'gymnasium AsyncVectorEnv (4 envs)',
+        '2 plain loops in parallel (the limit)']
     best = data['best_single_process_row']
     assert best in names[1:5]
     by_name = {r['name']: r for r in data['rows']}
@@ -83,6 +84,13 @@ def test_compare_adds_every_peer_row_with_ratios(tmp_path):
         'workers_cpu_percent'] is not None
     for name in names:
         assert name in out
+    limit = by_name['2 plain loops in parallel (the limit)']
+    assert limit['limit'] and not limit['single_process']
+    assert not any(r['limit'] for r in data['rows'][:-1])
+    assert limit['calls'][0]['transitions'] >= 200
+    assert limit['workers_cpu_percent'] > 0
+    assert 'limit: 2 plain loops in parallel reached ' in out
+    assert '% of that' in out
 
 
 def test_sweep_workers_and_step_cost(tmp_path):
@@ -143,3 +151,45 @@ def test_bad_options_are_usage_errors(args, message):
     result = CliRunner().invoke(main, ['bench'] + args)
     assert result.exit_code == 2
     assert message in result.output
+
+
+def make_cartpole():
+    import gymnasium
+    return gymnasium.make('CartPole-v1')
+
+
+def broken_env():
+    raise OSError('no simulator licence')
+
+
+def test_parallel_loops_share_the_calls_transitions():
+    from sampler._bench_rows import LOOP_STEPS, ParallelLoopsRow
+    from workers import RandomAgent
+    agent = RandomAgent(make_cartpole().action_space, seed=0)
+    row = ParallelLoopsRow(2, agent, make_cartpole, seed=0)
+    try:
+        row.setup()
+        for _ in range(2):
+            done = row.call(1000, None)
+            # Between them, not each: at most one look late per process.
+            assert 1000 <= done.transitions < 1000 + 2 * LOOP_STEPS
+            assert done.episodes > 0
+            row.check()
+        assert len(row.worker_pids()) == 2
+    finally:
+        row.close()
+    assert row.worker_pids() == []
+
+
+def test_parallel_loops_report_a_failing_env():
+    from sampler._bench_rows import ParallelLoopsRow
+    from workers import RandomAgent
+    agent = RandomAgent(make_cartpole().action_space, seed=0)
+    row = ParallelLoopsRow(2, agent, broken_env, seed=0)
+    try:
+        row.setup()
+        with pytest.raises(RuntimeError, match='(?s)a plain loop process '
+                           'failed.*OSError: no simulator licence'):
+            row.call(100, None)
+    finally:
+        row.close()
