@@ -158,6 +158,7 @@ class PlainLoopRow(Row):
     must, but assembles episodes only in the untimed check."""
 
     name = 'plain loop (1 process)'
+    short_name = 'plain loop'
     single_process = True
 
     def __init__(self, agent, env_fn, seed):
@@ -213,6 +214,7 @@ class VectorEnvRow(Row):
         self.single_process = kind == 'sync'
         cls = 'SyncVectorEnv' if kind == 'sync' else 'AsyncVectorEnv'
         self.name = f'gymnasium {cls} ({n_envs} envs)'
+        self.short_name = f'{cls} ({n_envs} envs)'
 
     def setup(self):
         cls = gymnasium.vector.SyncVectorEnv if self.kind == 'sync' else \
@@ -224,7 +226,8 @@ class VectorEnvRow(Row):
         self.recorder = EpisodeRecorder(self.n_envs)
 
     def call(self, n, params):
-        self.agent.set_params(params)
+        if params is not None:
+            self.agent.set_params(params)
         envs, get_actions = self.envs, self.agent.get_actions
         keep = self.steps.append
         obs, transitions, episodes = self.obs, 0, 0
@@ -261,21 +264,21 @@ class VectorEnvRow(Row):
 
 
 class ParallelLoopsRow(Row):
-    """``n`` copies of the plain loop in ``n`` processes, stepping until
-    they have done a call's transitions between them (a shared counter,
-    added to every ``LOOP_STEPS`` steps), and sending back only counts: no
-    sampler at all. What ``n`` processes can do on this machine at this
-    moment, the limit to read our multi-worker rows against (on a shared
-    machine it is often well below ``n`` times the single-process rate)."""
+    """``n`` copies of a single-process row (``row``, not set up) in ``n``
+    processes, stepping until they have done a call's transitions between
+    them (a shared counter, added to every ``LOOP_STEPS`` transitions), and
+    sending back only counts: no sampler at all. What ``n`` processes can
+    do on this machine at this moment, the limit to read our multi-worker
+    rows against (on a shared machine it is often well below ``n`` times
+    the single-process rate)."""
 
     limit = True
 
-    def __init__(self, n, agent, env_fn, seed):
+    def __init__(self, n, row):
         self.n = n
-        self.agent = agent
-        self.env_fn = env_fn
-        self.seed = seed
-        self.name = f'{n} plain loops in parallel (the limit)'
+        self.row = row
+        self.seed = row.seed
+        self.name = f'{row.short_name} x {n} processes (limit)'
         self.processes = []
         self.pipes = []
 
@@ -289,8 +292,8 @@ class ParallelLoopsRow(Row):
             ours, theirs = ctx.Pipe()
             process = ctx.Process(
                 target=_serve_plain_loop, name='bench-plain-loop',
-                args=(theirs, cloudpickle.dumps((self.agent, self.env_fn)),
-                      int(seed), self.counter),
+                args=(theirs, cloudpickle.dumps(self.row), int(seed),
+                      self.counter),
                 daemon=True)
             process.start()
             theirs.close()
@@ -340,16 +343,18 @@ class ParallelLoopsRow(Row):
         self.processes, self.pipes = [], []
 
 
-#: Steps a process of ParallelLoopsRow runs between looks at the counter.
+#: Transitions a process of ParallelLoopsRow runs between looks at the
+#: counter.
 LOOP_STEPS = 64
 
 
 def _serve_plain_loop(pipe, blob, seed, counter):
-    """A :class:`PlainLoopRow` in a process of its own, driven by
-    ``('call', n, params)``, ``('check',)`` and ``('exit',)``; ``blob`` is
-    the cloudpickled agent and env constructor, ``counter`` the
-    transitions done in this call by all the processes."""
-    row = PlainLoopRow(*cloudpickle.loads(blob), seed)
+    """A single-process row in a process of its own, driven by ``('call',
+    n, params)``, ``('check',)`` and ``('exit',)``; ``blob`` is the
+    cloudpickled row, ``counter`` the transitions done in this call by all
+    the processes."""
+    row = cloudpickle.loads(blob)
+    row.seed = seed
     failure = None
     try:
         row.setup()

@@ -12,9 +12,10 @@ Figures per row: transitions per second (median, min, max over the calls),
 episodes per second, the caller's CPU and the workers' CPU as a share of
 one core, discarded episodes, peak memory of the caller, and the ratio of
 the median rate to the best single-process row's. With ``compare`` and
-more than one worker, a last row runs that many plain loops in parallel
-processes with no sampler: what the machine allows at that moment, which
-on a shared machine can be far below the worker count times one loop.
+more than one worker, two last rows run that many copies of the plain
+loop, and of the largest SyncVectorEnv, in parallel processes with no
+sampler: what the machine allows at that moment (the better of the two),
+which on a shared machine can be far below the worker count times one.
 """
 
 import contextlib
@@ -75,9 +76,14 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                  for n in SYNC_ENVS]
         rows += [VectorEnvRow('async', n, copy(), env_fn, seed)
                  for n in ASYNC_ENVS]
+        # The limit: copies of the plain loop and of the largest
+        # SyncVectorEnv (the best single-process rows of these tasks).
         most = max(sweep_workers or (workers,))
         if most > 1:
-            rows.append(ParallelLoopsRow(most, copy(), env_fn, seed))
+            rows += [ParallelLoopsRow(most, PlainLoopRow(copy(), env_fn,
+                                                         seed)),
+                     ParallelLoopsRow(most, VectorEnvRow(
+                         'sync', SYNC_ENVS[-1], copy(), env_fn, seed))]
     return rows, the_agent, loops
 
 
@@ -297,11 +303,11 @@ def format_table(result):
     ours = [r for r in result['rows'] if 'startup_s' in r]
     limits = [r for r in result['rows'] if r['limit']]
     if limits and ours and result['best_single_process_row']:
-        limit = limits[0]
+        limit = max(limits, key=lambda r: r['median_transitions_per_s'])
         best = max(ours, key=lambda r: r['median_transitions_per_s'])
         share = best['median_transitions_per_s'] / \
             limit['median_transitions_per_s']
-        out.append(f"limit: {limit['name'].split(' (')[0]} reached "
+        out.append(f"limit: {limit['name'][:-len(' (limit)')]} reached "
                    f"{limit['ratio_to_best_single_process']:.2f}x; "
                    f"{best['name']} {share:.0%} of that")
     for r in ours:

@@ -72,7 +72,8 @@ def test_compare_adds_every_peer_row_with_ratios(tmp_path):
         'gymnasium SyncVectorEnv (8 envs)',
         'gymnasium AsyncVectorEnv (2 envs)',
         'gymnasium AsyncVectorEnv (4 envs)',
-        '2 plain loops in parallel (the limit)']
+        'plain loop x 2 processes (limit)',
+        'SyncVectorEnv (8 envs) x 2 processes (limit)']
     best = data['best_single_process_row']
     assert best in names[1:5]
     by_name = {r['name']: r for r in data['rows']}
@@ -84,12 +85,14 @@ def test_compare_adds_every_peer_row_with_ratios(tmp_path):
         'workers_cpu_percent'] is not None
     for name in names:
         assert name in out
-    limit = by_name['2 plain loops in parallel (the limit)']
-    assert limit['limit'] and not limit['single_process']
-    assert not any(r['limit'] for r in data['rows'][:-1])
-    assert limit['calls'][0]['transitions'] >= 200
-    assert limit['workers_cpu_percent'] > 0
-    assert 'limit: 2 plain loops in parallel reached ' in out
+    for limit in data['rows'][-2:]:
+        assert limit['limit'] and not limit['single_process']
+        assert limit['calls'][0]['transitions'] >= 200
+        assert limit['workers_cpu_percent'] > 0
+    assert not any(r['limit'] for r in data['rows'][:-2])
+    best_limit = max(data['rows'][-2:],
+                     key=lambda r: r['median_transitions_per_s'])
+    assert f"limit: {best_limit['name'][:-8]} reached " in out
     assert '% of that' in out
 
 
@@ -162,11 +165,15 @@ def broken_env():
     raise OSError('no simulator licence')
 
 
-def test_parallel_loops_share_the_calls_transitions():
-    from sampler._bench_rows import LOOP_STEPS, ParallelLoopsRow
+@pytest.mark.parametrize('kind', ['plain', 'sync'])
+def test_parallel_loops_share_the_calls_transitions(kind):
+    from sampler._bench_rows import (LOOP_STEPS, ParallelLoopsRow,
+                                     PlainLoopRow, VectorEnvRow)
     from workers import RandomAgent
     agent = RandomAgent(make_cartpole().action_space, seed=0)
-    row = ParallelLoopsRow(2, agent, make_cartpole, seed=0)
+    single = PlainLoopRow(agent, make_cartpole, 0) if kind == 'plain' \
+        else VectorEnvRow('sync', 4, agent, make_cartpole, 0)
+    row = ParallelLoopsRow(2, single)
     try:
         row.setup()
         for _ in range(2):
@@ -182,10 +189,10 @@ def test_parallel_loops_share_the_calls_transitions():
 
 
 def test_parallel_loops_report_a_failing_env():
-    from sampler._bench_rows import ParallelLoopsRow
+    from sampler._bench_rows import ParallelLoopsRow, PlainLoopRow
     from workers import RandomAgent
     agent = RandomAgent(make_cartpole().action_space, seed=0)
-    row = ParallelLoopsRow(2, agent, broken_env, seed=0)
+    row = ParallelLoopsRow(2, PlainLoopRow(agent, broken_env, 0))
     try:
         row.setup()
         with pytest.raises(RuntimeError, match='(?s)a plain loop process '
