@@ -4,7 +4,7 @@ It speaks the replies of :mod:`sampler._worker_process` but is driven by
 method calls instead of a command pipe::
 
     ready()  -> READY(env_spaces, pid) | ERROR(...)   once, after building
-    start(round, version, env, agent, quota, chunk, share)
+    start(RoundStart, env, agent)
              -> None | ERROR(...)                      applies updates
     sample([round, chunk])
              -> EPISODES(round, version, batch | None) | ERROR(...)
@@ -62,11 +62,9 @@ class SamplerWorker:
             return self._failure
         return (Reply.READY, self._worker.env_spaces, os.getpid())
 
-    def start(self, round_number, version, env_blob, agent_blob, quota,
-              chunk, share):
+    def start(self, start, env_blob, agent_blob):
         try:
-            self._progress.start(round_number, version, env_blob, agent_blob,
-                                 quota, chunk, share)
+            self._progress.start(start, env_blob, agent_blob)
         except Exception:
             return error_reply(self._worker)
         return None

@@ -8,6 +8,8 @@ import time
 import click
 import numpy as np
 
+from sampler._worker_process import RoundStart
+
 
 def check_streaming_options(options):
     """Refuse bad values of the options every streaming backend takes."""
@@ -108,6 +110,13 @@ class Collector:
         self.arrived = []  # samples, in the order they arrived
         self.per_worker = [0] * sampler.n_workers
         self.transitions = 0
+        self.attempts = [0] * sampler.n_workers
+
+    def round_start(self, worker):
+        """The :class:`RoundStart` that worker ``worker`` (or its
+        replacement) runs this call with."""
+        return RoundStart(self.round, self.sampler.version, self.quota,
+                          self.chunk, self.share, self.attempts[worker])
 
     def run(self, wait_and_collect, deadline, stop_workers):
         """Call ``wait_and_collect(self, deadline, bar)`` until done and
@@ -171,13 +180,20 @@ class Collector:
         return len(batch)
 
     def restarted(self, worker):
+        """Worker ``worker`` failed and is replaced; call before
+        :meth:`round_start` for the replacement."""
         if self.kind == 'episodes':
-            # The replacement redoes the round from its seeds; what the
-            # failed worker sent of it would not be reproducible with it.
+            # The replacement redoes the round from its seeds, so the call
+            # stays reproducible; what the failed worker sent of it would
+            # come again, and is dropped.
             dropped = sum(b.n_episodes for b in self.kept[worker])
             self.sampler._stats['discarded_episodes'] += dropped
             self.kept[worker] = []
             self.per_worker[worker] = 0
+        else:
+            # What the failed worker sent is kept; the replacement draws
+            # seeds of its own so that it cannot send those episodes again.
+            self.attempts[worker] += 1
 
     def batches(self):
         if self.kind == 'episodes':

@@ -32,7 +32,9 @@ reads; the caller reads whenever it waits, so a paused worker resumes as
 soon as there is room, and a command is seen right after.
 """
 
+import dataclasses
 import enum
+import os
 import pickle
 import selectors
 import signal
@@ -40,6 +42,7 @@ import sys
 import time
 import traceback
 from multiprocessing import parent_process
+from typing import Optional
 
 import cloudpickle
 
@@ -48,16 +51,68 @@ from workers import EpisodeBuffer
 #: Longest a finished episode waits in a worker before it is sent.
 FLUSH_AFTER_S = 0.05
 
+#: A worker process's name; the caller gives it, and the worker knows
+#: itself by it before anything else of its is set up.
+NAME_PREFIX = 'sampler-worker-'
+
+#: The exit code of a worker whose start re-imported a main module that
+#: builds a sampler (see :func:`exit_if_importing_main`); EX_CONFIG of
+#: sysexits.h, since the fix is in the user's script.
+EXIT_MAIN_NOT_GUARDED = 78
+
+
+def exit_if_importing_main():
+    """End this process at once if it is a worker process still importing
+    the user's main module, and that import is building a sampler.
+
+    Worker processes started by ``forkserver`` or ``spawn`` import the main
+    module again before they run anything of ours. A script that samples
+    without ``if __name__ == "__main__":`` then builds a sampler in every
+    worker, which fails there (a worker may not start processes) with a
+    traceback per worker that never names the cause. Exiting quietly with
+    EXIT_MAIN_NOT_GUARDED lets the caller raise one error that does.
+    """
+    import multiprocessing
+    current = multiprocessing.current_process()
+    if getattr(current, '_inheriting', False) and \
+            current.name.startswith(NAME_PREFIX):
+        os._exit(EXIT_MAIN_NOT_GUARDED)
+
 
 class Command(enum.Enum):
     """Caller -> worker."""
 
-    START = 'start'  # (round, version, env blob, agent blob, episode quota,
-    #                    transitions per message, transitions share)
+    START = 'start'  # (RoundStart, env blob or None, agent blob or None)
     STOP = 'stop'    # ()
     TAIL = 'tail'    # (round, transitions per message): the call is nearly
     #                   done; send what is held and smaller messages
     EXIT = 'exit'    # ()
+
+
+@dataclasses.dataclass(frozen=True)
+class RoundStart:
+    """How a worker is to run one call (a round); sent with START.
+
+    Attributes:
+        round: the sampler's call counter; seeds the round.
+        version: stamped on every episode of the round.
+        quota: episodes to produce (exact-episode calls), or None.
+        chunk: transitions per message, or None (send at the quota).
+        share: the worker's fair part of the call's transitions, or None.
+        attempt: 0 for the worker that began the round; ``k`` for its
+            ``k``-th replacement in a call that keeps what the failed
+            worker sent: the replacement draws seeds of its own, so it
+            never repeats those episodes. (An exact-episode call drops
+            them instead and redoes the round from its seeds, attempt 0,
+            which keeps the call reproducible.)
+    """
+
+    round: int
+    version: int
+    quota: Optional[int] = None
+    chunk: Optional[int] = None
+    share: Optional[int] = None
+    attempt: int = 0
 
 
 class Reply(enum.Enum):
@@ -252,17 +307,20 @@ class Round:
         self.quota = self.chunk = self.share = None
         self.produced = self.produced_transitions = 0
 
-    def start(self, round_number, version, env_blob, agent_blob, quota,
-              chunk, share):
-        """Apply the updates and begin the round; raises what they raise."""
+    def start(self, start, env_blob=None, agent_blob=None):
+        """Apply the updates (pickled, or None) and begin the round that
+        ``start`` (a :class:`RoundStart`) describes; raises what the
+        updates raise."""
         self.running = False
         if env_blob is not None:
             apply_update(self.worker, 'env', env_blob)
         if agent_blob is not None:
             apply_update(self.worker, 'agent', agent_blob)
-        self.worker.start_round(round_number, version)
-        self.round, self.version = round_number, version
-        self.quota, self.chunk, self.share = quota, chunk, share
+        self.worker.start_round(start.round, start.version,
+                                attempt=start.attempt)
+        self.round, self.version = start.round, start.version
+        self.quota, self.chunk, self.share = \
+            start.quota, start.chunk, start.share
         self.produced = self.produced_transitions = 0
         self.running = True
 

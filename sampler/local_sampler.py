@@ -63,6 +63,8 @@ class LocalSampler(Sampler):
     def _start(self, options):
         self._workers = [None] * self.n_workers
         self._round = 0
+        self._kind = 'episodes'
+        self._attempts = [0] * self.n_workers
         try:
             for i in range(self.n_workers):
                 try:
@@ -82,10 +84,11 @@ class LocalSampler(Sampler):
             _apply(worker, payload)
 
     def _sample(self, goal, updates, round_number, deadline):
-        self._round = round_number
+        kind, count = goal
+        self._round, self._kind = round_number, kind
+        self._attempts = [0] * self.n_workers
         for i, (env, agent) in enumerate(updates):
             self._guarded(i, self._begin, i, env, agent)
-        kind, count = goal
         # One buffer for the whole call: a single batch is built at the end.
         buffer = EpisodeBuffer()
         if kind == 'samples':
@@ -105,8 +108,9 @@ class LocalSampler(Sampler):
                                 f'episodes')
                 if self._guarded(i, self._rollout_into, i, buffer) is \
                         _RESTARTED:
-                    # The replacement redoes the round from its seeds, as
-                    # MultiprocessingSampler's do.
+                    # The replacement redoes the round from its seeds, so
+                    # the call stays reproducible; what the failed worker
+                    # returned of it would come again, and is dropped.
                     self._stats['discarded_episodes'] += \
                         buffer.keep_first(before)
             # A VecWorker may finish several episodes at once.
@@ -149,7 +153,12 @@ class LocalSampler(Sampler):
         if old is not None:
             _close_quietly(old, i)
         self._build_worker(i)
-        self._workers[i].start_round(self._round, self._version)
+        if self._kind == 'samples':
+            # What the failed worker returned is kept: the replacement
+            # gets seeds of its own so that it cannot return it again.
+            self._attempts[i] += 1
+        self._workers[i].start_round(self._round, self._version,
+                                     attempt=self._attempts[i])
 
     def _error(self, i, exc):
         site = getattr(self._workers[i], 'error_site', None)

@@ -4,7 +4,7 @@ Data flow of one call::
 
     caller: obtain_samples(n, agent_update, env_update)
       |  checks and pickles the updates once (Sampler base class)
-      |  START(round, version, updates, quota) --> command pipe 0 ... k
+      |  START(RoundStart, updates) --> command pipe 0 ... k
       v
     worker process i (sampler._worker_process): apply updates, reseed,
       |  rollout() -> EpisodeBatch -> EPISODES(round, version, batch)
@@ -290,9 +290,8 @@ class MultiprocessingSampler(Sampler):
         kind, count = goal
         collector = Collector(self, kind, count, round_number)
         for handle, (env, agent) in zip(self._handles, updates):
-            handle.send(Command.START, round_number, self._version,
-                        env and env.blob, agent and agent.blob,
-                        collector.quota, collector.chunk, collector.share)
+            handle.send(Command.START, collector.round_start(handle.number),
+                        env and env.blob, agent and agent.blob)
         return collector.run(self._wait_and_collect, deadline, self._stop)
 
     def _stop(self):
@@ -374,11 +373,9 @@ class MultiprocessingSampler(Sampler):
         _stop_process(handle, timeout=1.0)
         replacement = self._spawn(i)
         self._handles[i] = replacement
-        # Its recipe already holds this call's updates; it redoes the round.
-        replacement.send(Command.START, collector.round, self._version, None,
-                         None, collector.quota, collector.chunk,
-                         collector.share)
+        # Its recipe already holds this call's updates.
         collector.restarted(i)
+        replacement.send(Command.START, collector.round_start(i), None, None)
 
     # Shutdown ------------------------------------------------------------
 

@@ -5,7 +5,7 @@ Data flow of one call::
     caller: obtain_samples(n, agent_update, env_update)
       |  checks and pickles the updates once (Sampler base class);
       |  ray.put() each distinct update once per call, shared by all actors
-      |  actor.start(round, version, update refs, quota, chunk, share)
+      |  actor.start(RoundStart, update refs)
       |  actor.sample() x DEPTH        (queued on each actor, in order)
       v
     actor i (sampler._ray_actor.SamplerWorker): applies updates between
@@ -350,9 +350,9 @@ class RaySampler(Sampler):
         self._forget(handle)
         replacement = self._spawn(i)
         self._handles[i] = replacement
-        # Its recipe already holds this call's updates; it redoes the round.
-        self._begin(replacement, collector)
+        # Its recipe already holds this call's updates.
         collector.restarted(i)
+        self._begin(replacement, collector)
 
     def _forget(self, handle):
         for ref, (owner, _) in list(self._pending.items()):

@@ -2,6 +2,7 @@
 
 import contextlib
 import os
+import signal
 import threading
 import time
 
@@ -96,6 +97,60 @@ class FailOnceEnv(FaultyEnv):
                 pass
             raise RuntimeError('failing once')
         return super().step(action)
+
+
+class TriggeredEnv(gym.Env):
+    """Seeded random observations, rewards and episode lengths, so that no
+    two episodes are alike unless they came from the same seeds; fails on
+    demand. While the file ``trigger`` holds ``'raise N'`` or ``'kill N'``,
+    the ``N``-th reset from then on (counted by whoever resets next: give
+    each worker a file of its own) removes the file and raises, or
+    SIGKILLs its own process."""
+
+    observation_space = spaces.Box(-10.0, 10.0, (4,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, trigger):
+        self.trigger = str(trigger)
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._pull_trigger()
+        self._t = 0
+        return self._obs(), {}
+
+    def step(self, action):
+        self._t += 1
+        terminated = bool(self.np_random.random() < 0.1)
+        truncated = self._t >= 30 and not terminated
+        return (self._obs(), float(self.np_random.random()), terminated,
+                truncated, {})
+
+    def _obs(self):
+        return self.np_random.normal(size=4).astype(np.float32)
+
+    def _pull_trigger(self):
+        try:
+            with open(self.trigger) as file:
+                how, count = file.read().split()
+        except FileNotFoundError:
+            return
+        if int(count) > 1:
+            write_atomically(self.trigger, f'{how} {int(count) - 1}')
+            return
+        os.remove(self.trigger)
+        if how == 'kill':
+            os.kill(os.getpid(), signal.SIGKILL)
+        raise RuntimeError('triggered failure')
+
+
+def write_atomically(path, text):
+    """Write ``text`` to ``path`` so that no reader sees it half written."""
+    partial = f'{path}.partial'
+    with open(partial, 'w') as file:
+        file.write(text)
+    os.replace(partial, path)
 
 
 class InPlaceEnv(gym.Env):

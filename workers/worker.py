@@ -23,7 +23,10 @@ class Worker:
     child of the ``i``-th child of ``SeedSequence(seed)``: independent
     streams for every worker, round, env and agent, and the same episodes
     for the same seed, worker and sequence of calls whatever process the
-    worker runs in.
+    worker runs in. A worker that replaces a failed one mid-round, in a
+    call that keeps its predecessor's episodes, starts the round with
+    ``attempt=k`` and seeds from ``spawn_key=(i, r, k)``, so it never
+    repeats them.
 
     Workers hold live envs and cannot be pickled; pickle their
     ``WorkerFactory`` and build them where they run.
@@ -132,7 +135,7 @@ class Worker:
 
     # Rounds and seeding ----------------------------------------------------
 
-    def start_round(self, round_number, version=None):
+    def start_round(self, round_number, version=None, *, attempt=0):
         """Begin a sampler call: reseed the agent and envs for this round.
 
         Episodes in progress are abandoned, so every episode of the round
@@ -141,21 +144,31 @@ class Worker:
         Args:
             round_number: the sampler's call counter.
             version: if given, stamped on the episodes from now on.
+            attempt: 0, or ``k`` for the ``k``-th worker that replaces a
+                failed one in this round and must not repeat the episodes
+                its predecessor already returned: it gets seeds of its own.
         """
         if version is not None:
             self.version = int(version)
         self._round = int(round_number)
-        seeds = self.round_seeds(self._round, self._n_seeds())
+        seeds = self.round_seeds(self._round, self._n_seeds(), attempt)
         if self.agent is not None and hasattr(self.agent, 'seed'):
             self.error_site = 'agent.seed'
             self.agent.seed(seeds[0])
             self.error_site = None
         self._on_new_round(seeds[1:])
 
-    def round_seeds(self, round_number, n):
-        """``n`` independent seeds (ints < 2**63) of this worker's round."""
-        seq = np.random.SeedSequence(
-            self._seed, spawn_key=(self._worker_number, round_number))
+    def round_seeds(self, round_number, n, attempt=0):
+        """``n`` independent seeds (ints < 2**63) of this worker's round;
+        a replacement's ``attempt`` (>= 1) gets other, independent ones."""
+        if isinstance(attempt, bool) or not isinstance(
+                attempt, numbers.Integral) or attempt < 0:
+            msg = f'attempt must be an int >= 0, got {attempt!r}'
+            raise ValueError(msg)
+        key = (self._worker_number, round_number)
+        if attempt:
+            key += (int(attempt),)
+        seq = np.random.SeedSequence(self._seed, spawn_key=key)
         state = seq.generate_state(n, dtype=np.uint64)
         return [int(s >> np.uint64(1)) for s in state]
 

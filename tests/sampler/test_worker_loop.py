@@ -12,7 +12,7 @@ import pytest
 from helpers import FirstObsAgent, OneStepEnv
 from sampler import _worker_process
 from sampler._streaming import TAIL_DIVISOR, Collector
-from sampler._worker_process import Command, Reply
+from sampler._worker_process import Command, Reply, RoundStart
 from workers import WorkerFactory
 
 pytestmark = pytest.mark.timeout(60)
@@ -59,8 +59,8 @@ def loop(monkeypatch):
 
 
 def start(loop, round_number, chunk):
-    loop.send(Command.START, round_number, round_number, None, None, None,
-              chunk, None)
+    loop.send(Command.START, RoundStart(round_number, round_number,
+                                        chunk=chunk), None, None)
 
 
 def test_tail_sends_the_held_episodes_and_smaller_chunks_after(loop):

@@ -68,6 +68,24 @@ def test_workers_draw_independent_streams():
     assert len(set(seeds)) == len(seeds)
 
 
+def test_a_replacement_attempt_draws_seeds_of_its_own():
+    w = make_worker(seed=5)
+    first = w.round_seeds(2, 4)
+    assert w.round_seeds(2, 4, attempt=0) == first
+    again = w.round_seeds(2, 4, attempt=1) + w.round_seeds(2, 4, attempt=2)
+    assert len(set(first + again)) == 12
+    w.start_round(2)
+    original = w.rollout().observations
+    w.start_round(2, attempt=1)
+    assert not np.array_equal(w.rollout().observations, original)
+    w.start_round(2, attempt=0)  # attempt 0 is the round as it was
+    np.testing.assert_array_equal(w.rollout().observations, original)
+    with pytest.raises(ValueError, match='^attempt must be an int >= 0, '
+                                         'got -1$'):
+        w.start_round(2, attempt=-1)
+    w.shutdown()
+
+
 def test_vec_worker_envs_get_distinct_seeds():
     w = make_worker(worker_class=VecWorker, n_envs=4, agent='random', seed=3,
                     max_episode_length=1)
