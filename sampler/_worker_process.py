@@ -144,7 +144,7 @@ def run(worker_number, factory_blob, payloads, commands, results):
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         import setproctitle
-        setproctitle.setproctitle(f'sampler-worker-{worker_number}')
+        setproctitle.setproctitle(f'{NAME_PREFIX}{worker_number}')
     except ImportError:  # pragma: no cover - a dependency, but be lenient
         pass
     loop = _Loop(worker_number, commands, results)

@@ -50,13 +50,12 @@ import warnings
 import weakref
 from multiprocessing.connection import wait
 
-import cloudpickle
-
-from sampler import _worker_process
+from sampler import _pickling, _worker_process
 from sampler._streaming import Collector, check_streaming_options
 from sampler._worker_process import Command, Reply
-from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
-                            WorkerCrashedError, WorkerError)
+from sampler.errors import (RemoteTraceback, SamplerError,
+                            SamplerTimeoutError, WorkerCrashedError,
+                            WorkerError)
 from sampler.sampler import Sampler, available_cpus
 
 
@@ -208,7 +207,7 @@ class MultiprocessingSampler(Sampler):
             # Workers fork from a server that already imported numpy and
             # gymnasium, so starting one takes milliseconds, not a second.
             self._ctx.set_forkserver_preload(['sampler._worker_process'])
-        self._factory_blob = cloudpickle.dumps(self._factory)
+        self._factory_blob = _pickling.dumps(self._factory)
         self._handles = []
         self._selector = None
         # Closes the workers if the sampler is dropped without close(),
@@ -229,7 +228,8 @@ class MultiprocessingSampler(Sampler):
         _widen_pipe(reader)
         payloads = [(p.kind, p.blob) for p in self._recipes[i].payloads()]
         process = self._ctx.Process(
-            target=_worker_process.run, name=f'sampler-worker-{i}',
+            target=_worker_process.run,
+            name=f'{_worker_process.NAME_PREFIX}{i}',
             args=(i, self._factory_blob, payloads, command_reader, writer),
             daemon=True)
         process.start()
@@ -268,9 +268,20 @@ class MultiprocessingSampler(Sampler):
         if reply[0] is Reply.ERROR:
             raise _worker_error(handle.number, *reply[1:])
         if reply[0] is None:
+            main = getattr(sys.modules.get('__main__'), '__file__', None)
+            handle.process.join(timeout=1.0)
+            if handle.process.exitcode == \
+                    _worker_process.EXIT_MAIN_NOT_GUARDED:
+                msg = (f'worker {handle.number} could not start: the main '
+                       f'module {main} builds a sampler when it is '
+                       f'imported, and worker processes started with '
+                       f"start_method='{self._ctx.get_start_method()}' "
+                       f'import it again. Put the code that samples under '
+                       f'if __name__ == "__main__": at the end of the '
+                       f'script')
+                raise SamplerError(msg)
             detail = (' while starting; anything it printed is on stderr '
                       'above')
-            main = getattr(sys.modules.get('__main__'), '__file__', None)
             if self._ctx.get_start_method() != 'fork' and (
                     main is None or not os.path.exists(main)):
                 detail += (f'. Worker processes started with '

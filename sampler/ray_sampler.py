@@ -45,8 +45,7 @@ import threading
 import time
 import weakref
 
-import cloudpickle
-
+from sampler import _pickling
 from sampler._ray_actor import SamplerWorker
 from sampler._streaming import Collector, check_streaming_options
 from sampler._worker_process import Reply
@@ -190,7 +189,7 @@ class RaySampler(Sampler):
             self, _shutdown, ray, self._handles, self._pending,
             options['shutdown_timeout'], release)
         try:
-            self._factory_ref = ray.put(cloudpickle.dumps(self._factory))
+            self._factory_ref = ray.put(_pickling.dumps(self._factory))
             for i in range(self.n_workers):
                 self._handles.append(self._spawn(i))
             self._await_ready(options['startup_timeout'])
@@ -268,8 +267,7 @@ class RaySampler(Sampler):
 
     def _begin(self, handle, collector, env_ref=None, agent_ref=None):
         start = handle.actor.start.remote(
-            collector.round, self._version, env_ref, agent_ref,
-            collector.quota, collector.chunk, collector.share)
+            collector.round_start(handle.number), env_ref, agent_ref)
         self._pending[start] = (handle, 'start')
         handle.running = True
         # sample() calls left from the last call run first; their replies

@@ -26,6 +26,8 @@ import time
 
 import cloudpickle
 
+from sampler import _pickling
+from sampler._worker_process import exit_if_importing_main
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
                             SamplerTimeoutError)
 from workers import DefaultWorker, NewEnvUpdate, SetTaskUpdate
@@ -111,6 +113,9 @@ class Sampler:
                  worker_class=DefaultWorker, worker_args=None,
                  **backend_options):
         self._closed = True  # until constructed, so __del__ does nothing
+        # A worker process re-importing a script that samples without the
+        # __main__ guard ends here; its caller says why (see the function).
+        exit_if_importing_main()
         options = self._check_options(backend_options)
         if worker_factory is not None:
             given = {'n_workers': n_workers,
@@ -345,7 +350,7 @@ class Sampler:
             key = id(original)
             if key not in blobs:
                 try:
-                    blobs[key] = cloudpickle.dumps(item)
+                    blobs[key] = _pickling.dumps(item)
                 except Exception as err:
                     what = self._name(name, given, i)
                     msg = (f'{what} cannot be pickled by cloudpickle, and it '

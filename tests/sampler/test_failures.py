@@ -5,15 +5,20 @@ caller must see. Rows that kill a process cannot run in-process, so
 LocalSampler skips them.
 """
 
+import inspect
 import re
 import signal
+import subprocess
+import sys
 import threading
 import time
 
+import cloudpickle
 import psutil
 import pytest
 
-from helpers import CrashEnv, FaultyEnv, FirstObsAgent, Unpicklable
+from helpers import (CrashEnv, FaultyEnv, FirstObsAgent, Unpicklable,
+                     closing_samplers)
 from sampler import (BrokenSamplerError, LocalSampler, RaySampler,
                      SamplerTimeoutError, WorkerCrashedError, WorkerError)
 
@@ -141,3 +146,81 @@ def test_unpicklable_agent_is_refused_before_any_process_starts(backend):
     after = set(p.pid for p in psutil.Process().children(recursive=True))
     assert not [p for p in after - before
                 if 'sampler-worker' in ' '.join(psutil.Process(p).cmdline())]
+
+
+# Tracebacks name the file and line of code pickled by value -----------------
+
+def line_of(function, text):
+    """``(file, line number)`` of the first line of ``function`` holding
+    ``text``."""
+    lines, first = inspect.getsourcelines(function)
+    [offset] = [i for i, line in enumerate(lines) if text in line][:1]
+    return inspect.getsourcefile(function), first + offset
+
+
+def test_traceback_of_code_pickled_by_value_names_its_file_and_line(
+        backend):
+    # The premise: the test helpers travel by value (see conftest), as a
+    # user's __main__ script does.
+    assert 'helpers' in cloudpickle.list_registry_pickle_by_value()
+    path, line = line_of(FaultyEnv.step, 'raise RuntimeError(self.message)')
+    with closing_samplers(backend) as make:
+        s = make(FirstObsAgent(), [FaultyEnv('none'), FaultyEnv('step')],
+                 seed=0)
+        with pytest.raises(WorkerError) as info:
+            s.obtain_exact_episodes(1)
+    tb = info.value.worker_traceback
+    assert '<dynamic-code>' not in tb
+    assert f'File "{path}", line {line}, in step\n' \
+           f'    raise RuntimeError(self.message)\n' in tb
+
+
+SCRIPT = '''
+import sys
+
+import gymnasium as gym
+import numpy as np
+
+from sampler import WorkerError
+import sampler
+
+
+class ScriptEnv(gym.Env):
+    observation_space = gym.spaces.Box(-1, 1, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def reset(self, *, seed=None, options=None):
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        raise ValueError('raised in the script')
+
+
+if __name__ == '__main__':
+    backend = getattr(sampler, sys.argv[1])
+    with backend(lambda obs: 0, ScriptEnv, n_workers=1, seed=0) as s:
+        try:
+            s.obtain_samples(10)
+        except WorkerError as err:
+            print(err.worker_traceback)
+'''
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize('name', ['LocalSampler', 'MultiprocessingSampler',
+                                  'RaySampler'])
+def test_traceback_of_an_env_in_a_main_script_names_the_script(
+        tmp_path, name):
+    if name == 'RaySampler':
+        pytest.importorskip('ray', reason='Ray is not installed (pip '
+                                          'install "rollout-sampler[ray]")')
+    script = tmp_path / 'train.py'
+    script.write_text(SCRIPT)
+    line = SCRIPT.splitlines().index(
+        "        raise ValueError('raised in the script')") + 1
+    done = subprocess.run([sys.executable, str(script), name],
+                          capture_output=True, text=True, timeout=100)
+    assert done.returncode == 0, done.stderr
+    assert f'File "{script}", line {line}, in step\n' \
+           f"    raise ValueError('raised in the script')\n" in done.stdout
+    assert '<dynamic-code>' not in done.stdout

@@ -8,6 +8,7 @@ MultiprocessingSampler alone."""
 
 import multiprocessing as mp
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -241,6 +242,28 @@ def test_workers_exit_when_the_parent_is_killed(tmp_path, state):
                 pass
         proc.kill()
         proc.communicate(timeout=10)
+
+
+@pytest.mark.parametrize('method', ['forkserver', 'spawn'])
+def test_a_script_without_the_main_guard_gets_one_clear_error(tmp_path,
+                                                              method):
+    body = f'''
+    s = MultiprocessingSampler(agent(), SlowEnv, n_workers=2, seed=0,
+                               start_method={method!r})
+    s.obtain_samples(10)
+    '''
+    proc = run_script(tmp_path, body)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    # The caller's traceback alone: none from the workers.
+    assert err.count('Traceback (most recent call last)') == 1, err
+    expected = re.escape(
+        f'could not start: the main module {tmp_path / "script.py"} builds '
+        f'a sampler when it is imported, and worker processes started with '
+        f"start_method='{method}' import it again. Put the code that "
+        f'samples under if __name__ == "__main__": at the end of the script')
+    assert re.fullmatch(r'sampler\.errors\.SamplerError: worker [01] '
+                        + expected, err.strip().splitlines()[-1]), err
 
 
 def test_a_sampler_never_closed_does_not_block_exit(tmp_path):
