@@ -130,6 +130,8 @@ if __name__ == '__main__':
 @pytest.mark.timeout(180)
 def test_starts_a_runtime_only_when_none_runs_and_ends_only_its_own(
         tmp_path):
+    pytest.importorskip('ray', reason='Ray is not installed (pip install '
+                                      '"rollout-sampler[ray]")')
     path = tmp_path / 'runtime.py'
     path.write_text(textwrap.dedent(RUNTIME_SCRIPT))
     done = subprocess.run([sys.executable, str(path)], capture_output=True,
