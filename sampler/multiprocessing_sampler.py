@@ -43,6 +43,7 @@ import multiprocessing as mp
 import os
 import pickle
 import selectors
+import signal
 import sys
 import threading
 import time
@@ -126,7 +127,7 @@ class _Commands:
                 self._thread = threading.Thread(
                     target=self._send_queued, name='sampler-commands',
                     daemon=True)
-                self._thread.start()
+                _start_without_signals(self._thread)
 
     def _send_queued(self):
         while True:
@@ -149,6 +150,34 @@ class _Commands:
             self._wake.notify()
             if self._thread is None:
                 self._writer.close()
+
+
+#: Signals a helper thread must leave to the main thread: the kernel may
+#: give a signal sent to the process to any thread that does not block it,
+#: and Python runs the handler in the main thread, at a bytecode boundary;
+#: a main thread asleep in select() would not wake for a Ctrl-C that the
+#: sender thread took. Faults (SIGSEGV and the like) go to the thread that
+#: caused them and are not blocked.
+_ASYNC_SIGNALS = frozenset(
+    getattr(signal, name) for name in (
+        'SIGINT', 'SIGTERM', 'SIGHUP', 'SIGQUIT', 'SIGALRM', 'SIGVTALRM',
+        'SIGPROF', 'SIGUSR1', 'SIGUSR2', 'SIGCHLD', 'SIGPIPE', 'SIGWINCH',
+        'SIGTSTP', 'SIGTTIN', 'SIGTTOU', 'SIGCONT', 'SIGIO', 'SIGURG',
+        'SIGXCPU', 'SIGXFSZ')
+    if hasattr(signal, name))
+
+
+def _start_without_signals(thread):
+    """Start ``thread`` with the asynchronous signals blocked in it (it
+    inherits this thread's mask, so no signal can reach it in between)."""
+    if not hasattr(signal, 'pthread_sigmask'):  # Windows
+        thread.start()
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _ASYNC_SIGNALS)
+    try:
+        thread.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 class MultiprocessingSampler(Sampler):

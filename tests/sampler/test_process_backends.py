@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import psutil
@@ -286,6 +287,11 @@ def test_a_sampler_never_closed_does_not_block_exit(tmp_path):
 def test_ctrl_c_raises_one_keyboard_interrupt_and_closes_cleanly(tmp_path):
     body = '''
     if __name__ == '__main__':
+        # As in a terminal, whatever this test was started from: a shell
+        # starts background jobs with SIGINT ignored, and Python then keeps
+        # it ignored.
+        import signal
+        signal.signal(signal.SIGINT, signal.default_int_handler)
         s = MultiprocessingSampler(agent(), SlowEnv, n_workers=2, seed=0)
         print('sampling', flush=True)
         try:
@@ -307,6 +313,33 @@ def test_ctrl_c_raises_one_keyboard_interrupt_and_closes_cleanly(tmp_path):
     assert proc.returncode == 0, err
     assert out.splitlines() == ['interrupted once', 'closed']
     assert 'KeyboardInterrupt' not in err and 'Traceback' not in err, err
+
+
+def blocked_signals(thread):
+    """The signals ``thread`` blocks, read from Linux's /proc."""
+    path = f'/proc/self/task/{thread.native_id}/status'
+    with open(path) as status:
+        [mask] = [line.split()[1] for line in status
+                  if line.startswith('SigBlk:')]
+    bits = int(mask, 16)
+    return {sig for sig in signal.Signals if bits >> (sig - 1) & 1}
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/task'),
+                    reason='reads thread signal masks from Linux /proc')
+def test_helper_threads_leave_signals_to_the_main_thread(mp_sampler):
+    # A process's signal may go to any thread that does not block it;
+    # Python runs the handler in the main thread, but one asleep in
+    # select() would not wake for a signal a helper thread took.
+    s = mp_sampler(FirstObsAgent(), OneStepEnv, n_workers=2)
+    s.obtain_samples(10)
+    helpers = [t for t in threading.enumerate()
+               if t.name == 'sampler-commands']
+    assert len(helpers) == 2
+    for thread in helpers:
+        assert {signal.SIGINT, signal.SIGTERM, signal.SIGALRM} <= \
+            blocked_signals(thread)
+    assert signal.SIGINT not in blocked_signals(threading.main_thread())
 
 
 # Start-up, titles, options, shutdown ---------------------------------------
