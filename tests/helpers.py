@@ -296,6 +296,23 @@ class Unpicklable:
         return 0, {}
 
 
+#: Every field an EpisodeBatch is made of.
+BATCH_FIELDS = ('observations', 'actions', 'rewards', 'terminated',
+                'truncated', 'last_observations', 'env_infos', 'agent_infos',
+                'episode_infos', 'lengths', 'versions', 'worker_numbers',
+                'episode_ids', 'starts', 'cut', 'prior_steps', 'prior_returns')
+
+
+def steps_of(batch):
+    """``batch`` with its episodes numbered 0, 1, ...: what running the
+    same round again reproduces (a worker gives each episode it starts a
+    new id)."""
+    from workers import EpisodeBatch
+    fields = {name: getattr(batch, name) for name in BATCH_FIELDS}
+    fields['episode_ids'] = np.arange(batch.n_episodes)
+    return EpisodeBatch(**fields)
+
+
 def leaves_of(nest):
     """The arrays of a nest of dicts and tuples, in order."""
     if isinstance(nest, dict):

@@ -32,7 +32,12 @@ _BATCHED = frozenset(['observations', 'actions', 'agent_infos'])
 
 
 class EpisodeRecord:
-    """The steps of one episode in progress.
+    """The steps of one segment of an episode in progress.
+
+    ``episode_id`` names the episode; ``prior_steps`` and ``prior_return``
+    are what the episode took and gathered before this segment (0 for an
+    episode's first segment), so that a segment cut at a call's end can be
+    continued by a new record in the next call.
 
     With ``column=None`` each entry of ``observations``, ``actions`` and
     ``agent_infos`` is one step's value. A VecWorker records instead, per
@@ -45,9 +50,11 @@ class EpisodeRecord:
     """
 
     __slots__ = ('observations', 'actions', 'rewards', 'env_infos',
-                 'agent_infos', 'reset_info', 'column')
+                 'agent_infos', 'reset_info', 'column', 'episode_id',
+                 'prior_steps', 'prior_return')
 
-    def __init__(self, reset_info, column=None):
+    def __init__(self, reset_info, column=None, episode_id=0, prior_steps=0,
+                 prior_return=0.0):
         self.observations = []
         self.actions = []
         self.rewards = []
@@ -55,6 +62,15 @@ class EpisodeRecord:
         self.agent_infos = []
         self.reset_info = reset_info
         self.column = column
+        self.episode_id = episode_id
+        self.prior_steps = prior_steps
+        self.prior_return = prior_return
+
+    def continuation(self):
+        """An empty record for the next segment of the same episode."""
+        return EpisodeRecord(self.reset_info, self.column, self.episode_id,
+                             self.prior_steps + len(self.rewards),
+                             self.prior_return + float(sum(self.rewards)))
 
     def __len__(self):
         return len(self.rewards)
@@ -68,8 +84,9 @@ class EpisodeRecord:
 
 
 class EpisodeBuffer:
-    """Completed episodes, kept as the lists their steps were recorded in
-    until :meth:`to_batch` stacks them all at once.
+    """Completed segments (whole episodes, or the part of a running one a
+    call ends), kept as the lists their steps were recorded in until
+    :meth:`to_batch` stacks them all at once.
 
     One array per field for many episodes costs a fraction of one array
     per field per episode followed by a concatenation, and per-episode
@@ -83,10 +100,11 @@ class EpisodeBuffer:
         self.transitions = 0
 
     def add(self, record, last_observation, terminated, truncated, version,
-            worker_number):
-        """Add a completed episode (``record`` is not copied)."""
+            worker_number, cut=False):
+        """Add a segment (``record`` is not copied): a whole episode, the
+        end of one, or with ``cut=True`` a part after which it goes on."""
         self._episodes.append((record, last_observation, terminated,
-                               truncated, version, worker_number))
+                               truncated, version, worker_number, cut))
         self.transitions += len(record)
 
     @property
@@ -144,7 +162,16 @@ class EpisodeBuffer:
             episode_infos=_nest.stack_infos([r.reset_info for r in records]),
             versions=np.array([e[4] for e in episodes], dtype=np.int64),
             worker_numbers=np.array([e[5] for e in episodes],
-                                    dtype=np.int64))
+                                    dtype=np.int64),
+            episode_ids=np.array([r.episode_id for r in records],
+                                 dtype=np.int64),
+            starts=np.array([r.prior_steps == 0 for r in records],
+                            dtype=bool),
+            cut=np.array([e[6] for e in episodes], dtype=bool),
+            prior_steps=np.array([r.prior_steps for r in records],
+                                 dtype=np.int64),
+            prior_returns=np.array([r.prior_return for r in records],
+                                   dtype=np.float64))
 
 
 class _Steps:

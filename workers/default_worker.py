@@ -1,16 +1,18 @@
-"""DefaultWorker: one env, one whole episode per rollout."""
+"""DefaultWorker: one env, one whole episode per rollout, or a given
+number of steps as segments."""
 
 from workers._episode import EpisodeRecord, copy_nest, reuses_buffers
 from workers.worker import Worker
 
 
 class DefaultWorker(Worker):
-    """Runs one env; each :meth:`rollout` returns one whole episode.
+    """Runs one env; each :meth:`rollout` returns one whole episode, and
+    :meth:`step_into` a given number of steps as segments.
 
     The episode ends when the env terminates or truncates, or after
-    ``max_episode_length`` steps (``truncated=True``). The first reset of
-    every round is seeded from the round's seeds; later resets continue
-    the env's own generator.
+    ``max_episode_length`` steps (``truncated=True``), counted over all
+    its segments. The first reset of every round is seeded from the
+    round's seeds; later resets continue the env's own generator.
 
     Args:
         seed: root seed shared by the sampler's workers.
@@ -36,11 +38,19 @@ class DefaultWorker(Worker):
         self.env = None
         self._reset_seed = None
         self._copy_observations = False
+        # The running episode: its current segment, the observation its
+        # next step acts on, its steps so far, and the reset observation
+        # (to see whether the env overwrites its arrays in place).
+        self._record = None
+        self._obs = None
+        self._t = 0
+        self._first_obs = None
 
     def update_env(self, env_update):
         update = self._as_env_update(env_update)
         self.env = self._apply_env_update(update, self.env)
         self._copy_observations = False
+        self._record = None
 
     @property
     def env_spaces(self):
@@ -52,39 +62,83 @@ class DefaultWorker(Worker):
     def _on_new_round(self, env_seeds):
         self._reset_seed = env_seeds[0]
 
-    def rollout_into(self, buffer):
-        env, agent = self.env, self.agent
-        self._check_ready(env)
-        get_action = agent.get_action
-        step = env.step
+    def abandon_episodes(self):
+        dropped = 0 if self._record is None else len(self._record)
+        self._record = None
+        return dropped
+
+    @property
+    def in_progress(self):
+        return int(self._record is not None)
+
+    def rollout_into(self, buffer, max_starts=None):
+        self._check_ready(self.env)
+        started = 0
+        if self._record is None:
+            if max_starts == 0:
+                return 0
+            self._start_episode()
+            started = 1
+        self._run(buffer, None)
+        return started
+
+    def step_into(self, buffer, n_steps):
+        self._check_ready(self.env)
+        left = n_steps
+        while left > 0:
+            if self._record is None:
+                self._start_episode()
+            left -= self._run(buffer, left)
+        record = self._record
+        if record is not None and len(record):
+            buffer.add(record, self._obs, False, False, self.version,
+                       self._worker_number, cut=True)
+            self._record = record.continuation()
+
+    def _start_episode(self):
+        # error_site stays set if a call raises: it says which one did.
+        self.error_site = 'env.reset'
+        obs, reset_info = self.env.reset(seed=self._reset_seed)
+        self._reset_seed = None
+        if not self._copy_observations:
+            self._first_obs = obs
+            obs = copy_nest(obs)
+        reset = getattr(self.agent, 'reset', None)
+        if reset is not None:
+            self.error_site = 'agent.reset'
+            reset()
+        self.error_site = None
+        self._record = EpisodeRecord(reset_info,
+                                     episode_id=self._new_episode_id())
+        self._obs = obs
+        self._t = 0
+
+    def _run(self, buffer, limit):
+        """Step the running episode until it ends (its segment then goes
+        to ``buffer``) or ``limit`` steps were taken (None: no limit);
+        returns the steps taken."""
+        get_action = self.agent.get_action
+        step = self.env.step
+        record = self._record
+        observations = record.observations
+        actions = record.actions
+        rewards = record.rewards
+        env_infos = record.env_infos
+        agent_infos = record.agent_infos
         max_length = self._max_episode_length or float('inf')
+        limit = float('inf') if limit is None else limit
         copy_obs = self._copy_observations
-        where = 'env.reset'
+        obs, t, taken, ended = self._obs, self._t, 0, False
+        where = 'agent.get_action'
         try:
-            obs, reset_info = env.reset(seed=self._reset_seed)
-            self._reset_seed = None
-            if not copy_obs:
-                first_obs = obs
-                obs = copy_nest(obs)
-            record = EpisodeRecord(reset_info)
-            observations = record.observations
-            actions = record.actions
-            rewards = record.rewards
-            env_infos = record.env_infos
-            agent_infos = record.agent_infos
-            reset = getattr(agent, 'reset', None)
-            if reset is not None:
-                where = 'agent.reset'
-                reset()
-            t = 0
-            while True:
+            while taken < limit:
                 where = 'agent.get_action'
                 action, agent_info = get_action(obs)
                 where = 'env.step'
                 next_obs, reward, terminated, truncated, env_info = \
                     step(action)
                 if t == 0 and not copy_obs and \
-                        reuses_buffers(first_obs, next_obs):
+                        reuses_buffers(self._first_obs, next_obs):
                     copy_obs = self._copy_observations = True
                 if copy_obs:
                     next_obs = copy_nest(next_obs)
@@ -95,19 +149,29 @@ class DefaultWorker(Worker):
                 agent_infos.append(agent_info)
                 obs = next_obs
                 t += 1
+                taken += 1
                 if terminated or truncated:
+                    ended = True
                     break
                 if t >= max_length:
-                    truncated = True
+                    truncated = ended = True
                     break
         except BaseException:
             self.error_site = where
             raise
+        finally:
+            self.env_steps += taken
         self.error_site = None
-        buffer.add(record, obs, bool(terminated), bool(truncated),
-                   self.version, self._worker_number)
+        if ended:
+            buffer.add(record, obs, bool(terminated), bool(truncated),
+                       self.version, self._worker_number)
+            self._record = None
+        else:
+            self._obs, self._t = obs, t
+        return taken
 
     def shutdown(self):
         if self.env is not None:
             self.env.close()
             self.env = None
+        self._record = None

@@ -1,4 +1,6 @@
-"""EpisodeBatch: whole episodes as flat numpy arrays."""
+"""EpisodeBatch: segments of episodes (whole episodes, or the runs of
+steps that calls which keep envs running cut them into) as flat numpy
+arrays."""
 
 import numpy as np
 
@@ -9,11 +11,19 @@ _STEP_INFOS = ('env_infos', 'agent_infos')
 
 
 class EpisodeBatch:
-    """A batch of E whole episodes holding N transitions in all.
+    """A batch of E segments holding N transitions in all.
 
-    Per-step fields have N rows, episode after episode; per-episode fields
-    have E rows. Observations and actions of ``Dict`` / ``Tuple`` spaces are
-    dicts / tuples of such arrays (``last_observations`` too).
+    A segment is a run of consecutive steps of one episode under one
+    version. Whole-episode calls return segments that are whole episodes
+    (``starts`` all True, ``cut`` all False); calls that keep envs running
+    (``obtain_steps``) cut a running episode at the call's end
+    (``cut=True``) and go on with it in the next call (``starts=False``,
+    the same ``episode_ids``). "Episode" below means segment where the
+    difference does not matter.
+
+    Per-step fields have N rows, segment after segment; per-segment fields
+    have E rows. Observations and actions of ``Dict`` / ``Tuple`` spaces
+    are dicts / tuples of such arrays (``last_observations`` too).
 
     Construction checks every invariant and raises ``ValueError`` naming the
     field and the shapes. Arrays are not copied.
@@ -22,13 +32,14 @@ class EpisodeBatch:
         observations: ``(N, ...)`` observation seen before each action.
         actions: ``(N, ...)`` action taken.
         rewards: ``(N,)`` reward received (stored as floats).
-        terminated: ``(N,)`` bool; True only at an episode's last step, where
+        terminated: ``(N,)`` bool; True only at a segment's last step, where
             the environment reached a terminal state.
-        truncated: ``(N,)`` bool; True only at an episode's last step, where
-            the episode was cut (time limit or ``max_episode_length``). Every
-            last step has ``terminated`` or ``truncated`` set.
-        last_observations: ``(E, ...)`` observation after each episode's
-            final step.
+        truncated: ``(N,)`` bool; True only at a segment's last step, where
+            the episode was truncated (the env's time limit or
+            ``max_episode_length``). Every last step of a segment that is
+            not ``cut`` has ``terminated`` or ``truncated`` set.
+        last_observations: ``(E, ...)`` observation after each segment's
+            final step (of a cut segment: the one to bootstrap from).
         lengths: ``(E,)`` ints >= 1 summing to N.
         env_infos: dict of ``(N, ...)`` arrays from ``env.step``.
         agent_infos: dict of ``(N, ...)`` arrays from ``agent.get_action``.
@@ -37,6 +48,16 @@ class EpisodeBatch:
             (zeros if omitted).
         worker_numbers: ``(E,)`` ints, the worker that ran each episode
             (zeros if omitted).
+        episode_ids: ``(E,)`` ints, the same for every segment of one
+            episode (``0 .. E-1`` if omitted: whole episodes).
+        starts: ``(E,)`` bool, the segment's first step is its episode's
+            first (all True if omitted).
+        cut: ``(E,)`` bool, the episode goes on after the segment; its last
+            step then has neither flag set (all False if omitted).
+        prior_steps: ``(E,)`` ints, steps the episode took before the
+            segment (0 where ``starts``; zeros if omitted).
+        prior_returns: ``(E,)`` floats, reward the episode gathered before
+            the segment (0 where ``starts``; zeros if omitted).
 
     Example:
         >>> import numpy as np
@@ -54,12 +75,14 @@ class EpisodeBatch:
     __slots__ = ('observations', 'actions', 'rewards', 'terminated',
                  'truncated', 'last_observations', 'env_infos',
                  'agent_infos', 'episode_infos', 'lengths', 'versions',
-                 'worker_numbers', '_starts')
+                 'worker_numbers', 'episode_ids', 'starts', 'cut',
+                 'prior_steps', 'prior_returns', '_starts')
 
     def __init__(self, *, observations, actions, rewards, terminated,
                  truncated, last_observations, lengths, env_infos=None,
                  agent_infos=None, episode_infos=None, versions=None,
-                 worker_numbers=None):
+                 worker_numbers=None, episode_ids=None, starts=None,
+                 cut=None, prior_steps=None, prior_returns=None):
         lengths = np.asarray(lengths)
         if lengths.ndim != 1 or lengths.dtype.kind not in 'iu':
             msg = (f'lengths must be a 1-D integer array, got shape '
@@ -80,18 +103,29 @@ class EpisodeBatch:
         self.truncated = _check_flat('truncated', truncated, n, 'b')
         self.last_observations = _check_nest('last_observations',
                                              last_observations, n_eps,
-                                             'E, the number of episodes')
+                                             'E, the number of segments')
         self.env_infos = _check_infos('env_infos', env_infos, n)
         self.agent_infos = _check_infos('agent_infos', agent_infos, n)
         self.episode_infos = _check_infos('episode_infos', episode_infos,
-                                          n_eps, 'E, the number of episodes')
+                                          n_eps, 'E, the number of segments')
         self.versions = _check_per_episode('versions', versions, n_eps)
         self.worker_numbers = _check_per_episode('worker_numbers',
                                                  worker_numbers, n_eps)
+        self.episode_ids = _check_per_episode(
+            'episode_ids', np.arange(n_eps) if episode_ids is None
+            else episode_ids, n_eps)
+        self.starts = _check_flags('starts', starts, n_eps, True)
+        self.cut = _check_flags('cut', cut, n_eps, False)
+        self.prior_steps = _check_per_episode('prior_steps', prior_steps,
+                                              n_eps)
+        self.prior_returns = _check_flat(
+            'prior_returns', np.zeros(n_eps) if prior_returns is None
+            else prior_returns, n_eps, 'f', 'E, the number of segments')
         _check_alike('last_observations', self.last_observations,
                      'observations', self.observations, 'they must match')
         self._starts = _starts(lengths)
         self._check_episode_ends()
+        self._check_segments()
 
     @classmethod
     def _unchecked(cls, **fields):
@@ -112,12 +146,20 @@ class EpisodeBatch:
             return
         ends = self._starts + self.lengths - 1
         done = self.terminated | self.truncated
-        missing = ~done[ends]
+        missing = ~done[ends] & ~self.cut
         if missing.any():
             ep = int(np.argmax(missing))
-            msg = (f'terminated/truncated: episode {ep} ends at step '
-                   f'{int(ends[ep])} with neither flag set; the last step of '
-                   f'every episode must have terminated or truncated True')
+            msg = (f'terminated/truncated: segment {ep} ends at step '
+                   f'{int(ends[ep])} with neither flag set and is not cut; '
+                   f'the last step of every segment that ends its episode '
+                   f'must have terminated or truncated True')
+            raise ValueError(msg)
+        flagged = done[ends] & self.cut
+        if flagged.any():
+            ep = int(np.argmax(flagged))
+            msg = (f'cut: segment {ep} is cut (its episode goes on) but its '
+                   f'last step {int(ends[ep])} is flagged terminated or '
+                   f'truncated; a cut segment has neither flag set')
             raise ValueError(msg)
         inside = done.copy()
         inside[ends] = False
@@ -125,9 +167,49 @@ class EpisodeBatch:
             step = int(np.argmax(inside))
             ep = int(np.searchsorted(ends, step))
             which = 'terminated' if self.terminated[step] else 'truncated'
-            msg = (f'{which}: step {step} lies inside episode {ep} (steps '
+            msg = (f'{which}: step {step} lies inside segment {ep} (steps '
                    f'{int(self._starts[ep])}..{int(ends[ep])}) but is flagged '
-                   f'{which}; only an episode\'s last step may be')
+                   f'{which}; only a segment\'s last step may be')
+            raise ValueError(msg)
+
+    def _check_segments(self):
+        """Segments of one episode fit together: a first segment has
+        nothing before it, no segment comes twice, and none follows the
+        one that ended the episode."""
+        first = self.starts & ((self.prior_steps != 0) |
+                               (self.prior_returns != 0))
+        if first.any():
+            ep = int(np.argmax(first))
+            msg = (f'starts: segment {ep} starts its episode but has '
+                   f'prior_steps={int(self.prior_steps[ep])} and '
+                   f'prior_returns={float(self.prior_returns[ep])}; both '
+                   f'must be 0')
+            raise ValueError(msg)
+        later = ~self.starts & (self.prior_steps < 1)
+        if later.any():
+            ep = int(np.argmax(later))
+            msg = (f'starts: segment {ep} continues its episode but has '
+                   f'prior_steps={int(self.prior_steps[ep])}; it must be '
+                   f'>= 1')
+            raise ValueError(msg)
+        order = np.lexsort((self.prior_steps, self.episode_ids))
+        ids = self.episode_ids[order]
+        same = ids[1:] == ids[:-1]
+        twice = same & (self.prior_steps[order][1:] ==
+                        self.prior_steps[order][:-1])
+        if twice.any():
+            a, b = sorted(order[np.argmax(twice):][:2].tolist())
+            msg = (f'episode_ids: segments {a} and {b} are the same steps of '
+                   f'episode {int(self.episode_ids[a])} (prior_steps '
+                   f'{int(self.prior_steps[a])}); no segment may come twice')
+            raise ValueError(msg)
+        after_end = same & ~self.cut[order][:-1]
+        if after_end.any():
+            i = int(np.argmax(after_end))
+            a, b = int(order[i]), int(order[i + 1])
+            msg = (f'cut: segment {a} ends episode '
+                   f'{int(self.episode_ids[a])}, but segment {b} has later '
+                   f'steps of it')
             raise ValueError(msg)
 
     # Sizes -------------------------------------------------------------
@@ -137,7 +219,7 @@ class EpisodeBatch:
 
     @property
     def n_episodes(self):
-        """E, the number of episodes."""
+        """E, the number of segments."""
         return len(self.lengths)
 
     @property
@@ -155,7 +237,8 @@ class EpisodeBatch:
 
     @property
     def episode_starts(self):
-        """``(E,)`` index of each episode's first step."""
+        """``(E,)`` index of each segment's first step (compare ``starts``:
+        whether that step is its episode's first)."""
         return self._starts
 
     # Derived fields ----------------------------------------------------
@@ -176,10 +259,28 @@ class EpisodeBatch:
 
     @property
     def episode_returns(self):
-        """``(E,)`` undiscounted sum of each episode's rewards."""
+        """``(E,)`` undiscounted sum of each segment's rewards (of each
+        episode's, for whole episodes)."""
         if not self.n_episodes:
             return np.zeros(0, dtype=self.rewards.dtype)
         return np.add.reduceat(self.rewards, self._starts)
+
+    def episode_stats(self):
+        """The episodes that ended in this batch, whole: their steps in
+        earlier batches count too.
+
+        Returns:
+            dict of ``(F,)`` arrays for the F segments that end their
+            episode (not ``cut``), in batch order: ``episode_ids``,
+            ``returns`` (undiscounted) and ``lengths``.
+        """
+        ends = ~self.cut
+        return {
+            'episode_ids': self.episode_ids[ends],
+            'returns': self.prior_returns[ends] +
+            self.episode_returns[ends],
+            'lengths': self.prior_steps[ends] + self.lengths[ends],
+        }
 
     # Combining and splitting -------------------------------------------
 
@@ -241,7 +342,12 @@ class EpisodeBatch:
                    agent_infos=infos('agent_infos', n_sizes),
                    episode_infos=infos('episode_infos', e_sizes),
                    versions=cat('versions'),
-                   worker_numbers=cat('worker_numbers'))
+                   worker_numbers=cat('worker_numbers'),
+                   episode_ids=cat('episode_ids'),
+                   starts=cat('starts'),
+                   cut=cat('cut'),
+                   prior_steps=cat('prior_steps'),
+                   prior_returns=cat('prior_returns'))
 
     def split(self):
         """A list of single-episode batches, in order."""
@@ -278,7 +384,12 @@ class EpisodeBatch:
             agent_infos=_nest.index(self.agent_infos, steps),
             episode_infos=_nest.index(self.episode_infos, eps),
             versions=self.versions[eps],
-            worker_numbers=self.worker_numbers[eps])
+            worker_numbers=self.worker_numbers[eps],
+            episode_ids=self.episode_ids[eps],
+            starts=self.starts[eps],
+            cut=self.cut[eps],
+            prior_steps=self.prior_steps[eps],
+            prior_returns=self.prior_returns[eps])
 
     def padded(self, max_length=None):
         """Per-step fields as ``(E, T, ...)`` arrays, zero-padded.
@@ -291,8 +402,9 @@ class EpisodeBatch:
             dict with ``observations``, ``actions``, ``rewards``,
             ``terminated``, ``truncated``, ``next_observations``,
             ``env_infos``, ``agent_infos`` (nests of ``(E, T, ...)``
-            arrays), ``valids`` (``(E, T)`` bool, True on real steps) and
-            ``lengths``.
+            arrays), ``valids`` (``(E, T)`` bool, True on real steps), and
+            per segment ``lengths``, ``episode_ids``, ``starts`` and
+            ``cut`` (``(E,)``).
         """
         longest = int(self.lengths.max()) if self.n_episodes else 0
         if max_length is None:
@@ -326,6 +438,9 @@ class EpisodeBatch:
             'agent_infos': _nest.map_nest(pad, self.agent_infos),
             'valids': valids,
             'lengths': self.lengths,
+            'episode_ids': self.episode_ids,
+            'starts': self.starts,
+            'cut': self.cut,
         }
 
     # Comparison and display --------------------------------------------
@@ -339,14 +454,17 @@ class EpisodeBatch:
     __hash__ = None
 
     def __repr__(self):
-        return (f'<EpisodeBatch: {self.n_episodes} episodes, {len(self)} '
-                f'transitions, versions {sorted(set(self.versions.tolist()))}'
-                f'>')
+        cut = int(self.cut.sum())
+        return (f'<EpisodeBatch: {self.n_episodes} '
+                f'{"segments" if cut or not self.starts.all() else "episodes"}'
+                f', {len(self)} transitions, versions '
+                f'{sorted(set(self.versions.tolist()))}>')
 
 
 _FIELDS = ('observations', 'actions', 'rewards', 'terminated', 'truncated',
            'last_observations', 'env_infos', 'agent_infos', 'episode_infos',
-           'lengths', 'versions', 'worker_numbers')
+           'lengths', 'versions', 'worker_numbers', 'episode_ids', 'starts',
+           'cut', 'prior_steps', 'prior_returns')
 
 
 def _starts(lengths):
@@ -379,11 +497,11 @@ def _check_nest(name, nest, rows, rows_name='N, the sum of lengths'):
     return nest
 
 
-def _check_flat(name, values, rows, kind):
+def _check_flat(name, values, rows, kind, rows_name='N, the sum of lengths'):
     arr = np.asarray(values)
     if arr.shape != (rows,):
         msg = (f'{name} has shape {arr.shape}, expected ({rows},) '
-               f'(N, the sum of lengths)')
+               f'({rows_name})')
         raise ValueError(msg)
     if kind == 'b' and arr.dtype != bool:
         if arr.dtype.kind not in 'biu' or not np.isin(arr, (0, 1)).all():
@@ -396,6 +514,12 @@ def _check_flat(name, values, rows, kind):
             raise ValueError(msg)
         arr = arr.astype(np.float64)
     return arr
+
+
+def _check_flags(name, values, n_eps, default):
+    if values is None:
+        return np.full(n_eps, default)
+    return _check_flat(name, values, n_eps, 'b', 'E, the number of segments')
 
 
 def _check_infos(name, infos, rows, rows_name='N, the sum of lengths'):
@@ -414,7 +538,7 @@ def _check_per_episode(name, values, n_eps):
     arr = np.asarray(values)
     if arr.shape != (n_eps,) or (n_eps and arr.dtype.kind not in 'iu'):
         msg = (f'{name} has shape {arr.shape} and dtype {arr.dtype}, '
-               f'expected ({n_eps},) integers (E, the number of episodes)')
+               f'expected ({n_eps},) integers (E, the number of segments)')
         raise ValueError(msg)
     return arr.astype(np.int64, copy=False)
 

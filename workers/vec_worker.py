@@ -80,24 +80,55 @@ class VecWorker(Worker):
         return self.envs[0].observation_space, self.envs[0].action_space
 
     def _on_agent_changed(self):
-        self._records = None
+        # An episode must not mix agents within a segment: one with steps
+        # under the old agent is abandoned. A sampler cuts segments before
+        # it updates, so running episodes then go on.
+        if self._records is not None and any(
+                r is not None and len(r) for r in self._records):
+            self.abandon_episodes()
 
     def _n_seeds(self):
         return 1 + self._n_envs
 
     def _on_new_round(self, env_seeds):
         self._reset_seeds = list(env_seeds)
-        self._records = None
+
+    def abandon_episodes(self):
+        records, self._records = self._records, None
+        return sum(len(r) for r in records or () if r is not None)
+
+    @property
+    def in_progress(self):
+        if self._records is None:
+            return 0
+        return sum(r is not None for r in self._records)
 
     def _reset_env(self, i):
         obs, info = self.envs[i].reset(seed=self._reset_seeds[i])
         self._reset_seeds[i] = None
         self._first_observations[i] = obs
         self._observations[i] = copy_nest(obs)
-        self._records[i] = EpisodeRecord(info, column=i)
+        self._records[i] = EpisodeRecord(info, column=i,
+                                         episode_id=self._new_episode_id())
         self._steps[i] = 0
 
-    def rollout_into(self, buffer):
+    def rollout_into(self, buffer, max_starts=None):
+        return self._advance(buffer, None, max_starts)
+
+    def step_into(self, buffer, n_steps):
+        self._advance(buffer, n_steps, None)
+        for i, record in enumerate(self._records):
+            if record is not None and len(record):
+                buffer.add(record, self._observations[i], False, False,
+                           self.version, self._worker_number, cut=True)
+                self._records[i] = record.continuation()
+
+    def _advance(self, buffer, n_steps, max_starts):
+        """Step the envs: ``n_steps`` times (every env, starting episodes
+        as they end), or with ``n_steps=None`` until an episode completes,
+        starting at most ``max_starts`` new ones (None: no limit). Envs
+        with no episode and none to start stay idle. Returns how many
+        episodes it started."""
         self._check_ready(self.envs[0])
         n_envs = self._n_envs
         if self._records is None:
@@ -115,19 +146,34 @@ class VecWorker(Worker):
         copy_obs = self._copy_observations
         first_observations = self._first_observations
         check_outputs = True
+        started = taken = 0
         where = 'env.reset'
         try:
-            while True:
+            while n_steps is None or taken < n_steps:
                 to_reset = [i for i in range(n_envs) if records[i] is None]
+                if max_starts is not None:
+                    to_reset = to_reset[:max(max_starts - started, 0)]
                 if to_reset:
                     where = 'env.reset'
                     for i in to_reset:
                         self._reset_env(i)
+                    started += len(to_reset)
                     if reset is not None:
                         where = 'agent.reset'
                         reset(_mask(n_envs, to_reset))
+                active = [i for i in range(n_envs) if records[i] is not None]
+                if not active:
+                    break
                 where = 'agent.get_actions'
-                batch = _nest.stack(observations)
+                if len(active) < n_envs:
+                    # Idle envs (no episode, none to start) are not stepped;
+                    # their rows of the agent's batch hold a placeholder.
+                    stand_in = observations[active[0]]
+                    batch = _nest.stack([stand_in if records[i] is None
+                                         else observations[i]
+                                         for i in range(n_envs)])
+                else:
+                    batch = _nest.stack(observations)
                 actions, agent_infos = get_actions(batch)
                 if isinstance(actions, list):
                     actions = np.asarray(actions)
@@ -149,10 +195,11 @@ class VecWorker(Worker):
                 else:
                     action_of = functools.partial(_nest.index, actions)
                 completed = 0
-                for i in range(n_envs):
+                for i in active:
                     where = 'env.step'
                     next_obs, reward, terminated, truncated, env_info = \
                         envs[i].step(action_of(i))
+                    self.env_steps += 1
                     if steps[i] == 0 and not copy_obs[i] and \
                             reuses_buffers(first_observations[i], next_obs):
                         copy_obs[i] = True
@@ -175,12 +222,14 @@ class VecWorker(Worker):
                                    self._worker_number)
                         records[i] = None
                         completed += 1
-                if completed:
+                taken += 1
+                if completed and n_steps is None:
                     break
         except BaseException:
             self.error_site = where
             raise
         self.error_site = None
+        return started
 
     def shutdown(self):
         for env in self.envs:

@@ -9,6 +9,11 @@ from workers.agents import as_agent
 from workers.env_update import as_env_update
 from workers.spaces import check_stackable
 
+#: Worker ``i`` numbers its episodes ``i * EPISODE_ID_STRIDE + 0, 1, 2,
+#: ...``: ids unique over a sampler's workers and life (2**40 episodes a
+#: worker) that every backend gives alike.
+EPISODE_ID_STRIDE = 2 ** 40
+
 
 class Worker:
     """Runs episodes with an agent in an environment it owns.
@@ -28,6 +33,14 @@ class Worker:
     ``attempt=k`` and seeds from ``spawn_key=(i, r, k)``, so it never
     repeats them.
 
+    Sampling: :meth:`rollout_into` runs whole episodes (a sampler's
+    ``obtain_samples`` and ``obtain_exact_episodes``); :meth:`step_into`
+    steps every env a given number of steps and keeps the envs running
+    (``obtain_steps``), returning segments: an episode still running at
+    the end is cut there and goes on at the next call. A new round
+    abandons running episodes unless it is started with
+    ``keep_episodes=True``.
+
     Workers hold live envs and cannot be pickled; pickle their
     ``WorkerFactory`` and build them where they run.
 
@@ -41,6 +54,9 @@ class Worker:
         version: stamped on every episode this worker returns.
         error_site: after a method raised, which call failed, e.g.
             ``'env.step'`` or ``'agent.get_action'``; None otherwise.
+        next_episode_id: the id the next episode started gets; a
+            replacement for a failed worker is set past its predecessor's.
+        env_steps: ``env.step`` calls made so far, returned or not.
     """
 
     def __init__(self, *, seed, max_episode_length, worker_number):
@@ -63,6 +79,8 @@ class Worker:
         self.version = 0
         self.error_site = None
         self.agent = None
+        self.next_episode_id = self._worker_number * EPISODE_ID_STRIDE
+        self.env_steps = 0
         self._round = None
 
     @property
@@ -135,11 +153,14 @@ class Worker:
 
     # Rounds and seeding ----------------------------------------------------
 
-    def start_round(self, round_number, version=None, *, attempt=0):
+    def start_round(self, round_number, version=None, *, attempt=0,
+                    keep_episodes=False):
         """Begin a sampler call: reseed the agent and envs for this round.
 
         Episodes in progress are abandoned, so every episode of the round
-        starts from the round's seeds.
+        starts from the round's seeds, unless ``keep_episodes``: then they
+        go on (as new segments, under ``version``), and the round's seeds
+        apply to the episodes that start after them.
 
         Args:
             round_number: the sampler's call counter.
@@ -147,6 +168,7 @@ class Worker:
             attempt: 0, or ``k`` for the ``k``-th worker that replaces a
                 failed one in this round and must not repeat the episodes
                 its predecessor already returned: it gets seeds of its own.
+            keep_episodes: let running episodes go on.
         """
         if version is not None:
             self.version = int(version)
@@ -156,6 +178,8 @@ class Worker:
             self.error_site = 'agent.seed'
             self.agent.seed(seeds[0])
             self.error_site = None
+        if not keep_episodes:
+            self.abandon_episodes()
         self._on_new_round(seeds[1:])
 
     def round_seeds(self, round_number, n, attempt=0):
@@ -179,6 +203,22 @@ class Worker:
         """Hook: reseed the envs with ``env_seeds`` at their next reset."""
         raise NotImplementedError
 
+    def abandon_episodes(self):
+        """Drop the episodes in progress: every env starts a new one at
+        its next step. Returns how many steps were dropped (taken since
+        the episodes' last segment was returned)."""
+        raise NotImplementedError
+
+    @property
+    def in_progress(self):
+        """How many episodes are running (started, not ended)."""
+        raise NotImplementedError
+
+    def _new_episode_id(self):
+        episode_id = self.next_episode_id
+        self.next_episode_id += 1
+        return episode_id
+
     # Sampling ------------------------------------------------------------
 
     def rollout(self):
@@ -191,10 +231,27 @@ class Worker:
         self.error_site = None
         return batch
 
-    def rollout_into(self, buffer):
+    def rollout_into(self, buffer, max_starts=None):
         """Run until at least one episode completes and add the completed
         episodes to ``buffer`` (an :class:`~workers.EpisodeBuffer`), which
-        builds one batch for many calls: cheaper than a batch per call."""
+        builds one batch for many calls: cheaper than a batch per call.
+
+        Args:
+            buffer: where completed episodes go.
+            max_starts: start at most this many new episodes (None: as
+                many as envs come free). With 0 it only completes running
+                ones, and returns at once if none runs.
+
+        Returns:
+            int: how many episodes it started.
+        """
+        raise NotImplementedError
+
+    def step_into(self, buffer, n_steps):
+        """Step every env exactly ``n_steps`` times and add the segments
+        to ``buffer``: episodes that ended, and the running ones cut at the
+        last step (``cut=True``; they go on at the next call). Envs whose
+        episode ends start the next one at once."""
         raise NotImplementedError
 
     def shutdown(self):

@@ -79,15 +79,15 @@ REJECTIONS = [
      r'float64$'),
     ('flag inside an episode',
      dict(terminated=np.array([False, True, True, False, False])),
-     r'^terminated: step 1 lies inside episode 0 \(steps 0\.\.2\) but is '
+     r'^terminated: step 1 lies inside segment 0 \(steps 0\.\.2\) but is '
      r'flagged terminated'),
     ('truncated inside an episode',
      dict(truncated=np.array([False, False, False, True, True])),
-     r'^truncated: step 3 lies inside episode 1 \(steps 3\.\.4\)'),
+     r'^truncated: step 3 lies inside segment 1 \(steps 3\.\.4\)'),
     ('flag missing at an episode end',
      dict(truncated=np.zeros(5, bool)),
-     r'^terminated/truncated: episode 1 ends at step 4 with neither flag '
-     r'set'),
+     r'^terminated/truncated: segment 1 ends at step 4 with neither flag '
+     r'set and is not cut'),
     ('env info batch size',
      dict(env_infos={'x': np.arange(4)}),
      r"^env_infos\['x'\] has shape \(4,\); its leading dimension must be 5"),
@@ -98,11 +98,11 @@ REJECTIONS = [
     ('episode info length',
      dict(episode_infos={'reset': np.arange(5)}),
      r"^episode_infos\['reset'\] has shape \(5,\); its leading dimension "
-     r'must be 2 \(E, the number of episodes\)$'),
+     r'must be 2 \(E, the number of segments\)$'),
     ('last_observations length',
      dict(last_observations=np.zeros((3, 2))),
      r'^last_observations has shape \(3, 2\); its leading dimension must be '
-     r'2 \(E, the number of episodes\)$'),
+     r'2 \(E, the number of segments\)$'),
     ('last_observations row shape',
      dict(last_observations=np.zeros((2, 3))),
      r'^last_observations has per-row shape \(3,\) but observations has '
@@ -121,6 +121,32 @@ REJECTIONS = [
     ('infos not a dict',
      dict(env_infos=[1, 2, 3, 4, 5]),
      r'^env_infos must be a dict of arrays, got list$'),
+    ('cut segment flagged',
+     dict(cut=np.array([False, True])),
+     r'^cut: segment 1 is cut \(its episode goes on\) but its last step 4 '
+     r'is flagged terminated or truncated; a cut segment has neither flag '
+     r'set$'),
+    ('cut flags length',
+     dict(cut=np.array([False])),
+     r'^cut has shape \(1,\), expected \(2,\) \(E, the number of '
+     r'segments\)$'),
+    ('first segment with steps before it',
+     dict(prior_steps=np.array([0, 4])),
+     r'^starts: segment 1 starts its episode but has prior_steps=4 and '
+     r'prior_returns=0\.0; both must be 0$'),
+    ('continuing segment with nothing before it',
+     dict(starts=np.array([True, False])),
+     r'^starts: segment 1 continues its episode but has prior_steps=0; it '
+     r'must be >= 1$'),
+    ('the same segment twice',
+     dict(episode_ids=np.array([5, 5]), cut=np.array([False, False])),
+     r'^episode_ids: segments 0 and 1 are the same steps of episode 5 '
+     r'\(prior_steps 0\); no segment may come twice$'),
+    ('steps after the episode ended',
+     dict(episode_ids=np.array([5, 5]), starts=np.array([True, False]),
+          prior_steps=np.array([0, 3]), prior_returns=np.array([0.0, 6.0])),
+     r'^cut: segment 0 ends episode 5, but segment 1 has later steps of '
+     r'it$'),
 ]
 
 
@@ -266,11 +292,88 @@ def test_nbytes_and_check(batch):
     total += batch.rewards.nbytes + batch.terminated.nbytes
     total += batch.truncated.nbytes + batch.lengths.nbytes
     total += batch.versions.nbytes + batch.worker_numbers.nbytes
+    total += batch.episode_ids.nbytes + batch.starts.nbytes
+    total += batch.cut.nbytes + batch.prior_steps.nbytes
+    total += batch.prior_returns.nbytes
     total += sum(v.nbytes for v in batch.env_infos.values())
     total += sum(v.nbytes for v in batch.agent_infos.values())
     total += sum(v.nbytes for v in batch.episode_infos.values())
     assert batch.nbytes == total
     batch.check()
     batch.terminated[0] = True  # edited in place: now invalid
-    with pytest.raises(ValueError, match='step 0 lies inside episode 0'):
+    with pytest.raises(ValueError, match='step 0 lies inside segment 0'):
         batch.check()
+
+
+# Segments: episodes cut at a call's end and continued in the next. ---------
+
+def segment_batches():
+    """Episode 7 cut after 3 steps, then finished in a second batch of 2
+    steps; episode 8 whole in the first batch."""
+    first = EpisodeBatch(
+        observations=np.arange(5.0).reshape(5, 1),
+        actions=np.zeros(5, np.int64),
+        rewards=np.array([1.0, 2.0, 3.0, 10.0, 20.0]),
+        terminated=np.array([False, False, False, False, True]),
+        truncated=np.zeros(5, bool),
+        last_observations=np.array([[3.0], [99.0]]),
+        lengths=np.array([3, 2]),
+        episode_ids=np.array([7, 8]),
+        cut=np.array([True, False]))
+    second = EpisodeBatch(
+        observations=np.array([[3.0], [4.0]]),
+        actions=np.zeros(2, np.int64),
+        rewards=np.array([4.0, 5.0]),
+        terminated=np.array([False, False]),
+        truncated=np.array([False, True]),
+        last_observations=np.array([[5.0]]),
+        lengths=np.array([2]),
+        episode_ids=np.array([7]),
+        starts=np.array([False]),
+        prior_steps=np.array([3]),
+        prior_returns=np.array([6.0]))
+    return first, second
+
+
+def test_whole_episodes_by_default(batch):
+    assert batch.starts.tolist() == [True, True]
+    assert batch.cut.tolist() == [False, False]
+    assert batch.episode_ids.tolist() == [0, 1]
+    stats = batch.episode_stats()
+    assert stats['lengths'].tolist() == batch.lengths.tolist()
+    assert stats['returns'].tolist() == batch.episode_returns.tolist()
+
+
+def test_episode_stats_count_the_steps_of_earlier_segments():
+    first, second = segment_batches()
+    stats = first.episode_stats()  # episode 7 has not ended yet
+    assert stats['episode_ids'].tolist() == [8]
+    assert stats['lengths'].tolist() == [2]
+    assert stats['returns'].tolist() == [30.0]
+    stats = second.episode_stats()
+    assert stats['episode_ids'].tolist() == [7]
+    assert stats['lengths'].tolist() == [5]
+    assert stats['returns'].tolist() == [15.0]
+    assert second.episode_returns.tolist() == [9.0]  # the segment's own
+
+
+def test_segments_survive_concatenate_split_and_padded():
+    first, second = segment_batches()
+    both = EpisodeBatch.concatenate(first, second)
+    both.check()
+    assert both.episode_ids.tolist() == [7, 8, 7]
+    assert both.starts.tolist() == [True, True, False]
+    assert both.cut.tolist() == [True, False, False]
+    assert both.prior_steps.tolist() == [0, 0, 3]
+    assert EpisodeBatch.concatenate(*both.split()) == both
+    assert both.episode(2) == second
+    padded = both.padded()
+    assert padded['cut'].tolist() == [True, False, False]
+    assert padded['starts'].tolist() == [True, True, False]
+    assert padded['episode_ids'].tolist() == [7, 8, 7]
+    # A cut segment bootstraps from its last observation.
+    assert both.next_observations[2, 0] == 3.0
+    assert sorted(both.episode_stats()['lengths'].tolist()) == [2, 5]
+    with pytest.raises(ValueError, match='^episode_ids: segments 0 and 2 '
+                                         'are the same steps of episode 7'):
+        EpisodeBatch.concatenate(first, first).check()

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from helpers import DictObsEnv, FaultyEnv, InPlaceEnv, TaskEnv, TextEnv
+from helpers import (DictObsEnv, FaultyEnv, InPlaceEnv, TaskEnv, TextEnv,
+                     steps_of)
 from workers import (DefaultWorker, EpisodeBatch, EpisodeBuffer, MLPAgent,
                      NewEnvUpdate, RandomAgent, SetTaskUpdate, VecWorker,
                      WorkerFactory)
@@ -54,8 +55,11 @@ def test_same_seed_same_episodes_and_rounds_differ():
     first = episodes(a, 3, round_number=0)
     assert first == episodes(b, 3, round_number=0)
     assert episodes(a, 3, round_number=1) != first
-    # Going back to a round reproduces it, whatever ran in between.
-    assert episodes(a, 3, round_number=0) == first
+    # Going back to a round reproduces it, whatever ran in between (its
+    # episodes get new ids).
+    again = episodes(a, 3, round_number=0)
+    assert steps_of(again) == steps_of(first)
+    assert not set(again.episode_ids) & set(first.episode_ids)
 
 
 def test_workers_draw_independent_streams():
@@ -348,7 +352,7 @@ def test_episode_buffer_builds_one_batch_equal_to_per_episode_batches():
     assert buffer.transitions == sum(len(b) for b in singles)
     assert buffer.keep_first(4) == 2 and buffer.n_episodes == 4
     batch = buffer.to_batch()
-    assert batch == EpisodeBatch.concatenate(*singles[:4])
+    assert steps_of(batch) == steps_of(EpisodeBatch.concatenate(*singles[:4]))
     batch.check()
     assert buffer.n_episodes == 0 and buffer.transitions == 0
     with pytest.raises(ValueError, match='holds no episode'):
@@ -458,6 +462,97 @@ def test_episode_buffer_gathers_vec_workers_of_different_widths():
         w.start_round(0)
         w.rollout_into(buffer)
     batch = buffer.to_batch()
-    assert batch == EpisodeBatch.concatenate(*singles)
+    assert steps_of(batch) == steps_of(EpisodeBatch.concatenate(*singles))
     batch.check()
     assert set(batch.agent_infos) == {'logits'}
+
+
+# Segments: envs that keep running across calls ------------------------------
+
+SEGMENT_WORKERS = {'default': (DefaultWorker, {}),
+                   'vec': (VecWorker, {'n_envs': 3})}
+
+
+def segment_worker(kind, **kwargs):
+    worker_class, args = SEGMENT_WORKERS[kind]
+    return make_worker('CartPole-v1', 'mlp', worker_class, seed=2,
+                       **{**args, **kwargs})
+
+
+def step_batch(worker, n_steps, round_number):
+    worker.start_round(round_number, version=round_number,
+                       keep_episodes=True)
+    buffer = EpisodeBuffer()
+    worker.step_into(buffer, n_steps)
+    batch = buffer.to_batch()
+    batch.check()
+    return batch
+
+
+@pytest.mark.parametrize('kind', sorted(SEGMENT_WORKERS))
+def test_step_into_takes_exactly_the_steps_and_episodes_go_on(kind):
+    w = segment_worker(kind)
+    n_envs = getattr(w, 'n_envs', 1)
+    before = w.env_steps
+    first = step_batch(w, 7, 0)
+    second = step_batch(w, 40, 1)
+    assert len(first) == 7 * n_envs and len(second) == 40 * n_envs
+    assert w.env_steps - before == 47 * n_envs
+    # CartPole runs longer than 7 steps: every episode is cut, and goes on
+    # in the next call under the new version.
+    assert first.cut.all() and first.starts.all()
+    assert first.n_episodes == n_envs
+    both = EpisodeBatch.concatenate(first, second)
+    both.check()  # no segment twice, none after its episode's end
+    for e in range(n_envs):
+        [k] = np.flatnonzero((second.episode_ids == first.episode_ids[e]) &
+                             ~second.starts)
+        later = second.episode(int(k))
+        assert later.prior_steps[0] == 7
+        assert later.versions[0] == 1
+        # The cut segment's last observation is the next one's first.
+        np.testing.assert_array_equal(later.observations[0],
+                                      first.last_observations[e])
+    # Ended episodes count their first segment's steps too.
+    stats = both.episode_stats()
+    ended = set(stats['episode_ids'].tolist())
+    assert ended and ended <= set(both.episode_ids.tolist())
+    for episode_id, length in zip(stats['episode_ids'], stats['lengths']):
+        assert length == both.lengths[both.episode_ids == episode_id].sum()
+
+
+@pytest.mark.parametrize('kind', sorted(SEGMENT_WORKERS))
+def test_max_episode_length_counts_every_segment(kind):
+    w = segment_worker(kind, max_episode_length=5)
+    first = step_batch(w, 3, 0)
+    second = step_batch(w, 3, 1)
+    assert first.cut.all()
+    # Each episode truncates at its 5th step: 2 steps into the second call.
+    ends = second.episode_stats()
+    assert ends['lengths'].tolist() == [5] * len(ends['lengths'])
+    assert len(ends['lengths']) == first.n_episodes
+
+
+@pytest.mark.parametrize('kind', sorted(SEGMENT_WORKERS))
+def test_a_new_round_abandons_running_episodes_unless_kept(kind):
+    w = segment_worker(kind)
+    first = step_batch(w, 5, 0)
+    w.start_round(1)  # a whole-episode call: fresh episodes
+    assert w.in_progress == 0
+    batch = w.rollout()
+    assert batch.starts.all() and not batch.cut.any()
+    assert not set(batch.episode_ids) & set(first.episode_ids)
+
+
+def test_vec_worker_starts_only_the_episodes_it_may_and_finishes_them():
+    w = segment_worker('vec', n_envs=4)
+    w.start_round(0)
+    buffer, started = EpisodeBuffer(), 0
+    while started < 2 or w.in_progress:
+        started += w.rollout_into(buffer, max_starts=2 - started)
+    assert started == 2
+    batch = buffer.to_batch()
+    assert batch.n_episodes == 2 and not batch.cut.any()
+    # Nothing more to start and nothing running: it returns at once.
+    assert w.rollout_into(buffer, max_starts=0) == 0
+    assert buffer.n_episodes == 0
