@@ -6,18 +6,16 @@ method calls instead of a command pipe::
     ready()  -> READY(env_spaces, pid) | ERROR(...)   once, after building
     start(RoundStart, env, agent)
              -> None | ERROR(...)                      applies updates
-    sample([round, chunk])
-             -> EPISODES(round, version, batch | None) | ERROR(...)
+    sample() -> EPISODES(Segments) | ERROR(...)
+    finish(round) -> None                              see FINISH
     shutdown()                                         closes the envs
 
-``sample`` runs whole episodes until it holds ``chunk`` transitions, its
-``share`` of the call, the episode ``quota`` of the round, or
-FLUSH_AFTER_S of work, and returns them as one batch; ``None`` instead of
-a batch means the round's quota was already met. A ``chunk`` given with
-the current round replaces the round's (smaller chunks in a call's tail).
-A Ray actor runs its calls one at a time in the order they were sent, so a
-``start`` queued behind ``sample`` calls takes effect after them: updates
-land between episodes, never inside one.
+``sample`` runs the round (:class:`~sampler._worker_process.Round`) until
+a message is due or the worker's part is done, and returns what it
+produced (``Segments.done`` says the part is over; ``batch`` is None if
+nothing new). A Ray actor runs its calls one at a time in the order they
+were sent, so a ``start`` or ``finish`` queued behind ``sample`` calls
+takes effect after them: updates land between episodes, never inside one.
 
 Exceptions from env or agent code are returned as ERROR replies (with the
 call that raised and the traceback text), never raised: the caller then
@@ -25,12 +23,10 @@ says which worker failed and where, as with the other backends.
 """
 
 import os
-import time
 
 import cloudpickle
 
 from sampler._worker_process import Reply, Round, apply_update, error_reply
-from workers import EpisodeBuffer
 
 
 class SamplerWorker:
@@ -69,25 +65,12 @@ class SamplerWorker:
             return error_reply(self._worker)
         return None
 
-    def sample(self, round_number=None, chunk=None):
-        progress = self._progress
-        if chunk is not None and round_number == progress.round:
-            progress.chunk = chunk
-        if not progress.running:
-            return (Reply.EPISODES, progress.round, progress.version, None)
-        buffer = EpisodeBuffer()
-        started = time.monotonic()
-        try:
-            while progress.rollout_into(buffer) and \
-                    not progress.message_due(buffer, started):
-                pass
-            self._worker.error_site = 'building the message'
-            batch = buffer.to_batch()
-            self._worker.error_site = None
-        except Exception:
-            progress.running = False
-            return error_reply(self._worker)
-        return (Reply.EPISODES, progress.round, progress.version, batch)
+    def sample(self):
+        return self._progress.produce()
+
+    def finish(self, round_number):
+        if self._progress.running and round_number == self._progress.round:
+            self._progress.finish()
 
     def shutdown(self):
         if self._worker is not None:

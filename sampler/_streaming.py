@@ -1,6 +1,7 @@
-"""What the streaming backends share: the options of a streaming call,
-the caller's progress bar, and the :class:`Collector` that decides which
-episodes a call keeps."""
+"""The call core every backend drives: the :class:`Collector` (the rules
+of a call on the caller's side; :class:`~sampler._worker_process.Round`
+holds them on the worker's side), the options of a call, and the
+caller's progress bar."""
 
 import sys
 import time
@@ -9,6 +10,7 @@ import click
 import numpy as np
 
 from sampler._worker_process import RoundStart
+from workers import EpisodeBatch
 
 
 def check_streaming_options(options):
@@ -77,132 +79,204 @@ class _Bar:
         return self.bar.__exit__(*exc_info)
 
 
-#: In a call's tail, chunks are this many times smaller.
-TAIL_DIVISOR = 8
-
-
 class Collector:
-    """Keeps the episodes a call may return and counts the rest."""
+    """The rules of one call on the caller's side, the same for every
+    backend: what each worker is asked (:meth:`round_start`), which
+    segments the call keeps, when it is done, what a failed worker's
+    replacement does, and the statistics.
 
-    def __init__(self, sampler, kind, count, round_number):
-        self.sampler = sampler
+    A backend only moves messages: it starts the round on every worker,
+    hands each EPISODES reply to :meth:`add`, tells the workers to finish
+    when :meth:`finish_due` says so, and replaces a failed worker, calling
+    :meth:`restarted` before it starts the replacement.
+
+    Whole-episode calls never choose episodes by how soon they end:
+    ``obtain_exact_episodes`` starts exactly the quota on every worker and
+    completes them all; ``obtain_samples`` lets every env start episodes
+    until the call holds ``count`` transitions, then FINISH has every
+    worker complete the episodes it started and start no more, and the
+    call returns them all (more than ``count``, never fewer). Steps calls
+    return every step of every env. Each ends when every worker has said
+    its part is done, so no segment of it is left in a pipe.
+
+    Args:
+        kind: ``'samples'``, ``'episodes'`` or ``'steps'``.
+        count: transitions, episodes per worker, or steps per env.
+        round_number, version: of this call.
+        n_workers: how many workers take part.
+        max_staleness: segments this many versions old are still kept
+            (samples calls only; with more than 0 the workers keep
+            sampling after the call, which then ends as soon as it holds
+            ``count`` transitions).
+        stats: the sampler's statistics, updated in place.
+        next_episode_ids: per worker, an episode id past every one it
+            returned; updated in place, and where a replacement starts.
+    """
+
+    def __init__(self, *, kind, count, round_number, version, n_workers,
+                 max_staleness, stats, next_episode_ids):
         self.kind = kind
         self.count = count
         self.round = round_number
+        self.version = version
+        self.n_workers = n_workers
+        self.stats = stats
+        self.next_episode_ids = next_episode_ids
         self.quota = count if kind == 'episodes' else None
-        # Transitions per message: enough to make per-message costs small,
-        # few enough that the partial chunks dropped when a call ends stay
-        # near 3% of it. Exact episodes are sent when a worker's quota is
-        # met (or after FLUSH_AFTER_S).
-        self.chunk = None if kind == 'episodes' else \
-            max(1, count // (16 * sampler.n_workers))
-        # A worker's fair part of the call; past it, it sends at once.
-        self.share = None if kind == 'episodes' else \
-            -(-count // sampler.n_workers)
-        # The tail of a call: once what is still needed could be sitting in
-        # the workers' unsent chunks, chunks shrink (see enter_tail), so
-        # that a worker slower than the rest does not hold finished
-        # episodes when the call ends, which would be wasted work.
-        self.in_tail = kind == 'episodes'
-        self.min_version = sampler.version - \
-            sampler._options['max_staleness']
-        self.kept = [[] for _ in range(sampler.n_workers)]  # exact episodes
+        self.steps = count if kind == 'steps' else None
+        # Transitions per message: enough to make per-message costs
+        # small. Exact episodes and steps are sent when a worker's part is
+        # done (or after FLUSH_AFTER_S).
+        self.chunk = max(1, count // (16 * n_workers)) \
+            if kind == 'samples' else None
+        self.streaming = kind == 'samples' and max_staleness > 0
+        self.min_version = version - (max_staleness
+                                      if kind == 'samples' else 0)
+        self.kept = [[] for _ in range(n_workers)]
         self.arrived = []  # samples, in the order they arrived
-        self.per_worker = [0] * sampler.n_workers
         self.transitions = 0
-        self.attempts = [0] * sampler.n_workers
+        self.finished = False  # FINISH sent
+        self.done_workers = set()
+        self.attempts = [0] * n_workers
+        self.restarted_workers = set()
 
     def round_start(self, worker):
         """The :class:`RoundStart` that worker ``worker`` (or its
         replacement) runs this call with."""
-        return RoundStart(self.round, self.sampler.version, self.quota,
-                          self.chunk, self.share, self.attempts[worker])
+        first = self.next_episode_ids[worker] \
+            if worker in self.restarted_workers else None
+        return RoundStart(self.round, self.version, quota=self.quota,
+                          steps=self.steps, chunk=self.chunk,
+                          first_episode_id=first,
+                          attempt=self.attempts[worker])
 
-    def run(self, wait_and_collect, deadline, stop_workers):
+    def run(self, wait_and_collect, deadline, stop_workers, finish_workers,
+            progress, closed):
         """Call ``wait_and_collect(self, deadline, bar)`` until done and
-        return the batches kept. ``stop_workers()`` follows, also after an
-        error or Ctrl-C (workers must not go on), unless ``max_staleness``
-        keeps them sampling between calls."""
-        sampler = self.sampler
+        return the batches kept; ``finish_workers(round)`` once the call
+        holds enough (see :meth:`finish_due`). ``stop_workers()`` follows
+        an error, a timeout or Ctrl-C (workers must not go on), and a
+        streaming call's end; ``closed()`` says the sampler was closed
+        meanwhile."""
         stop = True
         try:
-            with progress_bar(sampler._options['progress'], self.kind,
-                              self.count, sampler.n_workers) as bar:
+            with progress_bar(progress, self.kind, self.count,
+                              self.n_workers) as bar:
                 while not self.done:
+                    if self.finish_due():
+                        finish_workers(self.round)
                     wait_and_collect(self, deadline, bar)
+            stop = self.streaming
             batches = self.batches()
-            stop = sampler._options['max_staleness'] == 0
         finally:
-            if stop and not sampler.closed:
+            if stop and not closed():
                 stop_workers()
         return batches
 
-    def enter_tail(self):
-        """True once per call, when the workers should send smaller
-        chunks (``self.chunk`` is then the smaller size): what the call
-        still needs is at most one chunk per worker."""
-        if self.in_tail or self.done or \
-                self.count - self.transitions > \
-                self.chunk * self.sampler.n_workers:
-            return False
-        self.in_tail = True
-        self.chunk = max(1, self.chunk // TAIL_DIVISOR)
-        return True
-
     @property
     def done(self):
-        if self.kind == 'episodes':
-            return all(n >= self.count for n in self.per_worker)
-        return self.transitions >= self.count
+        if self.streaming:
+            return self.transitions >= self.count
+        return len(self.done_workers) == self.n_workers
 
-    def add(self, worker, round_number, version, batch):
-        """Keep or discard a batch; return the progress it made."""
-        stats = self.sampler._stats
-        if self.kind == 'episodes':
-            wanted = self.count - self.per_worker[worker]
-            if round_number != self.round or wanted <= 0:
-                stats['discarded_episodes'] += batch.n_episodes
-                return 0
-            batch = self.sampler._keep_episodes(batch, wanted)
-            self.kept[worker].append(batch)
-            self.per_worker[worker] += batch.n_episodes
-            return batch.n_episodes
-        if version < self.min_version or self.done:
-            stats['discarded_episodes'] += batch.n_episodes
+    def finish_due(self):
+        """True once, when an ``obtain_samples`` call holds ``count``
+        transitions: the workers are then to complete their episodes."""
+        if self.kind != 'samples' or self.streaming or self.finished or \
+                self.transitions < self.count:
+            return False
+        self.finished = True
+        return True
+
+    def add(self, worker, segments):
+        """Keep or discard what a worker sent (a :class:`Segments`);
+        return the progress it made (transitions, or episodes)."""
+        stats = self.stats
+        stats['env_steps'] += segments.env_steps
+        current = segments.round == self.round
+        if segments.done and current:
+            self.done_workers.add(worker)
+        batch = segments.batch
+        if batch is None:
             return 0
-        need = self.count - self.transitions
-        if len(batch) > need:
-            # Whole episodes up to the one that meets the goal; no more.
-            enough = int(np.searchsorted(np.cumsum(batch.lengths), need)) + 1
-            batch = self.sampler._keep_episodes(batch, enough)
-        self.arrived.append(batch)
-        self.transitions += len(batch)
-        return len(batch)
+        self.next_episode_ids[worker] = max(
+            self.next_episode_ids[worker], int(batch.episode_ids.max()) + 1)
+        if self.kind == 'samples':
+            current = segments.version >= self.min_version
+            if self.streaming and self.done:
+                current = False  # more than the call needs
+        if not current:
+            stats['discarded_episodes'] += batch.n_episodes
+            stats['discarded_transitions'] += len(batch)
+            return 0
+        if self.kind == 'samples':
+            self.arrived.append(batch)
+            self.transitions += len(batch)
+            return len(batch)
+        self.kept[worker].append(batch)
+        return batch.n_episodes if self.kind == 'episodes' else len(batch)
 
     def restarted(self, worker):
         """Worker ``worker`` failed and is replaced; call before
-        :meth:`round_start` for the replacement."""
-        if self.kind == 'episodes':
-            # The replacement redoes the round from its seeds, so the call
-            # stays reproducible; what the failed worker sent of it would
-            # come again, and is dropped.
-            dropped = sum(b.n_episodes for b in self.kept[worker])
-            self.sampler._stats['discarded_episodes'] += dropped
-            self.kept[worker] = []
-            self.per_worker[worker] = 0
-        else:
+        :meth:`round_start` for the replacement. Returns False when the
+        replacement has nothing to do in this call."""
+        self.restarted_workers.add(worker)
+        self.stats['worker_restarts'] += 1
+        if self.kind == 'samples':
             # What the failed worker sent is kept; the replacement draws
             # seeds of its own so that it cannot send those episodes again.
             self.attempts[worker] += 1
+            if self.finished:
+                # The call holds enough; the failed worker's unfinished
+                # episodes are lost with it.
+                self.done_workers.add(worker)
+                return False
+            return True
+        # The replacement redoes the worker's part from the round's seeds,
+        # so the call stays reproducible; what the failed worker sent of it
+        # would come again, and is dropped.
+        self.stats['discarded_episodes'] += sum(
+            b.n_episodes for b in self.kept[worker])
+        self.stats['discarded_transitions'] += sum(
+            len(b) for b in self.kept[worker])
+        self.kept[worker] = []
+        self.done_workers.discard(worker)
+        return True
 
     def batches(self):
-        if self.kind == 'episodes':
-            return [b for kept in self.kept for b in kept]
-        return self.arrived
+        """What the call returns: samples in the order they arrived;
+        exact episodes and steps worker by worker, exact episodes in the
+        order they started."""
+        if self.kind == 'samples':
+            return self.arrived
+        out = []
+        for kept in self.kept:
+            if self.kind == 'episodes' and len(kept) > 1:
+                kept = [_in_start_order(kept)]
+            out.extend(kept)
+        return out
 
     def describe(self):
+        """What the call has so far, for a timeout's message."""
+        if self.kind == 'samples':
+            return (f'{self.transitions} of {self.count} transitions were '
+                    f'collected')
+        short = [i for i in range(self.n_workers)
+                 if i not in self.done_workers]
         if self.kind == 'episodes':
-            short = [f'worker {i} had returned {n} of {self.count} episodes'
-                     for i, n in enumerate(self.per_worker) if n < self.count]
-            return '; '.join(short)
-        return f'{self.transitions} of {self.count} transitions were collected'
+            got = [sum(b.n_episodes for b in self.kept[i]) for i in short]
+            return '; '.join(f'worker {i} had returned {n} of {self.count} '
+                             f'episodes' for i, n in zip(short, got))
+        return ', '.join(f'worker {i}' for i in short) + \
+            f' had not finished its {self.count} steps per env'
+
+
+def _in_start_order(batches):
+    """One batch of a worker's whole episodes, ordered by their ids: the
+    order it started them in."""
+    batch = EpisodeBatch.concatenate(*batches, missing_infos='mask')
+    order = np.argsort(batch.episode_ids, kind='stable')
+    if (order == np.arange(len(order))).all():
+        return batch
+    return EpisodeBatch.concatenate(
+        *[batch.episode(int(i)) for i in order], missing_infos='mask')

@@ -4,32 +4,30 @@ A worker process owns one :class:`~workers.Worker`. It reads commands from
 its command pipe and writes replies to its own result pipe::
 
                  command pipe                       result pipe
-    caller  ---- START / STOP / EXIT ---->  worker  ---- READY / EPISODES /
-                                             process      ERROR ---->  caller
+    caller  ---- START / FINISH /  ---->  worker  ---- READY / EPISODES /
+                 STOP / EXIT               process      ERROR ---->  caller
 
 States and transitions (checked between episodes, never inside one)::
 
-    IDLE ---START---> RUNNING ---STOP, or the episode quota met---> IDLE
-      ^                  |  ^
-      +----START---------+  +--TAIL (the same round: smaller messages)
-                             (a START while running begins the new round)
+    IDLE ---START---> RUNNING ---its part of the round done---> IDLE
+      ^                 |  |        (sends EPISODES with done=True)
+      |                 |  +--FINISH: start no new episode, end the
+      |                 |     running ones, then done
+      +-----STOP--------+  (a START while running begins the new round)
     any state ---EXIT, or the parent process died---> exit
 
 IDLE blocks on the command pipe and the parent's sentinel: no CPU at all.
-RUNNING runs ``worker.rollout_into()`` and gathers the episodes into one
-message, sent when it holds the START's ``chunk`` transitions, when the
-episode quota is met, or 50 ms after its first episode: per-message costs
-(pickling, a system call, unpickling in the caller) are paid per chunk,
-not per episode. Past its ``share`` of a call's transitions, the end of
-the call is near: it sends every episode at once, so that little finished
-work is still held when STOP comes. TAIL says the same from the caller,
-who sees every worker: the call needs at most a chunk per worker more, so
-the worker sends what it holds (if it is a new, smaller chunk) and smaller
-chunks after it; a worker slower than the others would otherwise hold
-episodes that are wasted when the call ends. A send blocks only while the
-caller's end of the pipe is full, which pauses the worker until the caller
-reads; the caller reads whenever it waits, so a paused worker resumes as
-soon as there is room, and a command is seen right after.
+RUNNING runs the round (:class:`Round`: whole episodes up to a quota or
+until FINISH, or a number of steps of every env) and gathers what it
+produces into one message, sent when it holds the START's ``chunk``
+transitions, when its part of the round is done, or 50 ms after its
+first episode: per-message costs (pickling, a system call, unpickling in
+the caller) are paid per chunk, not per episode. Every round ends with a
+message saying ``done``, so a call that waits for all of them leaves no
+episode in a pipe. A send blocks only while the caller's end of the pipe
+is full, which pauses the worker until the caller reads; the caller reads
+whenever it waits, so a paused worker resumes as soon as there is room,
+and a command is seen right after.
 """
 
 import dataclasses
@@ -82,23 +80,31 @@ def exit_if_importing_main():
 class Command(enum.Enum):
     """Caller -> worker."""
 
-    START = 'start'  # (RoundStart, env blob or None, agent blob or None)
-    STOP = 'stop'    # ()
-    TAIL = 'tail'    # (round, transitions per message): the call is nearly
-    #                   done; send what is held and smaller messages
-    EXIT = 'exit'    # ()
+    START = 'start'    # (RoundStart, env blob or None, agent blob or None)
+    FINISH = 'finish'  # (round,): start no new episode, end the running
+    #                     ones, send them and say done
+    STOP = 'stop'      # (): go idle now, sending what is held
+    EXIT = 'exit'      # ()
 
 
 @dataclasses.dataclass(frozen=True)
 class RoundStart:
     """How a worker is to run one call (a round); sent with START.
 
+    The kind of round follows from ``quota`` and ``steps``: with
+    ``quota``, exactly that many whole episodes (``obtain_exact_episodes``);
+    with ``steps``, that many steps of every env, the envs kept running
+    (``obtain_steps``); with neither, whole episodes until FINISH
+    (``obtain_samples``).
+
     Attributes:
         round: the sampler's call counter; seeds the round.
         version: stamped on every episode of the round.
-        quota: episodes to produce (exact-episode calls), or None.
-        chunk: transitions per message, or None (send at the quota).
-        share: the worker's fair part of the call's transitions, or None.
+        quota: episodes to produce, or None.
+        steps: steps of every env, or None.
+        chunk: transitions per message, or None (send when done).
+        first_episode_id: where a replacement worker's episode ids start
+            (past every id its predecessor returned), or None.
         attempt: 0 for the worker that began the round; ``k`` for its
             ``k``-th replacement in a call that keeps what the failed
             worker sent: the replacement draws seeds of its own, so it
@@ -110,16 +116,37 @@ class RoundStart:
     round: int
     version: int
     quota: Optional[int] = None
+    steps: Optional[int] = None
     chunk: Optional[int] = None
-    share: Optional[int] = None
+    first_episode_id: Optional[int] = None
     attempt: int = 0
+
+
+@dataclasses.dataclass
+class Segments:
+    """What a worker sends of a round (the EPISODES reply).
+
+    Attributes:
+        round, version: of the round that produced them.
+        batch: an EpisodeBatch of segments, or None (nothing new).
+        done: the worker's part of the round is over; nothing more of it
+            follows.
+        env_steps: ``env.step`` calls since the worker's last message,
+            returned or not.
+    """
+
+    round: int
+    version: int
+    batch: object
+    done: bool
+    env_steps: int
 
 
 class Reply(enum.Enum):
     """Worker -> caller."""
 
     READY = 'ready'        # (env_spaces,)
-    EPISODES = 'episodes'  # (round, version, EpisodeBatch)
+    EPISODES = 'episodes'  # (Segments,)
     ERROR = 'error'        # (site, exception type, message, traceback)
 
 
@@ -222,8 +249,9 @@ class _Loop:
                 except Exception:
                     self._report_error()
                     return
-                if not more or self.progress.message_due(
-                        self.pending, self.pending_since):
+                if not more or (self.pending.n_episodes and
+                                self.progress.message_due(
+                                    self.pending, self.pending_since)):
                     if not self._flush():
                         return
 
@@ -238,18 +266,16 @@ class _Loop:
             except Exception:
                 self._report_error()
                 return False
+        elif tag is Command.FINISH:
+            if self.progress.running and args[0] == self.progress.round:
+                self.progress.finish()
         elif tag is Command.STOP:
+            was_running = self.progress.running
             self.progress.running = False
             # Hand over what is done: the next call keeps it if its
             # version is still current.
-            if self.pending.n_episodes and not self._flush():
+            if was_running and not self._flush():
                 return False
-        elif tag is Command.TAIL:
-            round_number, chunk = args
-            if self.progress.running and round_number == self.progress.round:
-                self.progress.chunk = chunk
-                if self.pending.transitions >= chunk and not self._flush():
-                    return False
         elif tag is Command.EXIT:
             return False
         else:
@@ -258,13 +284,12 @@ class _Loop:
         return True
 
     def _flush(self):
-        """Send the episodes held as one batch; False after an error."""
+        """Send the segments held as one message (also with none held, if
+        the round is over: it says done); False after an error."""
         try:
-            self.worker.error_site = 'building the message'
-            batch = self.pending.to_batch()
+            reply = self.progress.message(self.pending)
             self.worker.error_site = 'pickling the episodes'
-            data = _dumps((Reply.EPISODES, self.progress.round,
-                          self.progress.version, batch))
+            data = _dumps(reply)
             self.worker.error_site = None
         except Exception:
             self._report_error()
@@ -296,54 +321,110 @@ class _Loop:
 
 
 class Round:
-    """A worker's progress through one call (a round): the START's
-    updates, what it has produced, and when a message is due. Shared by
-    the worker process loop here and the Ray actor."""
+    """A worker's part of one call (a round): the START's updates, what
+    the round asks (see :class:`RoundStart`), what it has produced, and
+    when a message is due. The one place these rules live on the worker's
+    side, whatever runs it: the worker process loop here, the Ray actor,
+    or LocalSampler in the caller's process."""
 
     def __init__(self, worker):
         self.worker = worker
         self.running = False
         self.round = self.version = 0
-        self.quota = self.chunk = self.share = None
-        self.produced = self.produced_transitions = 0
+        self.quota = self.steps = self.chunk = None
+        self.started = 0
+        self.finishing = False
+        self._steps_reported = worker.env_steps
 
     def start(self, start, env_blob=None, agent_blob=None):
         """Apply the updates (pickled, or None) and begin the round that
         ``start`` (a :class:`RoundStart`) describes; raises what the
         updates raise."""
         self.running = False
+        worker = self.worker
         if env_blob is not None:
-            apply_update(self.worker, 'env', env_blob)
+            apply_update(worker, 'env', env_blob)
         if agent_blob is not None:
-            apply_update(self.worker, 'agent', agent_blob)
-        self.worker.start_round(start.round, start.version,
-                                attempt=start.attempt)
+            apply_update(worker, 'agent', agent_blob)
+        if start.first_episode_id is not None:
+            worker.next_episode_id = max(worker.next_episode_id,
+                                         start.first_episode_id)
+        # Steps rounds let running episodes go on; whole-episode rounds
+        # start every episode afresh from the round's seeds.
+        worker.start_round(start.round, start.version, attempt=start.attempt,
+                           keep_episodes=start.steps is not None)
         self.round, self.version = start.round, start.version
-        self.quota, self.chunk, self.share = \
-            start.quota, start.chunk, start.share
-        self.produced = self.produced_transitions = 0
+        self.quota, self.steps, self.chunk = \
+            start.quota, start.steps, start.chunk
+        self.started = 0
+        self.finishing = False
         self.running = True
 
+    def finish(self):
+        """Start no new episode; the round ends once the running ones
+        have."""
+        self.finishing = True
+
     def rollout_into(self, buffer):
-        """Run episodes into ``buffer``; False once the round's episode
-        quota is met, which ends the round."""
-        episodes, transitions = buffer.n_episodes, buffer.transitions
-        self.worker.rollout_into(buffer)
-        self.produced += buffer.n_episodes - episodes
-        self.produced_transitions += buffer.transitions - transitions
-        if self.quota is not None and self.produced >= self.quota:
+        """Run the round on into ``buffer``; False once the worker's part
+        of it is done, which ends the round."""
+        worker = self.worker
+        if self.steps is not None:
+            worker.step_into(buffer, self.steps)
             self.running = False
+        elif self.quota is not None:
+            # Only the episodes the quota allows are started, and all of
+            # them are completed: which episodes a call returns does not
+            # depend on how soon they end.
+            self.started += worker.rollout_into(
+                buffer, max_starts=self.quota - self.started)
+            if self.started >= self.quota and not worker.in_progress:
+                self.running = False
+        elif self.finishing:
+            worker.rollout_into(buffer, max_starts=0)
+            if not worker.in_progress:
+                self.running = False
+        else:
+            worker.rollout_into(buffer)
         return self.running
 
     def message_due(self, buffer, since):
-        """Whether ``buffer`` (holding episodes since ``since``) should be
-        sent now: past the worker's share of the call, at a full chunk, or
-        FLUSH_AFTER_S after its first episode."""
-        if self.share is not None and self.produced_transitions >= self.share:
-            return True
+        """Whether ``buffer`` (holding segments since ``since``) should be
+        sent now: at a full chunk, or FLUSH_AFTER_S after its first
+        segment."""
         if self.chunk is not None and buffer.transitions >= self.chunk:
             return True
         return time.monotonic() - since >= FLUSH_AFTER_S
+
+    def message(self, buffer):
+        """The EPISODES reply for what ``buffer`` holds (it is emptied),
+        saying whether the round is done."""
+        worker = self.worker
+        batch = None
+        if buffer.n_episodes:
+            worker.error_site = 'building the message'
+            batch = buffer.to_batch()
+            worker.error_site = None
+        steps = worker.env_steps - self._steps_reported
+        self._steps_reported = worker.env_steps
+        return (Reply.EPISODES, Segments(self.round, self.version, batch,
+                                         not self.running, steps))
+
+    def produce(self):
+        """Run the round until a message is due or it is done, and return
+        the reply: EPISODES, or ERROR if env or agent code raised (the
+        round then ends). For callers that ask for each message (the Ray
+        actor, LocalSampler)."""
+        buffer = EpisodeBuffer()
+        since = time.monotonic()
+        try:
+            while self.running and self.rollout_into(buffer) and \
+                    not self.message_due(buffer, since):
+                pass
+            return self.message(buffer)
+        except Exception:
+            self.running = False
+            return error_reply(self.worker)
 
 
 def apply_update(worker, kind, blob):

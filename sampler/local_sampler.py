@@ -1,15 +1,26 @@
-"""LocalSampler: every worker in the calling process, one after another."""
+"""LocalSampler: every worker in the calling process, one after another.
+
+Data flow of one call: the same call core as every backend (see
+:mod:`sampler.sampler`), with messages that are plain function calls::
+
+    caller: a Collector for the round (the call's rules)
+      |  Round.start(RoundStart, updates) on every worker's Round
+      v
+    while the collector is not done: the next running worker's
+      |  Round.produce() (its round run on until a message is due)
+      |  -> EPISODES(Segments) -> collector.add; Round.finish() on
+      |  every worker when the collector says
+      v
+    EpisodeBatch.concatenate(kept) --> caller
+"""
 
 import time
 import traceback
 import warnings
 
+from sampler._worker_process import Reply, Round, error_reply
 from sampler.errors import SamplerTimeoutError, WorkerError
 from sampler.sampler import Sampler
-from workers import EpisodeBuffer
-
-#: What a guarded call returns when its worker failed and was replaced.
-_RESTARTED = object()
 
 
 class LocalSampler(Sampler):
@@ -46,6 +57,8 @@ class LocalSampler(Sampler):
             the current agent and env and the call goes on).
         max_restarts: how many restarts in all before a failure breaks the
             sampler (default 10).
+        progress: show a progress bar on stderr; None (default) shows it
+            only when stderr is a terminal.
 
     Example:
         >>> import gymnasium
@@ -62,9 +75,8 @@ class LocalSampler(Sampler):
 
     def _start(self, options):
         self._workers = [None] * self.n_workers
-        self._round = 0
-        self._kind = 'episodes'
-        self._attempts = [0] * self.n_workers
+        self._rounds = [None] * self.n_workers
+        self._turn = 0
         try:
             for i in range(self.n_workers):
                 try:
@@ -81,84 +93,74 @@ class LocalSampler(Sampler):
     def _build_worker(self, i):
         self._workers[i] = worker = self._factory(i)
         for payload in self._recipes[i].payloads():
-            _apply(worker, payload)
+            if payload.kind == 'env':
+                worker.update_env(payload.load())
+            else:
+                worker.update_agent(payload.load())
+        self._rounds[i] = Round(worker)
 
-    def _sample(self, goal, updates, round_number, deadline):
-        kind, count = goal
-        self._round, self._kind = round_number, kind
-        self._attempts = [0] * self.n_workers
+    def _sample(self, collector, updates, deadline):
         for i, (env, agent) in enumerate(updates):
-            self._guarded(i, self._begin, i, env, agent)
-        # One buffer for the whole call: a single batch is built at the end.
-        buffer = EpisodeBuffer()
-        if kind == 'samples':
-            while buffer.transitions < count:
-                for i in range(self.n_workers):
-                    _check_deadline(deadline, f'{buffer.transitions} of '
-                                    f'{count} transitions were collected')
-                    self._guarded(i, self._rollout_into, i, buffer)
-                    if buffer.transitions >= count:
-                        break
-            return [buffer.to_batch()]
-        for i in range(self.n_workers):
-            before = buffer.n_episodes
-            while buffer.n_episodes - before < count:
-                _check_deadline(deadline, f'worker {i} had returned '
-                                f'{buffer.n_episodes - before} of {count} '
-                                f'episodes')
-                if self._guarded(i, self._rollout_into, i, buffer) is \
-                        _RESTARTED:
-                    # The replacement redoes the round from its seeds, so
-                    # the call stays reproducible; what the failed worker
-                    # returned of it would come again, and is dropped.
-                    self._stats['discarded_episodes'] += \
-                        buffer.keep_first(before)
-            # A VecWorker may finish several episodes at once.
-            self._stats['discarded_episodes'] += \
-                buffer.keep_first(before + count)
-        return [buffer.to_batch()]
-
-    def _rollout_into(self, i, buffer):
-        self._workers[i].rollout_into(buffer)
-
-    def _begin(self, i, env, agent):
-        worker = self._workers[i]
-        _apply(worker, env)
-        _apply(worker, agent)
-        worker.start_round(self._round, self._version)
-
-    def _guarded(self, i, fn, *args):
-        """``fn(*args)`` for worker ``i``. An exception from env or agent
-        code becomes a WorkerError, or (on_worker_error='restart') the
-        worker is rebuilt and _RESTARTED returned: its episode is lost."""
-        try:
-            return fn(*args)
-        except Exception as exc:
-            self._raise_unless_restarting(i, exc)
-        while True:  # a replacement that fails to build counts again
             try:
-                self._rebuild(i)
-                return _RESTARTED
-            except Exception as exc:
-                self._raise_unless_restarting(i, exc)
+                self._rounds[i].start(collector.round_start(i),
+                                      env and env.blob, agent and agent.blob)
+            except Exception:
+                self._on_failure(i, error_reply(self._workers[i]),
+                                 collector)
+        return self._run_collector(collector, deadline)
 
-    def _raise_unless_restarting(self, i, exc):
-        err = self._error(i, exc)
+    def _wait_and_collect(self, collector, deadline, bar):
+        if deadline is not None and time.monotonic() > deadline:
+            raise SamplerTimeoutError(collector.describe())
+        n = self.n_workers
+        running = [(self._turn + k) % n for k in range(n)
+                   if self._rounds[(self._turn + k) % n].running]
+        if not running:
+            msg = (f'no worker is running but the call is not done: '
+                   f'{collector.describe()}')
+            raise RuntimeError(msg)
+        i = running[0]
+        self._turn = (i + 1) % n
+        # A message when a chunk is full, or after FLUSH_AFTER_S, so that
+        # timeouts are checked as often as with the other backends.
+        reply = self._rounds[i].produce()
+        if reply[0] is Reply.EPISODES:
+            got = collector.add(i, reply[1])
+            if bar is not None:
+                bar.advance(got)
+        else:
+            self._on_failure(i, reply, collector)
+
+    def _finish(self, round_number):
+        for progress in self._rounds:
+            if progress.running and progress.round == round_number:
+                progress.finish()
+
+    def _stop(self):
+        for progress in self._rounds:
+            if progress is not None:
+                progress.running = False
+
+    def _on_failure(self, i, reply, collector):
+        """Env or agent code of worker ``i`` raised (``reply`` is its ERROR
+        reply): raise it, or rebuild the worker and go on."""
+        _, site, exc_type, message, tb = reply
+        err = WorkerError(i, site, exc_type, message, tb)
         if not self._worker_failed(err):
-            raise err from exc
-
-    def _rebuild(self, i):
-        old = self._workers[i]
-        self._workers[i] = None
-        if old is not None:
-            _close_quietly(old, i)
-        self._build_worker(i)
-        if self._kind == 'samples':
-            # What the failed worker returned is kept: the replacement
-            # gets seeds of its own so that it cannot return it again.
-            self._attempts[i] += 1
-        self._workers[i].start_round(self._round, self._version,
-                                     attempt=self._attempts[i])
+            raise err
+        while True:  # a replacement that fails to build counts again
+            old, self._workers[i] = self._workers[i], None
+            if old is not None:
+                _close_quietly(old, i)
+            try:
+                self._build_worker(i)
+                if collector.restarted(i):
+                    self._rounds[i].start(collector.round_start(i))
+                return
+            except Exception as exc:
+                err = self._error(i, exc)
+                if not self._worker_failed(err):
+                    raise err from exc
 
     def _error(self, i, exc):
         site = getattr(self._workers[i], 'error_site', None)
@@ -170,20 +172,6 @@ class LocalSampler(Sampler):
         for i, worker in enumerate(workers):
             if worker is not None:
                 _close_quietly(worker, i)
-
-
-def _apply(worker, payload):
-    if payload is None:
-        return
-    if payload.kind == 'env':
-        worker.update_env(payload.load())
-    else:
-        worker.update_agent(payload.load())
-
-
-def _check_deadline(deadline, progress):
-    if deadline is not None and time.monotonic() > deadline:
-        raise SamplerTimeoutError(progress)
 
 
 def _close_quietly(worker, i):

@@ -2,21 +2,20 @@
 
 Data flow of one call::
 
-    caller: obtain_samples(n, agent_update, env_update)
-      |  checks and pickles the updates once (Sampler base class)
+    caller: obtain_samples(n) / obtain_exact_episodes(k) / obtain_steps(t)
+      |  checks and pickles the updates once; a Collector holds the
+      |  call's rules (Sampler base class, sampler._streaming)
       |  START(RoundStart, updates) --> command pipe 0 ... k
       v
-    worker process i (sampler._worker_process): apply updates, reseed,
-      |  rollout() -> EpisodeBatch -> EPISODES(round, version, batch)
-      v                                       on its own result pipe i
-    caller: blocks in connection.wait() on every result pipe and every
-      |  process sentinel; keeps episodes of the current version (round,
-      |  for exact episodes), discards the rest, counts; once at most a
-      |  chunk per worker is still needed, TAIL --> every command pipe
-      |  (send what you hold, then smaller chunks)
+    worker process i (sampler._worker_process): apply updates, start the
+      |  Round; run it -> EpisodeBatch of segments ->
+      v  EPISODES(Segments: round, version, batch, done, env_steps)
+    caller: blocks in a selector on every result pipe and every process
+      |  sentinel; hands each reply to the collector, which keeps or
+      |  discards; obtain_samples: once it holds n transitions,
+      |  FINISH --> every command pipe (complete your episodes, then done)
       v
-    STOP --> every command pipe (workers go idle), then
-    EpisodeBatch.concatenate(kept) --> caller
+    every worker has said done: EpisodeBatch.concatenate(kept) --> caller
 
 The actors:
 
@@ -52,7 +51,7 @@ import weakref
 from multiprocessing.connection import wait
 
 from sampler import _pickling, _worker_process
-from sampler._streaming import Collector, check_streaming_options
+from sampler._streaming import check_streaming_options
 from sampler._worker_process import Command, Reply
 from sampler.errors import (RemoteTraceback, SamplerError,
                             SamplerTimeoutError, WorkerCrashedError,
@@ -326,13 +325,15 @@ class MultiprocessingSampler(Sampler):
 
     # Sampling ------------------------------------------------------------
 
-    def _sample(self, goal, updates, round_number, deadline):
-        kind, count = goal
-        collector = Collector(self, kind, count, round_number)
+    def _sample(self, collector, updates, deadline):
         for handle, (env, agent) in zip(self._handles, updates):
             handle.send(Command.START, collector.round_start(handle.number),
                         env and env.blob, agent and agent.blob)
-        return collector.run(self._wait_and_collect, deadline, self._stop)
+        return self._run_collector(collector, deadline)
+
+    def _finish(self, round_number):
+        for handle in self._handles:
+            handle.send(Command.FINISH, round_number)
 
     def _stop(self):
         for handle in self._handles:
@@ -366,9 +367,9 @@ class MultiprocessingSampler(Sampler):
         if not events:
             raise SamplerTimeoutError(collector.describe())
         for handle, exited in events:
-            # Stop once the call has what it needs: episodes left unread
-            # stay in the pipe for the next call, which keeps them if their
-            # version is still current.
+            # Stop once the call has what it needs: what a streaming call
+            # leaves unread stays in the pipe for the next call, which
+            # keeps it if its version is still current.
             if collector.done:
                 return
             if self._handles[handle.number] is not handle:
@@ -386,13 +387,9 @@ class MultiprocessingSampler(Sampler):
     def _handle_reply(self, handle, reply, collector, bar):
         tag = reply[0]
         if tag is Reply.EPISODES:
-            got = collector.add(handle.number, *reply[1:])
+            got = collector.add(handle.number, reply[1])
             if bar is not None:
                 bar.advance(got)
-            if collector.enter_tail():
-                for worker in self._handles:
-                    worker.send(Command.TAIL, collector.round,
-                                collector.chunk)
             return
         if tag is Reply.READY:  # a replacement worker has started
             return
@@ -414,8 +411,9 @@ class MultiprocessingSampler(Sampler):
         replacement = self._spawn(i)
         self._handles[i] = replacement
         # Its recipe already holds this call's updates.
-        collector.restarted(i)
-        replacement.send(Command.START, collector.round_start(i), None, None)
+        if collector.restarted(i):
+            replacement.send(Command.START, collector.round_start(i), None,
+                             None)
 
     # Shutdown ------------------------------------------------------------
 

@@ -2,24 +2,23 @@
 
 Data flow of one call::
 
-    caller: obtain_samples(n, agent_update, env_update)
-      |  checks and pickles the updates once (Sampler base class);
+    caller: obtain_samples(n) / obtain_exact_episodes(k) / obtain_steps(t)
+      |  checks and pickles the updates once; a Collector holds the
+      |  call's rules (Sampler base class, sampler._streaming);
       |  ray.put() each distinct update once per call, shared by all actors
       |  actor.start(RoundStart, update refs)
       |  actor.sample() x DEPTH        (queued on each actor, in order)
       v
     actor i (sampler._ray_actor.SamplerWorker): applies updates between
-      |  episodes; each sample() runs whole episodes into one
-      |  EPISODES(round, version, batch), returned through Ray's object store
+      |  episodes; each sample() runs the Round on into one
+      |  EPISODES(Segments), returned through Ray's object store
       v
-    caller: blocks in ray.wait() on every reference in flight; keeps
-      |  episodes of the current version (round, for exact episodes),
-      |  discards the rest, counts; sends the next sample() to that actor
-      |  (with a smaller chunk once at most a chunk per worker is needed)
+    caller: blocks in ray.wait() on every reference in flight; hands each
+      |  reply to the collector; sends the next sample() to that actor
+      |  until it says done; obtain_samples: actor.finish() on every
+      |  actor once the collector holds n transitions
       v
-    at the end: no more sample() calls are sent (workers go idle once the
-    DEPTH queued ones ran; the next call keeps their episodes if their
-    version is still current); EpisodeBatch.concatenate(kept)
+    every actor has said done: EpisodeBatch.concatenate(kept)
 
 Keeping DEPTH calls queued on every actor means an actor never waits for
 the caller's round trip between two chunks of work, and bounds what it
@@ -47,7 +46,7 @@ import weakref
 
 from sampler import _pickling
 from sampler._ray_actor import SamplerWorker
-from sampler._streaming import Collector, check_streaming_options
+from sampler._streaming import check_streaming_options
 from sampler._worker_process import Reply
 from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
                             WorkerCrashedError, WorkerError)
@@ -249,9 +248,7 @@ class RaySampler(Sampler):
 
     # Sampling ------------------------------------------------------------
 
-    def _sample(self, goal, updates, round_number, deadline):
-        kind, count = goal
-        collector = Collector(self, kind, count, round_number)
+    def _sample(self, collector, updates, deadline):
         refs = {}
         for handle, (env, agent) in zip(self._handles, updates):
             blobs = []
@@ -263,7 +260,7 @@ class RaySampler(Sampler):
                     refs[id(payload.blob)] = self._ray.put(payload.blob)
                 blobs.append(refs[id(payload.blob)])
             self._begin(handle, collector, *blobs)
-        return collector.run(self._wait_and_collect, deadline, self._idle)
+        return self._run_collector(collector, deadline)
 
     def _begin(self, handle, collector, env_ref=None, agent_ref=None):
         start = handle.actor.start.remote(
@@ -276,7 +273,7 @@ class RaySampler(Sampler):
         for _ in range(DEPTH):
             self._pending[handle.actor.sample.remote()] = (handle, 'sample')
 
-    def _idle(self):
+    def _stop(self):
         """Workers go idle: no more sample() calls are sent. The ones
         queued (DEPTH at most, each a chunk of work) still run; the next
         call uses their episodes if their version is still current.
@@ -285,11 +282,23 @@ class RaySampler(Sampler):
         for handle in self._handles:
             handle.running = False
 
+    def _finish(self, round_number):
+        for handle in self._handles:
+            self._pending[handle.actor.finish.remote(round_number)] = \
+                (handle, 'finish')
+
     def _wait_and_collect(self, collector, deadline, bar):
         timeout = None
         if deadline is not None:
             timeout = max(deadline - time.monotonic(), 0)
-        ready, _ = self._ray.wait(list(self._pending), num_returns=1,
+        # Each actor's replies in the order its calls were sent (Ray runs
+        # them in that order, but ray.wait may report two ready ones in
+        # either): an empty "done" read before the episodes sent ahead of
+        # it would end the worker's part of the call without them.
+        heads = {}
+        for ref, (handle, _) in self._pending.items():
+            heads.setdefault(id(handle), ref)
+        ready, _ = self._ray.wait(list(heads.values()), num_returns=1,
                                   timeout=timeout)
         if not ready:
             raise SamplerTimeoutError(collector.describe())
@@ -297,7 +306,7 @@ class RaySampler(Sampler):
         if self._handles[handle.number] is not handle:
             return  # from an actor already replaced
         reply = self._get(handle, ready[0])
-        if reply is None:  # a start() that succeeded
+        if reply is None:  # a start() or finish() that succeeded
             return
         if reply[0] is Reply.READY:  # a replacement actor has started
             handle.pid = reply[2]
@@ -305,19 +314,13 @@ class RaySampler(Sampler):
         if reply[0] is not Reply.EPISODES:
             self._on_failure(handle, self._failure(handle, reply), collector)
             return
-        _, round_number, version, batch = reply
-        if batch is None:
-            return  # its quota for the round was already met
-        got = collector.add(handle.number, round_number, version, batch)
+        segments = reply[1]
+        got = collector.add(handle.number, segments)
         if bar is not None:
             bar.advance(got)
-        collector.enter_tail()
-        if handle.running and not collector.done and \
-                round_number == collector.round:
-            # In the call's tail, the chunk is smaller (see Collector).
-            ref = handle.actor.sample.remote(
-                collector.round, collector.chunk if collector.in_tail
-                else None)
+        if handle.running and not collector.done and not segments.done \
+                and segments.round == collector.round:
+            ref = handle.actor.sample.remote()
             self._pending[ref] = (handle, 'sample')
 
     def _get(self, handle, ref):
@@ -349,8 +352,8 @@ class RaySampler(Sampler):
         replacement = self._spawn(i)
         self._handles[i] = replacement
         # Its recipe already holds this call's updates.
-        collector.restarted(i)
-        self._begin(replacement, collector)
+        if collector.restarted(i):
+            self._begin(replacement, collector)
 
     def _forget(self, handle):
         for ref, (owner, _) in list(self._pending.items()):

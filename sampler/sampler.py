@@ -2,16 +2,21 @@
 
 A call, whatever the backend::
 
-    obtain_samples(n, agent_update, env_update, timeout=...)
-      |  in the calling thread: check n, the updates (list lengths, env
-      |  ids, picklability); pickle each distinct update once; version += 1
-      |  if anything was updated
+    obtain_samples(n) / obtain_exact_episodes(k) / obtain_steps(t),
+    with agent_update, env_update, timeout
+      |  in the calling thread: check the count and the updates (list
+      |  lengths, env ids, picklability); pickle each distinct update
+      |  once; version += 1 if anything was updated; a Collector (the
+      |  call's rules, sampler._streaming) for this round
       v
-    backend._sample(goal, updates, deadline)
-      |  every worker: env update -> agent update -> start_round(round,
-      |  version) -> rollout() ... until the goal is met
+    backend._sample(collector, updates, deadline): only moves messages
+      |  START(RoundStart, updates) -> every worker's Round
+      |  (sampler._worker_process): apply updates, start the round,
+      |  run it, send EPISODES(Segments) ... done
+      |  EPISODES -> collector.add; FINISH when the collector says;
+      |  a failed worker replaced, and collector.restarted
       v
-    EpisodeBatch.concatenate(episodes)  -> caller
+    EpisodeBatch.concatenate(what the collector kept)  -> caller
 
 The base class owns everything that must behave the same on every backend:
 argument checks and their messages, versions and rounds, statistics,
@@ -20,6 +25,7 @@ current agent, its latest parameters and the env updates since the last
 new env).
 """
 
+import inspect
 import numbers
 import os
 import time
@@ -30,8 +36,10 @@ from sampler import _pickling
 from sampler._worker_process import exit_if_importing_main
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
                             SamplerTimeoutError)
+from sampler._streaming import Collector
 from workers import DefaultWorker, NewEnvUpdate, SetTaskUpdate
 from workers import WorkerFactory
+from workers.worker import EPISODE_ID_STRIDE
 from workers.agents import as_agent
 from workers.env_update import as_env_update
 from workers.episode_batch import EpisodeBatch
@@ -101,12 +109,13 @@ class Sampler:
     """Base class of the samplers; see :class:`LocalSampler` for the
     arguments, which every backend shares.
 
-    Subclasses implement ``_start(options)``, ``_sample(goal, updates,
-    deadline)`` and ``_shutdown()``, and list their options in
+    Subclasses implement ``_start(options)``, ``_sample(collector,
+    updates, deadline)`` and ``_shutdown()``, and list their options in
     ``_OPTIONS`` (name -> default).
     """
 
-    _OPTIONS = {'on_worker_error': 'raise', 'max_restarts': 10}
+    _OPTIONS = {'on_worker_error': 'raise', 'max_restarts': 10,
+                'progress': None}
 
     def __init__(self, agents, envs, *, worker_factory=None, n_workers=None,
                  max_episode_length=None, seed=None,
@@ -159,9 +168,11 @@ class Sampler:
         self._version = 0
         self._calls = 0
         self._broken = None
-        self._stats = {'episodes': 0, 'transitions': 0,
-                       'discarded_episodes': 0, 'worker_restarts': 0,
-                       'calls': 0}
+        self._stats = {'episodes': 0, 'transitions': 0, 'env_steps': 0,
+                       'discarded_episodes': 0, 'discarded_transitions': 0,
+                       'worker_restarts': 0, 'calls': 0}
+        self._next_episode_ids = [i * EPISODE_ID_STRIDE
+                                  for i in range(self.n_workers)]
         self._start(options)
         self._closed = False
 
@@ -204,11 +215,27 @@ class Sampler:
         return self._closed
 
     @property
+    def n_envs(self):
+        """Envs over all workers (a VecWorker steps several)."""
+        factory = self._factory
+        per_worker = factory.worker_args.get('n_envs')
+        if per_worker is None:
+            param = inspect.signature(factory.worker_class).parameters.get(
+                'n_envs')
+            per_worker = 1 if param is None or \
+                param.default is inspect.Parameter.empty else param.default
+        return self.n_workers * per_worker
+
+    @property
     def stats(self):
-        """Counts since construction: ``episodes`` and ``transitions``
-        returned, ``discarded_episodes`` (collected but not returned: of an
-        older version, or beyond what a call asked for), ``worker_restarts``
-        and ``calls``."""
+        """Counts since construction: ``episodes`` that ended and
+        ``transitions`` in the batches returned; ``env_steps``, every
+        ``env.step`` any worker took, returned or not (``env_steps -
+        transitions`` is the waste, and the steps of episodes still
+        running); ``discarded_episodes`` and ``discarded_transitions``,
+        segments collected but not returned (of an older version, or of a
+        failed worker whose part was redone); ``worker_restarts``;
+        ``calls``."""
         return dict(self._stats)
 
     @property
@@ -257,6 +284,30 @@ class Sampler:
         return self._call(('episodes', count), agent_update, env_update,
                           timeout, f'obtain_exact_episodes({count})')
 
+    def obtain_steps(self, steps_per_env, agent_update=None, env_update=None,
+                     *, timeout=None):
+        """Exactly ``steps_per_env`` steps of every env of every worker,
+        as segments; the envs keep running between calls.
+
+        An episode still running when the call ends is cut there
+        (``cut=True``, with the observation to bootstrap from in
+        ``last_observations``) and goes on at the start of the next
+        ``obtain_steps`` call, under that call's version (same
+        ``episode_ids``, ``starts=False``). Nothing is stepped that is not
+        returned. Whole-episode calls in between start every episode anew;
+        an env update starts new episodes too.
+
+        Takes the same ``agent_update``, ``env_update`` and ``timeout`` as
+        :meth:`obtain_samples`.
+
+        Returns:
+            EpisodeBatch: ``n_envs * steps_per_env`` transitions, worker 0's
+            segments first, all of the current version.
+        """
+        count = _check_count(steps_per_env, 'steps_per_env')
+        return self._call(('steps', count), agent_update, env_update,
+                          timeout, f'obtain_steps({count})')
+
     def _call(self, goal, agent_update, env_update, timeout, what):
         self._check_usable()
         if timeout is not None and (
@@ -281,15 +332,27 @@ class Sampler:
         round_number = self._calls
         self._calls += 1
         self._stats['calls'] += 1
+        kind, count = goal
+        collector = Collector(
+            kind=kind, count=count, round_number=round_number,
+            version=self._version, n_workers=self.n_workers,
+            max_staleness=self._options.get('max_staleness', 0),
+            stats=self._stats, next_episode_ids=self._next_episode_ids)
         try:
-            batches = self._sample(goal, updates, round_number, deadline)
+            batches = self._sample(collector, updates, deadline)
         except SamplerTimeoutError as err:
             msg = f'{what} timed out after {timeout} s: {err}'
             raise SamplerTimeoutError(msg) from None
         batch = EpisodeBatch.concatenate(*batches, missing_infos='mask')
-        self._stats['episodes'] += batch.n_episodes
+        self._stats['episodes'] += int((~batch.cut).sum())
         self._stats['transitions'] += len(batch)
         return batch
+
+    def _run_collector(self, collector, deadline):
+        """Run ``collector`` with this backend's message hooks."""
+        return collector.run(self._wait_and_collect, deadline, self._stop,
+                             self._finish, self._options['progress'],
+                             lambda: self._closed)
 
     def _prepare_agent_update(self, update):
         if update is None:
@@ -362,14 +425,6 @@ class Sampler:
             payloads.append(Payload(blobs[key], kind))
         return payloads
 
-    def _keep_episodes(self, batch, wanted):
-        """The first ``wanted`` episodes of ``batch``; the rest (a VecWorker
-        may finish several at once) are counted as discarded."""
-        if batch.n_episodes <= wanted:
-            return batch
-        self._stats['discarded_episodes'] += batch.n_episodes - wanted
-        return batch.head(wanted)
-
     def _check_same_spaces(self, spaces):
         """``spaces[i]`` is worker i's ``(observation_space,
         action_space)``; all must match, since episodes are
@@ -398,10 +453,10 @@ class Sampler:
 
     def _worker_failed(self, err):
         """Record a worker failure; True if the backend should restart the
-        worker, otherwise the sampler is broken and the caller re-raises."""
+        worker (``Collector.restarted`` counts it), otherwise the sampler
+        is broken and the caller re-raises."""
         if self._options['on_worker_error'] == 'restart' and \
                 self._stats['worker_restarts'] < self._options['max_restarts']:
-            self._stats['worker_restarts'] += 1
             return True
         self._broken = err
         return False
@@ -422,6 +477,10 @@ class Sampler:
         if isinstance(restarts, bool) or not isinstance(
                 restarts, numbers.Integral) or restarts < 0:
             msg = f'max_restarts must be an int >= 0, got {restarts!r}'
+            raise ValueError(msg)
+        if merged['progress'] not in (None, True, False):
+            msg = (f'progress must be None, True or False, got '
+                   f'{merged["progress"]!r}')
             raise ValueError(msg)
         return merged
 
@@ -456,13 +515,25 @@ class Sampler:
     def _start(self, options):
         raise NotImplementedError
 
-    def _sample(self, goal, updates, round_number, deadline):
-        """Apply ``updates`` (per worker: (env payload or None, agent
-        payload or None)), start round ``round_number`` at the current
-        version and collect until ``goal`` (``('samples', n)`` or
-        ``('episodes', n)``) is met. Return the batches in order; raise
-        SamplerTimeoutError past ``deadline`` (a ``time.monotonic()`` value,
-        or None)."""
+    def _sample(self, collector, updates, deadline):
+        """Start ``collector``'s round on every worker with ``updates``
+        (per worker: (env payload or None, agent payload or None)), then
+        ``return self._run_collector(collector, deadline)``, which raises
+        SamplerTimeoutError past ``deadline`` (a ``time.monotonic()``
+        value, or None)."""
+        raise NotImplementedError
+
+    def _wait_and_collect(self, collector, deadline, bar):
+        """Wait for the next replies and hand them to ``collector``."""
+        raise NotImplementedError
+
+    def _finish(self, round_number):
+        """Tell every worker to finish its part of round
+        ``round_number``."""
+        raise NotImplementedError
+
+    def _stop(self):
+        """Every worker goes idle at once."""
         raise NotImplementedError
 
     def _shutdown(self):

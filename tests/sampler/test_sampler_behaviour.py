@@ -122,7 +122,9 @@ def test_obtain_samples_returns_whole_current_episodes(make_sampler):
     for expected_version in (1, 2):
         b = s.obtain_samples(500, agent_update=agent.get_params())
         assert len(b) >= 500
-        assert len(b) - b.lengths[-1] < 500  # no episode beyond the need
+        # Whole episodes: every one that a worker started, it completed.
+        assert b.starts.all() and not b.cut.any()
+        assert (b.terminated | b.truncated).sum() == b.n_episodes
         assert set(b.versions.tolist()) == {expected_version}
         assert s.version == expected_version
     b = s.obtain_samples(10)
@@ -239,11 +241,15 @@ def test_stats(make_sampler):
     s = make_sampler(random_for('CartPole-v1'), 'CartPole-v1', n_workers=1,
                      seed=0, worker_class=VecWorker,
                      worker_args={'n_envs': 4}, max_episode_length=5)
-    b = s.obtain_exact_episodes(2)  # 4 envs finish together: 2 are surplus
+    # 4 envs, 2 episodes: only 2 envs start one, so nothing is wasted.
+    b = s.obtain_exact_episodes(2)
     stats = s.stats
     assert stats['episodes'] == 2 and stats['transitions'] == len(b) == 10
-    assert stats['discarded_episodes'] == 2
+    assert stats['env_steps'] == 10
+    assert stats['discarded_episodes'] == stats['discarded_transitions'] == 0
     assert stats['worker_restarts'] == 0
+    s.obtain_steps(3)  # 4 envs x 3 steps, every one returned
+    assert s.stats['env_steps'] == s.stats['transitions'] == 22
     stats['episodes'] = 99
     assert s.stats['episodes'] == 2  # a copy
 

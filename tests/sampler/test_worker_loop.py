@@ -1,19 +1,20 @@
 """The worker loop's protocol, served by a thread of this process, where
-the test holds every command and every timer; and the Collector's choice
-of when a call's tail begins."""
+the test holds every command and every timer; and the Collector's rules
+of a call, which every backend drives."""
 
 import multiprocessing as mp
 import pickle
 import threading
 
 import cloudpickle
+import numpy as np
 import pytest
 
 from helpers import FirstObsAgent, OneStepEnv
 from sampler import _worker_process
-from sampler._streaming import TAIL_DIVISOR, Collector
-from sampler._worker_process import Command, Reply, RoundStart
-from workers import WorkerFactory
+from sampler._streaming import Collector
+from sampler._worker_process import Command, Reply, RoundStart, Segments
+from workers import EpisodeBatch, WorkerFactory
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -58,22 +59,31 @@ def loop(monkeypatch):
     served.close()
 
 
-def start(loop, round_number, chunk):
+def start(loop, round_number, **kwargs):
     loop.send(Command.START, RoundStart(round_number, round_number,
-                                        chunk=chunk), None, None)
+                                        **kwargs), None, None)
 
 
-def test_tail_sends_the_held_episodes_and_smaller_chunks_after(loop):
-    start(loop, 1, chunk=10 ** 9)  # one-step episodes: never a full chunk
+def segments(loop, timeout=5):
+    reply = loop.reply(timeout)
+    assert reply is not None and reply[0] is Reply.EPISODES, reply
+    return reply[1]
+
+
+def test_a_steps_round_sends_every_step_once_and_says_done(loop):
+    start(loop, 1, steps=7)
+    got = segments(loop)
+    assert (got.round, got.version, got.done) == (1, 1, True)
+    assert len(got.batch) == 7 and got.env_steps == 7
+    assert loop.reply(0.3) is None  # idle: nothing more
+
+
+def test_stop_hands_over_what_is_held(loop):
+    start(loop, 2, chunk=10 ** 9)  # one-step episodes: never a full chunk
     assert loop.reply(0.3) is None
-    loop.send(Command.TAIL, 1, 50)
-    tag, round_number, version, held = loop.reply(5)
-    assert (tag, round_number, version) == (Reply.EPISODES, 1, 1)
-    assert held.n_episodes >= 50  # all it held, sent at once
-    for _ in range(3):  # then a message every 50 transitions
-        _, _, _, batch = loop.reply(5)
-        assert len(batch) == 50
     loop.send(Command.STOP)
+    got = segments(loop)
+    assert got.round == 2 and got.batch.n_episodes > 50
 
 
 #: Steps of GateEnv that may run (the test hands them out), and steps
@@ -103,62 +113,105 @@ def gated_loop(monkeypatch):
             pass
 
 
-def test_tail_sends_held_episodes_before_running_another(gated_loop):
+def test_finish_completes_the_running_episode_and_starts_no_other(
+        gated_loop, monkeypatch):
     loop = gated_loop
     start(loop, 1, chunk=10 ** 9)
     STEPS.release(3)  # three episodes, held; the fourth waits for a step
     for _ in range(4):
         assert BEGUN.acquire(timeout=5)
-    loop.send(Command.TAIL, 1, 2)
+    loop.send(Command.FINISH, 0)  # an earlier round's: changes nothing
+    loop.send(Command.FINISH, 1)
     assert loop.reply(0.3) is None
-    STEPS.release(1)  # the fourth ends; the loop then reads TAIL
-    _, _, _, held = loop.reply(5)
-    assert held.n_episodes == 4  # sent before the fifth episode could end
+    STEPS.release(1)  # the fourth ends; the loop then reads FINISH
+    got = segments(loop)
+    assert got.done and got.batch.n_episodes == 4
+    assert not BEGUN.acquire(timeout=0.3)  # no fifth episode began
 
 
-def test_tail_of_an_earlier_round_changes_nothing(loop):
-    start(loop, 2, chunk=10 ** 9)
-    loop.send(Command.TAIL, 1, 50)  # late: that round is over
-    assert loop.reply(0.5) is None
-    loop.send(Command.STOP)
-    _, round_number, _, batch = loop.reply(5)  # STOP hands over the rest
-    assert round_number == 2 and batch.n_episodes > 50
-
-
-class FakeSampler:
-    def __init__(self, n_workers):
-        self.n_workers = n_workers
-        self.version = 1
-        self._options = {'max_staleness': 0}
-        self._stats = {'discarded_episodes': 0}
-
-
-class Transitions:
+class Batch:
     """Stands in for an EpisodeBatch of one episode of ``n`` steps."""
 
-    def __init__(self, n):
+    def __init__(self, n, episode_id=0):
         self.n = n
-        self.lengths = [n]
         self.n_episodes = 1
+        self.episode_ids = np.array([episode_id])
 
     def __len__(self):
         return self.n
 
 
-def test_the_tail_begins_once_a_chunk_per_worker_is_still_needed():
-    collector = Collector(FakeSampler(n_workers=2), 'transitions', 3200, 1)
-    chunk = collector.chunk
-    assert chunk == 3200 // 32
-    need_for_tail = 3200 - 2 * chunk
-    collector.add(0, 1, 1, Transitions(need_for_tail - 1))
-    assert not collector.enter_tail() and collector.chunk == chunk
-    collector.add(1, 1, 1, Transitions(1))
-    assert collector.enter_tail()
-    assert collector.chunk == chunk // TAIL_DIVISOR
-    assert not collector.enter_tail()  # once per call
-    assert collector.chunk == chunk // TAIL_DIVISOR
+def collector(kind, count, n_workers=2, max_staleness=0):
+    stats = {'env_steps': 0, 'discarded_episodes': 0,
+             'discarded_transitions': 0, 'worker_restarts': 0}
+    return Collector(kind=kind, count=count, round_number=3, version=5,
+                     n_workers=n_workers, max_staleness=max_staleness,
+                     stats=stats, next_episode_ids=[0, 1 << 40])
 
 
-def test_exact_episode_calls_have_no_tail():
-    collector = Collector(FakeSampler(n_workers=2), 'episodes', 3, 1)
-    assert not collector.enter_tail()
+def test_samples_calls_finish_once_enough_is_held_and_keep_the_surplus():
+    c = collector('samples', 100)
+    assert c.round_start(0) == RoundStart(3, 5, chunk=100 // 32)
+    c.add(0, Segments(3, 5, Batch(60), False, 60))
+    assert not c.finish_due()
+    c.add(1, Segments(3, 5, Batch(50), False, 50))
+    assert c.finish_due() and not c.finish_due()  # once
+    assert not c.done  # until every worker has said done
+    c.add(0, Segments(3, 5, Batch(30), True, 30))
+    c.add(1, Segments(3, 5, None, True, 0))
+    assert c.done
+    assert sum(len(b) for b in c.batches()) == 140  # the surplus too
+    assert c.stats['env_steps'] == 140
+
+
+def test_segments_of_another_version_or_round_are_discarded_and_counted():
+    c = collector('samples', 100)
+    assert c.add(0, Segments(2, 4, Batch(10), True, 10)) == 0
+    assert 0 not in c.done_workers  # an earlier round's done
+    e = collector('episodes', 2)
+    assert e.add(1, Segments(2, 5, Batch(7), False, 7)) == 0
+    assert c.stats['discarded_transitions'] == 10
+    assert e.stats['discarded_episodes'] == 1
+
+
+def test_a_restart_keeps_samples_but_redoes_exact_episodes_and_steps():
+    c = collector('samples', 100)
+    c.add(1, Segments(3, 5, Batch(10, episode_id=(1 << 40) + 4), False, 10))
+    assert c.restarted(1)
+    start = c.round_start(1)
+    # New seeds, and episode ids past the ones it returned.
+    assert start.attempt == 1 and start.first_episode_id == (1 << 40) + 5
+    assert len(c.batches()) == 1
+    for kind in ('episodes', 'steps'):
+        r = collector(kind, 2)
+        r.add(1, Segments(3, 5, Batch(10), True, 10))
+        assert r.done_workers == {1}
+        assert r.restarted(1)
+        assert r.round_start(1).attempt == 0  # the round's own seeds
+        assert r.batches() == [] and r.done_workers == set()
+        assert r.stats['discarded_transitions'] == 10
+
+
+def test_a_restart_after_finish_leaves_the_worker_nothing_to_do():
+    c = collector('samples', 10)
+    c.add(0, Segments(3, 5, Batch(20), False, 20))
+    assert c.finish_due()
+    assert not c.restarted(1)
+    assert 1 in c.done_workers
+
+
+def test_exact_episodes_come_worker_by_worker_in_the_order_they_started():
+    def episode(episode_id, worker):
+        return EpisodeBatch(observations=[[0.0]], actions=[0],
+                            rewards=[1.0], terminated=[True],
+                            truncated=[False], last_observations=[[0.0]],
+                            lengths=[1], episode_ids=[episode_id],
+                            worker_numbers=[worker])
+    c = collector('episodes', 2)
+    c.add(1, Segments(3, 5, episode(11, 1), False, 1))
+    c.add(0, Segments(3, 5, episode(5, 0), False, 1))
+    c.add(1, Segments(3, 5, episode(10, 1), True, 1))
+    c.add(0, Segments(3, 5, episode(4, 0), True, 1))
+    assert c.done
+    batch = EpisodeBatch.concatenate(*c.batches())
+    assert batch.episode_ids.tolist() == [4, 5, 10, 11]

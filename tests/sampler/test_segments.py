@@ -1,0 +1,146 @@
+"""Envs that keep running (obtain_steps), and whole-episode calls that do
+not favour short episodes; on every backend, with one set of rules."""
+
+import functools
+
+import gymnasium as gym
+import numpy as np
+import pytest
+
+from helpers import TriggeredEnv, write_atomically
+from sampler import EpisodeBatch, LocalSampler
+from test_restarts import identical_pairs
+from workers import DefaultWorker, MLPAgent, RandomAgent, VecWorker
+
+WORKER_KINDS = {'default': (DefaultWorker, None),
+                'vec': (VecWorker, {'n_envs': 3})}
+
+
+def cartpole_sampler(make, kind, **kwargs):
+    worker_class, args = WORKER_KINDS[kind]
+    env = gym.make('CartPole-v1')
+    agent = MLPAgent(env.observation_space, env.action_space, seed=0)
+    return make(agent, 'CartPole-v1', n_workers=2, seed=3,
+                worker_class=worker_class, worker_args=args, **kwargs), agent
+
+
+@pytest.mark.parametrize('kind', sorted(WORKER_KINDS))
+def test_obtain_steps_returns_every_step_and_episodes_go_on(make_sampler,
+                                                            kind):
+    s, agent = cartpole_sampler(make_sampler, kind)
+    first = s.obtain_steps(7, agent_update=agent.get_params())
+    assert len(first) == s.n_envs * 7
+    assert set(first.versions.tolist()) == {1}
+    second = s.obtain_steps(40, agent_update=agent.get_params())
+    assert len(second) == s.n_envs * 40
+    assert set(second.versions.tolist()) == {2}
+    assert s.stats['env_steps'] == s.stats['transitions'] == s.n_envs * 47
+    both = EpisodeBatch.concatenate(first, second)
+    both.check()  # no segment twice, none after its episode's end
+    # Every episode cut in the first call goes on in the second: the same
+    # id, not a start, its steps counted on, from the observation it was
+    # cut at.
+    for e in np.flatnonzero(first.cut):
+        [k] = np.flatnonzero(second.episode_ids == first.episode_ids[e])
+        assert not second.starts[k]
+        assert second.prior_steps[k] == first.prior_steps[e] + \
+            first.lengths[e]
+        np.testing.assert_array_equal(
+            second.observations[second.episode_starts[k]],
+            first.last_observations[e])
+    assert first.cut.sum() == s.n_envs  # CartPole outlives 7 steps
+    assert second.episode_stats()['lengths'].min() > 7
+
+
+def test_an_env_update_starts_new_episodes(make_sampler):
+    s, _ = cartpole_sampler(make_sampler, 'vec')
+    first = s.obtain_steps(5)
+    after = s.obtain_steps(5, env_update='CartPole-v1')
+    assert after.starts.all()
+    assert not set(after.episode_ids.tolist()) & \
+        set(first.episode_ids.tolist())
+
+
+def run_sequence(sampler, agent):
+    """A fixed mix of calls, with updates."""
+    params = agent.get_params()
+    return [sampler.obtain_steps(6, agent_update=params),
+            sampler.obtain_exact_episodes(2),
+            sampler.obtain_steps(4),
+            sampler.obtain_steps(9, agent_update=params)]
+
+
+@pytest.mark.parametrize('kind', sorted(WORKER_KINDS))
+def test_steps_and_exact_episodes_are_the_same_on_every_backend(
+        make_sampler, kind):
+    s, agent = cartpole_sampler(make_sampler, kind)
+    ours = run_sequence(s, agent)
+    with LocalSampler(agent, 'CartPole-v1', n_workers=2, seed=3,
+                      worker_class=WORKER_KINDS[kind][0],
+                      worker_args=WORKER_KINDS[kind][1]) as local:
+        reference = run_sequence(local, agent)
+    for got, expected in zip(ours, reference):
+        assert got == expected
+
+
+def test_a_restart_in_obtain_steps_loses_and_repeats_nothing(make_sampler,
+                                                             tmp_path):
+    triggers = [tmp_path / 'trigger-0', tmp_path / 'trigger-1']
+    agent = RandomAgent(TriggeredEnv.action_space)
+    s = make_sampler(agent, [functools.partial(TriggeredEnv, t)
+                             for t in triggers],
+                     seed=0, on_worker_error='restart', max_restarts=1,
+                     worker_class=VecWorker, worker_args={'n_envs': 2})
+    s.obtain_steps(20)
+    write_atomically(triggers[1], 'raise 3')
+    batch = s.obtain_steps(40)
+    assert s.stats['worker_restarts'] == 1 and not triggers[1].exists()
+    assert len(batch) == s.n_envs * 40
+    assert batch.lengths[batch.worker_numbers == 1].sum() == 2 * 40
+    assert identical_pairs(batch) == []
+    # The replacement's envs are new: its episodes start in this call.
+    assert batch.starts[batch.worker_numbers == 1].all()
+    EpisodeBatch.concatenate(batch).check()
+
+
+# Whole episodes are not chosen by how soon they end --------------------------
+
+@pytest.fixture(scope='module')
+def plain_loop_mean_length():
+    """Mean CartPole episode length of a random policy, from a plain loop
+    over 8,000 episodes."""
+    env = gym.make('CartPole-v1')
+    env.action_space.seed(1)
+    lengths = []
+    env.reset(seed=1)
+    for _ in range(8000):
+        env.reset()
+        t, done = 0, False
+        while not done:
+            _, _, terminated, truncated, _ = env.step(
+                env.action_space.sample())
+            t += 1
+            done = terminated or truncated
+        lengths.append(t)
+    return float(np.mean(lengths))
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize('call', ['obtain_samples', 'obtain_exact_episodes'])
+def test_mean_episode_length_matches_a_plain_loop(make_sampler, call,
+                                                  plain_loop_mean_length):
+    env = gym.make('CartPole-v1')
+    s = make_sampler(RandomAgent(env.action_space), 'CartPole-v1',
+                     n_workers=2, seed=0, worker_class=VecWorker,
+                     worker_args={'n_envs': 16})
+    lengths = []
+    while len(lengths) < 8000:
+        batch = s.obtain_samples(200) if call == 'obtain_samples' \
+            else s.obtain_exact_episodes(4)
+        assert batch.starts.all() and not batch.cut.any()
+        lengths.extend(batch.lengths.tolist())
+    ours = float(np.mean(lengths))
+    # 8,000 episodes a side: the standard error of the difference is
+    # about 0.9% of the mean, so 3% is well outside chance.
+    assert abs(ours / plain_loop_mean_length - 1) < 0.03, \
+        (ours, plain_loop_mean_length)
