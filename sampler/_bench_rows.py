@@ -52,15 +52,24 @@ class Row:
     def discarded(self):
         return None
 
+    def waste(self):
+        return None
+
     def close(self):
         pass
 
 
 class SamplerRow(Row):
-    """One of our samplers; every call carries new agent parameters."""
+    """One of our samplers; every call carries new agent parameters.
+
+    ``mode`` ``'episodes'`` times ``obtain_samples(n)``; ``'steps'`` times
+    ``obtain_steps`` with enough steps per env for ``n`` transitions.
+    """
 
     def __init__(self, sampler_class, agent, env_fn, *, workers,
-                 envs_per_worker, seed, max_episode_length, progress):
+                 envs_per_worker, seed, max_episode_length, progress,
+                 mode='episodes'):
+        self.mode = mode
         self.sampler_class = sampler_class
         self.agent = agent
         self.env_fn = env_fn
@@ -72,7 +81,9 @@ class SamplerRow(Row):
         backend = 'local' if sampler_class.__name__ == 'LocalSampler' \
             else 'processes'
         envs = f' x {envs_per_worker} envs' if envs_per_worker > 1 else ''
-        self.name = f'{sampler_class.__name__} ({workers} workers{envs})'
+        steps = ', obtain_steps' if mode == 'steps' else ''
+        self.name = (f'{sampler_class.__name__} ({workers} workers{envs}'
+                     f'{steps})')
         self.backend = backend
         self.sampler = None
         self.batch = None
@@ -97,8 +108,13 @@ class SamplerRow(Row):
         self.startup_s = time.perf_counter() - started
 
     def call(self, n, params):
-        self.batch = self.sampler.obtain_samples(n, agent_update=params)
-        return Sample(len(self.batch), self.batch.n_episodes,
+        if self.mode == 'steps':
+            steps = -(-n // self.sampler.n_envs)
+            self.batch = self.sampler.obtain_steps(steps,
+                                                   agent_update=params)
+        else:
+            self.batch = self.sampler.obtain_samples(n, agent_update=params)
+        return Sample(len(self.batch), int((~self.batch.cut).sum()),
                       self.batch.nbytes)
 
     def worker_pids(self):
@@ -109,6 +125,14 @@ class SamplerRow(Row):
 
     def discarded(self):
         return self.sampler.stats['discarded_episodes']
+
+    def waste(self):
+        """The share of env steps that no batch returned, over the
+        sampler's life so far."""
+        stats = self.sampler.stats
+        if not stats['env_steps']:
+            return None
+        return 1 - stats['transitions'] / stats['env_steps']
 
     def close(self):
         if self.sampler is not None:

@@ -10,10 +10,14 @@ call, outside the timed region.
 
 Figures per row: transitions per second (median, min, max over the calls),
 episodes per second, the caller's CPU and the workers' CPU as a share of
-one core, discarded episodes, peak memory of the caller, and the ratio of
-the median rate to the best single-process row's. With ``compare`` and
-more than one worker, two last rows run that many copies of the plain
-loop, and of the largest SyncVectorEnv, in parallel processes with no
+one core, discarded episodes, for our rows the waste (the share of env
+steps that no batch returned), peak memory of the caller, and the ratio
+of the median rate to the best single-process row's. Our rows time
+``obtain_samples`` (mode ``episodes``) or ``obtain_steps`` (mode
+``steps``, enough steps per env for the transitions asked). With
+``compare`` and more than one worker, two last rows run that many copies
+of the plain loop, and of the largest SyncVectorEnv, in parallel
+processes with no
 sampler: what the machine allows at that moment (the better of the two),
 which on a shared machine can be far below the worker count times one.
 """
@@ -54,7 +58,7 @@ def make_agent(kind, env_fn, seed):
 
 def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                max_episode_length, step_cost_us, compare, progress,
-               sweep_workers=()):
+               sweep_workers=(), mode='episodes'):
     loops = bench_envs.calibrate_loops(step_cost_us)
     env_fn = bench_envs.env_constructor(env, loops)
     the_agent = make_agent(agent, env_fn, seed)
@@ -67,8 +71,8 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
     rows = [SamplerRow(BACKENDS[b], copy(), env_fn, workers=n,
                        envs_per_worker=k, seed=seed,
                        max_episode_length=max_episode_length,
-                       progress=progress)
-            for b in backend.split(',')
+                       progress=progress, mode=m)
+            for b in backend.split(',') for m in mode.split(',')
             for n in (sweep_workers or (workers,)) for k in per_worker]
     if compare:
         rows.append(PlainLoopRow(copy(), env_fn, seed))
@@ -90,11 +94,12 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
 def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         envs_per_worker=1, agent='mlp', samples=20000, iterations=5,
         max_episode_length=None, seed=0, step_cost_us=0, compare=False,
-        progress=None, sweep_workers=(), echo=None):
+        progress=None, sweep_workers=(), echo=None, mode='episodes'):
     """Time ``iterations`` calls of every row; return every figure.
 
-    ``envs_per_worker`` and ``sweep_workers`` may be tuples: one row of
-    ours per combination.
+    ``envs_per_worker`` and ``sweep_workers`` may be tuples, and ``mode``
+    a comma-separated list (``episodes``, ``steps``): one row of ours per
+    combination.
 
     Returns:
         dict: the configuration, and ``rows``: one dict per row; rates end
@@ -104,13 +109,14 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         env=env, backend=backend, workers=workers,
         envs_per_worker=envs_per_worker, agent=agent, seed=seed,
         max_episode_length=max_episode_length, step_cost_us=step_cost_us,
-        compare=compare, progress=progress, sweep_workers=sweep_workers)
+        compare=compare, progress=progress, sweep_workers=sweep_workers,
+        mode=mode)
     with _ray_runtime('ray' in backend.split(',')):
         results, best = time_rows(rows, the_agent.get_params(),
                                   samples=samples, iterations=iterations,
                                   echo=echo)
     return {
-        'env': env, 'backend': backend, 'workers': workers,
+        'env': env, 'backend': backend, 'mode': mode, 'workers': workers,
         'envs_per_worker': envs_per_worker, 'agent': agent,
         'samples': samples, 'iterations': iterations,
         'max_episode_length': max_episode_length, 'seed': seed,
@@ -211,6 +217,7 @@ def _summarise(row, log):
         wall,
         'workers_cpu_percent': None,
         'discarded_episodes': row.discarded(),
+        'waste': row.waste(),
         'peak_rss_mb': None,
         'calls': log,
     }
@@ -268,7 +275,7 @@ def format_table(result):
             f"{result['samples']} transitions per row | {result['cpus']} "
             f'CPUs')
     columns = ('row', 'transitions/s', 'min..max', 'episodes/s', 'ratio',
-               'caller CPU', 'workers CPU', 'discarded', 'peak MB')
+               'caller CPU', 'workers CPU', 'discarded', 'waste', 'peak MB')
     lines = []
     for r in result['rows']:
         ratio = r['ratio_to_best_single_process']
@@ -284,6 +291,7 @@ def format_table(result):
             else f"{r['workers_cpu_percent']:.0f}%",
             '-' if r['discarded_episodes'] is None
             else str(r['discarded_episodes']),
+            '-' if r['waste'] is None else f"{r['waste']:.1%}",
             '-' if r['peak_rss_mb'] is None else f"{r['peak_rss_mb']:.0f}",
         ))
     widths = [max(len(c), *(len(line[i]) for line in lines))

@@ -44,6 +44,16 @@ def _backends(ctx, param, value):
     return ','.join(dict.fromkeys(names))
 
 
+def _modes(ctx, param, value):
+    names = [v.strip() for v in value.split(',')]
+    unknown = [n for n in names if n not in ('episodes', 'steps')]
+    if unknown:
+        msg = (f'{", ".join(map(repr, unknown))} is not one of episodes, '
+               f'steps')
+        raise click.BadParameter(msg)
+    return ','.join(dict.fromkeys(names))
+
+
 @main.command()
 @click.option('--env', default='CartPole-v1', show_default=True,
               callback=_env_id,
@@ -59,6 +69,11 @@ def _backends(ctx, param, value):
               show_default=True,
               help='1 runs DefaultWorker, more runs VecWorker; a list like '
                    '1,8,16 times each')
+@click.option('--mode', callback=_modes, default='episodes',
+              show_default=True,
+              help='our rows time obtain_samples (episodes: whole episodes) '
+                   'or obtain_steps (steps: envs keep running, segments); '
+                   'episodes,steps times both')
 @click.option('--agent', type=click.Choice(['mlp', 'random']), default='mlp',
               show_default=True, help='numpy MLP policy or random actions')
 @click.option('--samples', type=click.IntRange(min=1), default=20000,
@@ -87,7 +102,7 @@ def _backends(ctx, param, value):
               default=None, help='also write every figure to this file')
 @click.option('--progress/--no-progress', default=None,
               help='progress bar on stderr  [default: when it is a terminal]')
-def bench(env, backend, workers, envs_per_worker, agent, samples,
+def bench(env, backend, workers, envs_per_worker, mode, agent, samples,
           iterations, max_episode_length, seed, step_cost_us, compare,
           sweep_workers, plot_path, json_path, progress):
     """Measure sampling throughput (transitions per second).
@@ -109,7 +124,7 @@ def bench(env, backend, workers, envs_per_worker, agent, samples,
         envs_per_worker=envs_per_worker, agent=agent, samples=samples,
         iterations=iterations, max_episode_length=max_episode_length,
         seed=seed, step_cost_us=step_cost_us, compare=compare,
-        progress=progress, sweep_workers=sweep_workers,
+        progress=progress, sweep_workers=sweep_workers, mode=mode,
         echo=lambda line: click.echo(line, err=True))
     click.echo(_bench.format_table(result))
     if json_path:

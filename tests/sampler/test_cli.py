@@ -55,6 +55,26 @@ def test_bench_prints_the_rate_and_writes_json(tmp_path, extra):
     assert row['ratio_to_best_single_process'] is None  # no --compare
 
 
+def test_modes_time_obtain_samples_and_obtain_steps_and_show_waste(
+        tmp_path):
+    out, data = bench(tmp_path, '--mode', 'episodes,steps',
+                      '--envs-per-worker', '1,3', '--env', 'Pendulum-v1')
+    names = [r['name'] for r in data['rows']]
+    assert names == [
+        'MultiprocessingSampler (2 workers)',
+        'MultiprocessingSampler (2 workers x 3 envs)',
+        'MultiprocessingSampler (2 workers, obtain_steps)',
+        'MultiprocessingSampler (2 workers x 3 envs, obtain_steps)']
+    for row in data['rows']:
+        assert all(c['transitions'] >= 300 for c in row['calls'])
+        # Nothing stepped is left out: whole-episode calls complete what
+        # they start, and steps calls return every step.
+        assert row['waste'] == 0.0
+    steps = data['rows'][3]['calls'][0]
+    assert steps['transitions'] == 6 * 50  # 2 x 3 envs x ceil(300 / 6)
+    assert 'waste' in out and '0.0%' in out
+
+
 def test_workers_cpu_is_measured(tmp_path):
     # 600 steps of 2 ms of CPU each: 1.2 s of worker CPU, far above a tick.
     out, data = bench(tmp_path, '--step-cost-us', '2000')
@@ -155,6 +175,8 @@ def test_plot_needs_the_sweep_and_matplotlib(tmp_path):
     (['--backend', 'cloud'], "Invalid value for '--backend'"),
     (['--backend', 'ray,cloud'], "'--backend': 'cloud' is not one of local, "
                                  "multiprocessing, ray"),
+    (['--mode', 'steps,epochs'], "'--mode': 'epochs' is not one of "
+                                 "episodes, steps"),
     (['--env', 'CartPol-v1'], "Did you mean: `CartPole`?"),
     (['--samples', 'many'], "Invalid value for '--samples'"),
     (['--step-cost-us', '-1'], "Invalid value for '--step-cost-us'"),
