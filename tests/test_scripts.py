@@ -4,6 +4,7 @@ import importlib.util
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -43,3 +44,38 @@ def test_bench_peers_times_or_skips_each_peer(capsys):
         if skipped:
             assert f'skipped: {peer}' in out
     assert all(r['median_transitions_per_s'] > 0 for r in result['rows'])
+
+
+@pytest.mark.timeout(300)
+def test_train_ppo_learns_cartpole(capsys, tmp_path):
+    curve = tmp_path / 'ppo.csv'
+    mean_return = load('train_ppo').main(['--target-return', '450',
+                                          '--csv', str(curve)])
+    assert mean_return >= 450
+    assert 'reached a mean return' in capsys.readouterr().out
+    rows = curve.read_text().splitlines()
+    assert rows[0] == 'env_steps,seconds,mean_return'
+    steps = [int(row.split(',')[0]) for row in rows[1:]]
+    assert steps == sorted(steps) and steps[0] > 0
+
+
+def test_ppo_advantages_bootstrap_cut_segments_and_not_terminated_ones():
+    from workers import EpisodeBatch
+    ppo = load('train_ppo')
+
+    class Critic:
+        def values(self, observations):
+            return np.full(len(observations), 10.0)
+
+    batch = EpisodeBatch(
+        observations=np.zeros((3, 1)), actions=np.zeros(3, np.int64),
+        rewards=np.ones(3), terminated=[False, False, True],
+        truncated=[False, False, False],
+        last_observations=np.zeros((2, 1)), lengths=[2, 1],
+        cut=[True, False], agent_infos={'value': np.zeros(3)})
+    advantages, returns = ppo.advantages_and_returns(batch, Critic(),
+                                                     gamma=0.5, lam=1.0)
+    # Cut: 1 + 0.5 * 10 at the last step, then 1 + 0.5 * 5 before it;
+    # terminated: the reward alone.
+    assert advantages.tolist() == [4.0, 6.0, 1.0]
+    assert returns.tolist() == advantages.tolist()  # values are 0
