@@ -221,7 +221,6 @@ class Collector:
         :meth:`round_start` for the replacement. Returns False when the
         replacement has nothing to do in this call."""
         self.restarted_workers.add(worker)
-        self.stats['worker_restarts'] += 1
         if self.kind == 'samples':
             # What the failed worker sent is kept; the replacement draws
             # seeds of its own so that it cannot send those episodes again.

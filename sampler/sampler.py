@@ -29,6 +29,7 @@ import inspect
 import numbers
 import os
 import time
+import warnings
 
 import cloudpickle
 
@@ -37,12 +38,16 @@ from sampler._worker_process import exit_if_importing_main
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
                             SamplerTimeoutError)
 from sampler._streaming import Collector
-from workers import DefaultWorker, NewEnvUpdate, SetTaskUpdate
+from workers import DefaultWorker
 from workers import WorkerFactory
 from workers.worker import EPISODE_ID_STRIDE
 from workers.agents import as_agent
 from workers.env_update import as_env_update
 from workers.episode_batch import EpisodeBatch
+
+
+#: Env updates a restart recipe holds before it warns (see WorkerRecipe).
+RECIPE_WARN_AT = 100
 
 
 def available_cpus():
@@ -70,16 +75,25 @@ class Payload:
 
 
 class WorkerRecipe:
-    """What rebuilds a worker as it is now: its agent, the parameters sent
-    since, and the env updates since its last new env."""
+    """What rebuilds a worker as it is now: its agent, the last parameters
+    sent since, and the env updates since its last new env.
 
-    __slots__ = ('agent', 'params', 'envs', '_last_is_task')
+    Bounded wherever the updates say they may be: an update that
+    ``replaces_env`` (an env id, an env, a constructor) forgets everything
+    before it, and one that ``overrides`` (a new task) replaces an update
+    of its own class right before it. Other custom ``EnvUpdate`` objects
+    may depend on every earlier one, so all are kept; past
+    RECIPE_WARN_AT of them a warning says how to bound them.
+    """
+
+    __slots__ = ('agent', 'params', 'envs', '_last_update', '_warned')
 
     def __init__(self, agent, env):
         self.agent = agent
         self.params = None
         self.envs = [env]
-        self._last_is_task = False
+        self._last_update = None
+        self._warned = False
 
     def record(self, agent, env, env_update):
         if agent is not None:
@@ -88,14 +102,22 @@ class WorkerRecipe:
             else:
                 self.params = agent
         if env is not None:
-            is_task = isinstance(env_update, SetTaskUpdate)
-            if isinstance(env_update, NewEnvUpdate):
+            last = self._last_update
+            if env_update.replaces_env:
                 self.envs = [env]
-            elif is_task and self._last_is_task:
-                self.envs[-1] = env  # a later task supersedes the previous
+            elif env_update.overrides and type(last) is type(env_update):
+                self.envs[-1] = env
             else:
                 self.envs.append(env)
-            self._last_is_task = is_task
+            self._last_update = env_update
+            if len(self.envs) > RECIPE_WARN_AT and not self._warned:
+                self._warned = True
+                msg = (f'a worker restart would replay {len(self.envs)} env '
+                       f'updates of type {type(env_update).__name__}; set '
+                       f'replaces_env = True on the class if each builds a '
+                       f'new env, or overrides = True if each makes the one '
+                       f'before it irrelevant, and only the last is kept')
+                warnings.warn(msg, ResourceWarning, stacklevel=4)
 
     def payloads(self):
         """Env updates then agent (and parameters), in the order to apply."""
@@ -453,10 +475,11 @@ class Sampler:
 
     def _worker_failed(self, err):
         """Record a worker failure; True if the backend should restart the
-        worker (``Collector.restarted`` counts it), otherwise the sampler
-        is broken and the caller re-raises."""
+        worker (counted here, whether or not the replacement starts),
+        otherwise the sampler is broken and the caller re-raises."""
         if self._options['on_worker_error'] == 'restart' and \
                 self._stats['worker_restarts'] < self._options['max_restarts']:
+            self._stats['worker_restarts'] += 1
             return True
         self._broken = err
         return False

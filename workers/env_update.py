@@ -17,7 +17,22 @@ class EnvUpdate:
 
     ``old_env`` is None when a worker builds its first env. The worker
     closes ``old_env`` when the update returns a different object.
+
+    A sampler keeps the env updates it sent, to rebuild a worker that
+    fails; two class attributes let it keep fewer:
+
+    Attributes:
+        replaces_env: True if the update builds a new env whatever the old
+            one was (as :class:`NewEnvUpdate` does): the updates before it
+            are then forgotten.
+        overrides: True if the update sets the env's state absolutely
+            (e.g. "gravity = 9"), so that it makes earlier updates of its
+            own class right before it irrelevant (as :class:`SetTaskUpdate`
+            does): only the last of such a run is kept.
     """
+
+    replaces_env = False
+    overrides = False
 
     def __call__(self, old_env):
         raise NotImplementedError
@@ -45,6 +60,8 @@ class NewEnvUpdate(EnvUpdate):
             raise TypeError(msg)
         self.env = env
         self.make_kwargs = make_kwargs
+
+    replaces_env = True
 
     def __call__(self, old_env):
         if isinstance(self.env, str):
@@ -75,6 +92,8 @@ class SetTaskUpdate(EnvUpdate):
         env_constructor: zero-argument callable building a (possibly
             wrapped) env of ``env_type``.
     """
+
+    overrides = True
 
     def __init__(self, env_type, task, env_constructor=None):
         self.env_type = env_type

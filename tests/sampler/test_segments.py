@@ -1,6 +1,7 @@
 """Envs that keep running (obtain_steps), and whole-episode calls that do
 not favour short episodes; on every backend, with one set of rules."""
 
+import dataclasses
 import functools
 
 import gymnasium as gym
@@ -9,6 +10,7 @@ import pytest
 
 from helpers import TriggeredEnv, write_atomically
 from sampler import EpisodeBatch, LocalSampler
+from sampler._streaming import Collector
 from test_restarts import identical_pairs
 from workers import DefaultWorker, MLPAgent, RandomAgent, VecWorker
 
@@ -144,3 +146,18 @@ def test_mean_episode_length_matches_a_plain_loop(make_sampler, call,
     # about 0.9% of the mean, so 3% is well outside chance.
     assert abs(ours / plain_loop_mean_length - 1) < 0.03, \
         (ours, plain_loop_mean_length)
+
+
+def test_every_backend_follows_the_one_set_of_call_rules(make_sampler,
+                                                         monkeypatch):
+    # Change two rules of the Collector, the only place they live: every
+    # backend must follow, on the caller's side and in its workers.
+    asked = Collector.round_start
+    monkeypatch.setattr(Collector, 'round_start', lambda self, worker:
+                        dataclasses.replace(asked(self, worker), quota=1))
+    kept = Collector.batches
+    monkeypatch.setattr(Collector, 'batches', lambda self: [
+        b for b in kept(self) if set(b.worker_numbers.tolist()) == {1}])
+    s, _ = cartpole_sampler(make_sampler, 'vec')
+    batch = s.obtain_exact_episodes(3)
+    assert batch.n_episodes == 1 and batch.worker_numbers.tolist() == [1]
