@@ -30,6 +30,7 @@ import numbers
 import os
 import time
 import warnings
+from typing import Any, Dict, Optional
 
 import cloudpickle
 
@@ -50,7 +51,7 @@ from workers.episode_batch import EpisodeBatch
 RECIPE_WARN_AT = 100
 
 
-def available_cpus():
+def available_cpus() -> int:
     """The CPUs this process may run on (its affinity mask, where known)."""
     if hasattr(os, 'sched_getaffinity'):
         return len(os.sched_getaffinity(0))
@@ -139,10 +140,14 @@ class Sampler:
     _OPTIONS = {'on_worker_error': 'raise', 'max_restarts': 10,
                 'progress': None}
 
-    def __init__(self, agents, envs, *, worker_factory=None, n_workers=None,
-                 max_episode_length=None, seed=None,
-                 worker_class=DefaultWorker, worker_args=None,
-                 **backend_options):
+    def __init__(self, agents: Any, envs: Any, *,
+                 worker_factory: Optional[WorkerFactory] = None,
+                 n_workers: Optional[int] = None,
+                 max_episode_length: Optional[int] = None,
+                 seed: Optional[int] = None,
+                 worker_class: type = DefaultWorker,
+                 worker_args: Optional[dict] = None,
+                 **backend_options: Any) -> None:
         self._closed = True  # until constructed, so __del__ does nothing
         # A worker process re-importing a script that samples without the
         # __main__ guard ends here; its caller says why (see the function).
@@ -199,8 +204,9 @@ class Sampler:
         self._closed = False
 
     @classmethod
-    def from_worker_factory(cls, worker_factory, agents, envs,
-                            **backend_options):
+    def from_worker_factory(cls, worker_factory: WorkerFactory,
+                            agents: Any, envs: Any,
+                            **backend_options: Any) -> 'Sampler':
         """A sampler whose workers ``worker_factory`` builds.
 
         Args:
@@ -217,27 +223,27 @@ class Sampler:
     # Properties ----------------------------------------------------------
 
     @property
-    def n_workers(self):
+    def n_workers(self) -> int:
         """How many workers run episodes."""
         return self._factory.n_workers
 
     @property
-    def seed(self):
+    def seed(self) -> int:
         """The root seed; drawn at construction when none was given."""
         return self._factory.seed
 
     @property
-    def version(self):
+    def version(self) -> int:
         """0 at first, one more after every call that carries an update."""
         return self._version
 
     @property
-    def closed(self):
+    def closed(self) -> bool:
         """True once :meth:`close` ran."""
         return self._closed
 
     @property
-    def n_envs(self):
+    def n_envs(self) -> int:
         """Envs over all workers (a VecWorker steps several)."""
         factory = self._factory
         per_worker = factory.worker_args.get('n_envs')
@@ -249,7 +255,7 @@ class Sampler:
         return self.n_workers * per_worker
 
     @property
-    def stats(self):
+    def stats(self) -> Dict[str, int]:
         """Counts since construction: ``episodes`` that ended and
         ``transitions`` in the batches returned; ``env_steps``, every
         ``env.step`` any worker took, returned or not (``env_steps -
@@ -261,13 +267,14 @@ class Sampler:
         return dict(self._stats)
 
     @property
-    def worker_factory(self):
+    def worker_factory(self) -> WorkerFactory:
         return self._factory
 
     # Sampling ------------------------------------------------------------
 
-    def obtain_samples(self, num_samples, agent_update=None, env_update=None,
-                       *, timeout=None):
+    def obtain_samples(self, num_samples: int, agent_update: Any = None,
+                       env_update: Any = None, *,
+                       timeout: Optional[float] = None) -> EpisodeBatch:
         """Whole episodes holding at least ``num_samples`` transitions.
 
         Args:
@@ -293,8 +300,11 @@ class Sampler:
         return self._call(('samples', count), agent_update, env_update,
                           timeout, f'obtain_samples({count})')
 
-    def obtain_exact_episodes(self, n_eps_per_worker, agent_update=None,
-                              env_update=None, *, timeout=None):
+    def obtain_exact_episodes(self, n_eps_per_worker: int,
+                              agent_update: Any = None,
+                              env_update: Any = None, *,
+                              timeout: Optional[float] = None
+                              ) -> EpisodeBatch:
         """Exactly ``n_eps_per_worker`` episodes from every worker, worker
         0's first. Reproducible: the same seed, ``n_workers`` and sequence
         of calls give the same batches on every backend.
@@ -306,8 +316,9 @@ class Sampler:
         return self._call(('episodes', count), agent_update, env_update,
                           timeout, f'obtain_exact_episodes({count})')
 
-    def obtain_steps(self, steps_per_env, agent_update=None, env_update=None,
-                     *, timeout=None):
+    def obtain_steps(self, steps_per_env: int, agent_update: Any = None,
+                     env_update: Any = None, *,
+                     timeout: Optional[float] = None) -> EpisodeBatch:
         """Exactly ``steps_per_env`` steps of every env of every worker,
         as segments; the envs keep running between calls.
 
@@ -509,7 +520,7 @@ class Sampler:
 
     # Shutdown ------------------------------------------------------------
 
-    def close(self):
+    def close(self) -> None:
         """Stop the workers and release everything; calling it again does
         nothing."""
         if self._closed:
@@ -517,7 +528,7 @@ class Sampler:
         self._closed = True
         self._shutdown()
 
-    def __enter__(self):
+    def __enter__(self) -> 'Sampler':
         return self
 
     def __exit__(self, *exc_info):

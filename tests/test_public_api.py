@@ -65,3 +65,17 @@ def test_python_dash_m_sampler_runs_the_cli():
                          cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert 'bench' in out.stdout
+
+
+def test_packages_ship_their_type_hints():
+    import importlib.resources
+    import typing
+
+    import sampler
+    import workers
+    for package in ('sampler', 'workers'):
+        assert importlib.resources.files(package).joinpath(
+            'py.typed').is_file()
+    hints = typing.get_type_hints(sampler.Sampler.obtain_steps)
+    assert hints['return'] is workers.EpisodeBatch
+    assert hints['steps_per_env'] is int

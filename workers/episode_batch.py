@@ -2,6 +2,8 @@
 steps that calls which keep envs running cut them into) as flat numpy
 arrays."""
 
+from typing import Any, Dict, List, Optional
+
 import numpy as np
 
 from workers import _nest
@@ -214,29 +216,29 @@ class EpisodeBatch:
 
     # Sizes -------------------------------------------------------------
 
-    def __len__(self):
+    def __len__(self) -> int:
         return int(self.rewards.shape[0])
 
     @property
-    def n_episodes(self):
+    def n_episodes(self) -> int:
         """E, the number of segments."""
         return len(self.lengths)
 
     @property
-    def nbytes(self):
+    def nbytes(self) -> int:
         """Bytes held by all the batch's arrays."""
         return sum(leaf.nbytes for name in _FIELDS
                    for _, leaf in _nest.leaves(getattr(self, name))
                    if isinstance(leaf, np.ndarray))
 
-    def check(self):
+    def check(self) -> None:
         """Check every invariant again (after editing arrays in place, or
         for batches made by the unchecked internal path); raises
         ``ValueError`` like construction does."""
         type(self)(**{name: getattr(self, name) for name in _FIELDS})
 
     @property
-    def episode_starts(self):
+    def episode_starts(self) -> np.ndarray:
         """``(E,)`` index of each segment's first step (compare ``starts``:
         whether that step is its episode's first)."""
         return self._starts
@@ -244,7 +246,7 @@ class EpisodeBatch:
     # Derived fields ----------------------------------------------------
 
     @property
-    def next_observations(self):
+    def next_observations(self) -> Any:
         """``(N, ...)`` observation after each step: the next step's
         observation, or ``last_observations`` at an episode's end."""
         ends = self._starts + self.lengths - 1
@@ -258,14 +260,14 @@ class EpisodeBatch:
         return _map2(shift, self.observations, self.last_observations)
 
     @property
-    def episode_returns(self):
+    def episode_returns(self) -> np.ndarray:
         """``(E,)`` undiscounted sum of each segment's rewards (of each
         episode's, for whole episodes)."""
         if not self.n_episodes:
             return np.zeros(0, dtype=self.rewards.dtype)
         return np.add.reduceat(self.rewards, self._starts)
 
-    def episode_stats(self):
+    def episode_stats(self) -> Dict[str, np.ndarray]:
         """The episodes that ended in this batch, whole: their steps in
         earlier batches count too.
 
@@ -285,7 +287,8 @@ class EpisodeBatch:
     # Combining and splitting -------------------------------------------
 
     @classmethod
-    def concatenate(cls, *batches, missing_infos='raise'):
+    def concatenate(cls, *batches: 'EpisodeBatch',
+                    missing_infos: str = 'raise') -> 'EpisodeBatch':
         """One batch holding the episodes of ``batches`` in order.
 
         Args:
@@ -349,11 +352,11 @@ class EpisodeBatch:
                    prior_steps=cat('prior_steps'),
                    prior_returns=cat('prior_returns'))
 
-    def split(self):
+    def split(self) -> List['EpisodeBatch']:
         """A list of single-episode batches, in order."""
         return [self.episode(i) for i in range(self.n_episodes)]
 
-    def episode(self, i):
+    def episode(self, i: int) -> 'EpisodeBatch':
         """Episode ``i`` as a batch of its own."""
         if not -self.n_episodes <= i < self.n_episodes:
             msg = (f'episode index {i} is out of range for a batch of '
@@ -362,7 +365,7 @@ class EpisodeBatch:
         i %= self.n_episodes
         return self._episodes(i, i + 1)
 
-    def head(self, n_episodes):
+    def head(self, n_episodes: int) -> 'EpisodeBatch':
         """A batch of the first ``n_episodes`` episodes (all if fewer)."""
         return self._episodes(0, min(n_episodes, self.n_episodes))
 
@@ -391,7 +394,7 @@ class EpisodeBatch:
             prior_steps=self.prior_steps[eps],
             prior_returns=self.prior_returns[eps])
 
-    def padded(self, max_length=None):
+    def padded(self, max_length: Optional[int] = None) -> Dict[str, Any]:
         """Per-step fields as ``(E, T, ...)`` arrays, zero-padded.
 
         Args:

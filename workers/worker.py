@@ -1,12 +1,14 @@
 """Worker: the base class of what runs episodes, in whatever process."""
 
 import numbers
+from typing import Any, List, Optional, Tuple
 
 import numpy as np
 
 from workers._episode import EpisodeBuffer
 from workers.agents import as_agent
 from workers.env_update import as_env_update
+from workers.episode_batch import EpisodeBatch
 from workers.spaces import check_stackable
 
 #: Worker ``i`` numbers its episodes ``i * EPISODE_ID_STRIDE + 0, 1, 2,
@@ -59,7 +61,8 @@ class Worker:
         env_steps: ``env.step`` calls made so far, returned or not.
     """
 
-    def __init__(self, *, seed, max_episode_length, worker_number):
+    def __init__(self, *, seed: int, max_episode_length: Optional[int],
+                 worker_number: int) -> None:
         if not isinstance(seed, numbers.Integral) or seed < 0:
             msg = f'seed must be an int >= 0, got {seed!r}'
             raise ValueError(msg)
@@ -84,20 +87,20 @@ class Worker:
         self._round = None
 
     @property
-    def worker_number(self):
+    def worker_number(self) -> int:
         return self._worker_number
 
     @property
-    def seed(self):
+    def seed(self) -> int:
         return self._seed
 
     @property
-    def max_episode_length(self):
+    def max_episode_length(self) -> Optional[int]:
         return self._max_episode_length
 
     # Updates -------------------------------------------------------------
 
-    def update_agent(self, agent_update):
+    def update_agent(self, agent_update: Any) -> None:
         """Replace the agent, or load parameters into it.
 
         An object with ``get_action`` (or any callable, while the worker has
@@ -121,12 +124,12 @@ class Worker:
         self._on_agent_changed()
 
     @property
-    def env_spaces(self):
+    def env_spaces(self) -> Optional[Tuple[Any, Any]]:
         """``(observation_space, action_space)`` of the worker's envs, or
         None before its first env update."""
         raise NotImplementedError
 
-    def update_env(self, env_update):
+    def update_env(self, env_update: Any) -> None:
         """Apply an env update: an ``EnvUpdate``, ``gymnasium.Env``, env id
         or zero-argument constructor. Closes envs it replaces."""
         raise NotImplementedError
@@ -153,8 +156,9 @@ class Worker:
 
     # Rounds and seeding ----------------------------------------------------
 
-    def start_round(self, round_number, version=None, *, attempt=0,
-                    keep_episodes=False):
+    def start_round(self, round_number: int, version: Optional[int] = None,
+                    *, attempt: int = 0, keep_episodes: bool = False
+                    ) -> None:
         """Begin a sampler call: reseed the agent and envs for this round.
 
         Episodes in progress are abandoned, so every episode of the round
@@ -182,7 +186,8 @@ class Worker:
             self.abandon_episodes()
         self._on_new_round(seeds[1:])
 
-    def round_seeds(self, round_number, n, attempt=0):
+    def round_seeds(self, round_number: int, n: int,
+                    attempt: int = 0) -> List[int]:
         """``n`` independent seeds (ints < 2**63) of this worker's round;
         a replacement's ``attempt`` (>= 1) gets other, independent ones."""
         if isinstance(attempt, bool) or not isinstance(
@@ -203,14 +208,14 @@ class Worker:
         """Hook: reseed the envs with ``env_seeds`` at their next reset."""
         raise NotImplementedError
 
-    def abandon_episodes(self):
+    def abandon_episodes(self) -> int:
         """Drop the episodes in progress: every env starts a new one at
         its next step. Returns how many steps were dropped (taken since
         the episodes' last segment was returned)."""
         raise NotImplementedError
 
     @property
-    def in_progress(self):
+    def in_progress(self) -> int:
         """How many episodes are running (started, not ended)."""
         raise NotImplementedError
 
@@ -221,7 +226,7 @@ class Worker:
 
     # Sampling ------------------------------------------------------------
 
-    def rollout(self):
+    def rollout(self) -> EpisodeBatch:
         """Run until at least one episode completes; return the completed
         episodes as an :class:`~workers.EpisodeBatch`."""
         buffer = EpisodeBuffer()
@@ -231,7 +236,8 @@ class Worker:
         self.error_site = None
         return batch
 
-    def rollout_into(self, buffer, max_starts=None):
+    def rollout_into(self, buffer: EpisodeBuffer,
+                     max_starts: Optional[int] = None) -> int:
         """Run until at least one episode completes and add the completed
         episodes to ``buffer`` (an :class:`~workers.EpisodeBuffer`), which
         builds one batch for many calls: cheaper than a batch per call.
@@ -247,14 +253,14 @@ class Worker:
         """
         raise NotImplementedError
 
-    def step_into(self, buffer, n_steps):
+    def step_into(self, buffer: EpisodeBuffer, n_steps: int) -> None:
         """Step every env exactly ``n_steps`` times and add the segments
         to ``buffer``: episodes that ended, and the running ones cut at the
         last step (``cut=True``; they go on at the next call). Envs whose
         episode ends start the next one at once."""
         raise NotImplementedError
 
-    def shutdown(self):
+    def shutdown(self) -> None:
         """Close the envs."""
         raise NotImplementedError
 

@@ -2,6 +2,7 @@
 
 import inspect
 import numbers
+from typing import Optional, Type
 
 import numpy as np
 
@@ -34,8 +35,10 @@ class WorkerFactory:
         4
     """
 
-    def __init__(self, *, max_episode_length=None, n_workers, seed=None,
-                 worker_class=DefaultWorker, worker_args=None):
+    def __init__(self, *, max_episode_length: Optional[int] = None,
+                 n_workers: int, seed: Optional[int] = None,
+                 worker_class: Type[Worker] = DefaultWorker,
+                 worker_args: Optional[dict] = None) -> None:
         if isinstance(n_workers, bool) or not isinstance(
                 n_workers, numbers.Integral) or n_workers < 1:
             msg = f'n_workers must be an int >= 1, got {n_workers!r}'
@@ -73,7 +76,7 @@ class WorkerFactory:
         self.worker_class = worker_class
         self.worker_args = worker_args
 
-    def __call__(self, worker_number):
+    def __call__(self, worker_number: int) -> Worker:
         """Build worker ``worker_number`` (0 .. n_workers - 1)."""
         if not 0 <= worker_number < self.n_workers:
             msg = (f'worker_number must be in 0..{self.n_workers - 1}, got '
