@@ -155,9 +155,10 @@ class Collector:
         """Call ``wait_and_collect(self, deadline, bar)`` until done and
         return the batches kept; ``finish_workers(round)`` once the call
         holds enough (see :meth:`finish_due`). ``stop_workers()`` follows
-        an error, a timeout or Ctrl-C (workers must not go on), and a
-        streaming call's end; ``closed()`` says the sampler was closed
-        meanwhile."""
+        an error, a timeout or Ctrl-C: workers must not go on. After a
+        call that ends well they are idle already (every one said done),
+        or, in a streaming call, they are meant to go on sampling;
+        ``closed()`` says the sampler was closed meanwhile."""
         stop = True
         try:
             with progress_bar(progress, self.kind, self.count,
@@ -166,7 +167,7 @@ class Collector:
                     if self.finish_due():
                         finish_workers(self.round)
                     wait_and_collect(self, deadline, bar)
-            stop = self.streaming
+            stop = False
             batches = self.batches()
         finally:
             if stop and not closed():

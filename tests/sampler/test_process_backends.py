@@ -96,6 +96,21 @@ def test_workers_are_idle_from_the_moment_a_call_returns(proc_sampler):
     assert used < 0.05, f'workers used {used:.2f} CPU s after the call'
 
 
+def test_with_max_staleness_workers_go_on_sampling_after_a_call(
+        mp_sampler):
+    # (RaySampler's actors run on only for the sample() calls queued.)
+    s = mp_sampler(FirstObsAgent(), BusyEnv, n_workers=2, max_staleness=1)
+    workers = worker_processes_of(s)
+    s.obtain_samples(100)
+    before = cpu_seconds(workers)
+    time.sleep(0.5)  # measuring CPU over an interval, not waiting for it
+    used = cpu_seconds(workers) - before
+    # 5 ms episodes of a few hundred bytes: the pipes are far from full.
+    assert used > 0.2, f'workers used only {used:.2f} CPU s after the call'
+    batch = s.obtain_samples(100)
+    assert set(batch.versions.tolist()) == {0}
+
+
 def test_streaming_workers_pause_on_a_full_pipe_and_resume(proc_sampler):
     # max_staleness=1 keeps workers sampling between calls: their pipes
     # fill, and they must then wait without spinning, and resume at once.
