@@ -32,14 +32,15 @@ def check_streaming_options(options):
         raise ValueError(msg)
 
 
-def progress_bar(show, kind, count, n_workers):
+def progress_bar(show, kind, count, n_workers, n_envs=None):
     """A context giving a bar to ``advance(n)``, or None when not shown;
     ``show=None`` shows it only when stderr is a terminal."""
     if show is None:
         show = sys.stderr.isatty()
     if not show:
         return _NoBar()
-    total = count * n_workers if kind == 'episodes' else count
+    total = {'episodes': count * n_workers,
+             'steps': count * (n_envs or n_workers)}.get(kind, count)
     label = 'episodes' if kind == 'episodes' else 'transitions'
     return _Bar(click.progressbar(length=total, label=f'sampling {label}',
                                   file=sys.stderr))
@@ -104,6 +105,7 @@ class Collector:
         count: transitions, episodes per worker, or steps per env.
         round_number, version: of this call.
         n_workers: how many workers take part.
+        n_envs: envs over all workers (for the progress of steps calls).
         max_staleness: segments this many versions old are still kept
             (samples calls only; with more than 0 the workers keep
             sampling after the call, which then ends as soon as it holds
@@ -114,8 +116,9 @@ class Collector:
     """
 
     def __init__(self, *, kind, count, round_number, version, n_workers,
-                 max_staleness, stats, next_episode_ids):
+                 max_staleness, stats, next_episode_ids, n_envs=None):
         self.kind = kind
+        self.n_envs = n_envs
         self.count = count
         self.round = round_number
         self.version = version
@@ -162,7 +165,7 @@ class Collector:
         stop = True
         try:
             with progress_bar(progress, self.kind, self.count,
-                              self.n_workers) as bar:
+                              self.n_workers, self.n_envs) as bar:
                 while not self.done:
                     if self.finish_due():
                         finish_workers(self.round)

@@ -369,6 +369,7 @@ class Sampler:
         collector = Collector(
             kind=kind, count=count, round_number=round_number,
             version=self._version, n_workers=self.n_workers,
+            n_envs=self.n_envs,
             max_staleness=self._options.get('max_staleness', 0),
             stats=self._stats, next_episode_ids=self._next_episode_ids)
         try:
