@@ -141,16 +141,16 @@ class Collector:
         self.finished = False  # FINISH sent
         self.done_workers = set()
         self.attempts = [0] * n_workers
-        self.restarted_workers = set()
 
     def round_start(self, worker):
         """The :class:`RoundStart` that worker ``worker`` (or its
         replacement) runs this call with."""
-        first = self.next_episode_ids[worker] \
-            if worker in self.restarted_workers else None
+        # Past every episode id the worker returned: a no-op for a worker
+        # that has run all along, where a replacement's ids start (also
+        # one started after the call that replaced it).
         return RoundStart(self.round, self.version, quota=self.quota,
                           steps=self.steps, chunk=self.chunk,
-                          first_episode_id=first,
+                          first_episode_id=self.next_episode_ids[worker],
                           attempt=self.attempts[worker])
 
     def run(self, wait_and_collect, deadline, stop_workers, finish_workers,
@@ -224,7 +224,6 @@ class Collector:
         """Worker ``worker`` failed and is replaced; call before
         :meth:`round_start` for the replacement. Returns False when the
         replacement has nothing to do in this call."""
-        self.restarted_workers.add(worker)
         if self.kind == 'samples':
             # What the failed worker sent is kept; the replacement draws
             # seeds of its own so that it cannot send those episodes again.

@@ -103,8 +103,9 @@ class RoundStart:
         quota: episodes to produce, or None.
         steps: steps of every env, or None.
         chunk: transitions per message, or None (send when done).
-        first_episode_id: where a replacement worker's episode ids start
-            (past every id its predecessor returned), or None.
+        first_episode_id: the least id the worker's next episode may
+            have (past every id the caller has seen from this worker: where
+            a replacement's ids start), or None.
         attempt: 0 for the worker that began the round; ``k`` for its
             ``k``-th replacement in a call that keeps what the failed
             worker sent: the replacement draws seeds of its own, so it

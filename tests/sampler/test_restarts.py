@@ -44,6 +44,7 @@ def test_restart_soak_returns_no_episode_twice(backend, tmp_path):
                      TriggeredEnv.action_space, hidden_sizes=(8,), seed=0)
     rng = np.random.default_rng(0)
     failures = 2 * len(FAILURE_PLAN)
+    seen_ids = set()
     with closing_samplers(backend) as make:
         s = make(agent, [functools.partial(TriggeredEnv, t)
                          for t in triggers],
@@ -61,6 +62,12 @@ def test_restart_soak_returns_no_episode_twice(backend, tmp_path):
                 assert identical_pairs(EpisodeBatch.concatenate(batch, batch))
             assert len(batch) >= 300
             assert identical_pairs(batch) == [], f'call {call}'
+            # Episode ids are unique over the sampler's life, replacements
+            # included.
+            ids = batch.episode_ids.tolist()
+            assert len(set(ids)) == len(ids)
+            assert not seen_ids & set(ids), f'call {call}'
+            seen_ids.update(ids)
             assert set(batch.versions.tolist()) == {s.version}, f'call {call}'
         # Every planned failure happened, and nothing else failed.
         assert not [t for t in triggers if t.exists()]

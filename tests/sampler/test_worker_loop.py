@@ -151,7 +151,8 @@ def collector(kind, count, n_workers=2, max_staleness=0):
 
 def test_samples_calls_finish_once_enough_is_held_and_keep_the_surplus():
     c = collector('samples', 100)
-    assert c.round_start(0) == RoundStart(3, 5, chunk=100 // 32)
+    assert c.round_start(0) == RoundStart(3, 5, chunk=100 // 32,
+                                          first_episode_id=0)
     c.add(0, Segments(3, 5, Batch(60), False, 60))
     assert not c.finish_due()
     c.add(1, Segments(3, 5, Batch(50), False, 50))
