@@ -18,7 +18,7 @@ import time
 import traceback
 import warnings
 
-from sampler._worker_process import Reply, Round, error_reply
+from sampler._worker_process import Reply, Round, apply_update, error_reply
 from sampler.errors import SamplerTimeoutError, WorkerError
 from sampler.sampler import Sampler
 
@@ -93,10 +93,7 @@ class LocalSampler(Sampler):
     def _build_worker(self, i):
         self._workers[i] = worker = self._factory(i)
         for payload in self._recipes[i].payloads():
-            if payload.kind == 'env':
-                worker.update_env(payload.load())
-            else:
-                worker.update_agent(payload.load())
+            apply_update(worker, payload.kind, payload.blob)
         self._rounds[i] = Round(worker)
 
     def _sample(self, collector, updates, deadline):

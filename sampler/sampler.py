@@ -71,9 +71,6 @@ class Payload:
         self.blob = blob
         self.kind = kind
 
-    def load(self):
-        return cloudpickle.loads(self.blob)
-
 
 class WorkerRecipe:
     """What rebuilds a worker as it is now: its agent, the last parameters
