@@ -32,8 +32,6 @@ import time
 import warnings
 from typing import Any, Dict, Optional
 
-import cloudpickle
-
 from sampler import _pickling
 from sampler._worker_process import exit_if_importing_main
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
