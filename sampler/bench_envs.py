@@ -6,6 +6,11 @@
   clock spin: processes that share a core then really share it.
 - :class:`ImageEnv` (``rollout_sampler/Image84-v0``) returns 84x84x3 uint8
   observations, to measure how fast episode data moves, in MB/s.
+- Atari ids (``ALE/Pong-v5``, needs ``ale-py`` and ``opencv-python``, the
+  ``bench`` extra) get the standard preprocessing of Atari papers and
+  libraries: no frame skip in the env itself, then
+  ``AtariPreprocessing(frame_skip=4, screen_size=84, grayscale_obs=True,
+  noop_max=30)`` and ``FrameStackObservation(4)``: 4x84x84 uint8 frames.
 
 Importing this module registers the image env with gymnasium, so worker
 processes that unpickle :func:`make_env` can make it too.
@@ -59,10 +64,45 @@ class StepCost(gymnasium.Wrapper):
         return self.env.step(action)
 
 
+ATARI_EXTRA = ('pip install "rollout-sampler[bench]" (or ale-py and '
+               'opencv-python-headless)')
+
+
+def is_atari(env_id):
+    """Whether ``env_id`` names an ale-py Atari env (``ALE/Pong-v5``, also
+    written ``ale_py:ALE/Pong-v5``)."""
+    return env_id.rpartition(':')[2].startswith('ALE/')
+
+
+def register_atari():
+    """Register ale-py's envs with gymnasium; ``ImportError`` saying what to
+    install if ale-py or OpenCV (which the preprocessing resizes with) is
+    missing."""
+    try:
+        import ale_py
+        import cv2  # noqa: F401
+    except ImportError as err:
+        raise ImportError(f'Atari envs need {err.name}: {ATARI_EXTRA}') \
+            from err
+    gymnasium.register_envs(ale_py)
+
+
+def make_atari(env_id):
+    """An Atari env with the standard preprocessing (see the module
+    docstring)."""
+    from gymnasium.wrappers import AtariPreprocessing, FrameStackObservation
+    register_atari()
+    env = gymnasium.make(env_id.rpartition(':')[2], frameskip=1)
+    env = AtariPreprocessing(env, frame_skip=4, screen_size=84,
+                             grayscale_obs=True, noop_max=30)
+    return FrameStackObservation(env, 4)
+
+
 def make_env(env_id, loops=0):
-    """``gymnasium.make(env_id)``, wrapped in :class:`StepCost` if
-    ``loops`` > 0."""
-    env = gymnasium.make(env_id)
+    """``gymnasium.make(env_id)`` (Atari ids preprocessed as
+    :func:`make_atari` does), wrapped in :class:`StepCost` if ``loops`` >
+    0."""
+    env = make_atari(env_id) if is_atari(env_id) else gymnasium.make(env_id)
     return StepCost(env, loops) if loops else env
 
 

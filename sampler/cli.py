@@ -15,7 +15,11 @@ def main():
 
 def _env_id(ctx, param, value):
     try:
+        if _bench.bench_envs.is_atari(value):
+            _bench.bench_envs.register_atari()
         check_env_id(value)
+    except ImportError as err:
+        raise click.BadParameter(str(err)) from None
     except ValueError as err:
         raise click.BadParameter(str(err)) from None
     return value
@@ -58,7 +62,8 @@ def _modes(ctx, param, value):
 @click.option('--env', default='CartPole-v1', show_default=True,
               callback=_env_id,
               help=f'gymnasium env id ({_bench.bench_envs.IMAGE_ENV_ID} for '
-                   f'84x84x3 frames)')
+                   f'84x84x3 frames; Atari ids like ALE/Pong-v5 get the '
+                   f'standard 4x84x84 preprocessing, with the bench extra)')
 @click.option('--backend', callback=_backends, default='multiprocessing',
               show_default=True,
               help=f'where workers run: {", ".join(sorted(_bench.BACKENDS))}'

@@ -1,5 +1,7 @@
 import json
+import sys
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -149,6 +151,37 @@ def test_image_env_reports_megabytes_per_second(tmp_path):
         row['median_transitions_per_s']
     assert per_transition > 84 * 84 * 3
     assert 'MB/s of episode data' in out
+
+
+def test_atari_ids_get_the_standard_preprocessing(tmp_path):
+    pytest.importorskip('ale_py')
+    pytest.importorskip('cv2')
+    from sampler import bench_envs
+    env = bench_envs.make_env('ALE/Pong-v5')
+    try:
+        obs, _ = env.reset(seed=0)
+        assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+        # frame_skip=4 of AtariPreprocessing, not the env's own frameskip.
+        assert env.unwrapped.spec.kwargs['frameskip'] == 1
+    finally:
+        env.close()
+    out, data = bench(tmp_path, '--env', 'ALE/Pong-v5', '--agent', 'random',
+                      '--mode', 'steps', '--samples', '64',
+                      '--iterations', '1')
+    [row] = data['rows']
+    assert row['calls'][0]['transitions'] == 64
+    assert row['waste'] == 0.0
+    # A 4x84x84 uint8 observation per transition, at least.
+    assert row['median_mb_per_s'] * 1e6 / row['median_transitions_per_s'] \
+        > 4 * 84 * 84
+
+
+def test_atari_without_ale_py_says_what_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, 'ale_py', None)  # import fails
+    result = CliRunner().invoke(main, ['bench', '--env', 'ALE/Pong-v5'])
+    assert result.exit_code == 2
+    assert 'Atari envs need ale_py: pip install "rollout-sampler[bench]"' \
+        in result.output
 
 
 def test_plot_needs_the_sweep_and_matplotlib(tmp_path):
