@@ -351,9 +351,13 @@ class Round:
             worker.next_episode_id = max(worker.next_episode_id,
                                          start.first_episode_id)
         # Steps rounds let running episodes go on; whole-episode rounds
-        # start every episode afresh from the round's seeds.
+        # start every episode afresh. Only exact-episode rounds reseed
+        # every env: a replacement redoes them from the round's seeds
+        # alone. Other rounds seed only envs never reset yet (a seeded
+        # reset can be costly), which keeps their episodes distinct.
         worker.start_round(start.round, start.version, attempt=start.attempt,
-                           keep_episodes=start.steps is not None)
+                           keep_episodes=start.steps is not None,
+                           reseed_envs=start.quota is not None)
         self.round, self.version = start.round, start.version
         self.quota, self.steps, self.chunk = \
             start.quota, start.steps, start.chunk

@@ -12,7 +12,9 @@ class DefaultWorker(Worker):
     The episode ends when the env terminates or truncates, or after
     ``max_episode_length`` steps (``truncated=True``), counted over all
     its segments. The first reset of every round is seeded from the
-    round's seeds; later resets continue the env's own generator.
+    round's seeds (only the env's first reset ever, with
+    ``reseed_envs=False``); later resets continue the env's own
+    generator.
 
     Args:
         seed: root seed shared by the sampler's workers.
@@ -37,6 +39,7 @@ class DefaultWorker(Worker):
                          worker_number=worker_number)
         self.env = None
         self._reset_seed = None
+        self._env_is_new = True  # never reset: the next round seeds it
         self._copy_observations = False
         # The running episode: its current segment, the observation its
         # next step acts on, its steps so far, and the reset observation
@@ -48,7 +51,10 @@ class DefaultWorker(Worker):
 
     def update_env(self, env_update):
         update = self._as_env_update(env_update)
-        self.env = self._apply_env_update(update, self.env)
+        env = self._apply_env_update(update, self.env)
+        if env is not self.env:
+            self._env_is_new = True
+        self.env = env
         self._copy_observations = False
         self._record = None
 
@@ -59,8 +65,9 @@ class DefaultWorker(Worker):
             return None
         return self.env.observation_space, self.env.action_space
 
-    def _on_new_round(self, env_seeds):
-        self._reset_seed = env_seeds[0]
+    def _on_new_round(self, env_seeds, reseed_envs):
+        if reseed_envs or self._env_is_new:
+            self._reset_seed = env_seeds[0]
 
     def abandon_episodes(self):
         dropped = 0 if self._record is None else len(self._record)
@@ -100,6 +107,7 @@ class DefaultWorker(Worker):
         self.error_site = 'env.reset'
         obs, reset_info = self.env.reset(seed=self._reset_seed)
         self._reset_seed = None
+        self._env_is_new = False
         if not self._copy_observations:
             self._first_obs = obs
             obs = copy_nest(obs)

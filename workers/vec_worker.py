@@ -38,6 +38,7 @@ class VecWorker(Worker):
         self._n_envs = int(n_envs)
         self.envs = [None] * self._n_envs
         self._reset_seeds = [None] * self._n_envs
+        self._new_envs = [True] * self._n_envs  # never reset yet
         self._copy_observations = [False] * self._n_envs
         self._records = None  # None: every env needs a reset
         self._observations = None
@@ -68,6 +69,8 @@ class VecWorker(Worker):
                        f'{first.action_space}); all envs of a worker must '
                        f'share their spaces')
                 raise ValueError(msg)
+        self._new_envs = [new or env is not old for new, env, old in zip(
+            self._new_envs, new_envs, self.envs)]
         self.envs = new_envs
         self._copy_observations = [False] * self._n_envs
         self._records = None
@@ -90,8 +93,10 @@ class VecWorker(Worker):
     def _n_seeds(self):
         return 1 + self._n_envs
 
-    def _on_new_round(self, env_seeds):
-        self._reset_seeds = list(env_seeds)
+    def _on_new_round(self, env_seeds, reseed_envs):
+        self._reset_seeds = [
+            seed if reseed_envs or new else None
+            for seed, new in zip(env_seeds, self._new_envs)]
 
     def abandon_episodes(self):
         records, self._records = self._records, None
@@ -106,6 +111,7 @@ class VecWorker(Worker):
     def _reset_env(self, i):
         obs, info = self.envs[i].reset(seed=self._reset_seeds[i])
         self._reset_seeds[i] = None
+        self._new_envs[i] = False
         self._first_observations[i] = obs
         self._observations[i] = copy_nest(obs)
         self._records[i] = EpisodeRecord(info, column=i,

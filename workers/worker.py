@@ -157,14 +157,22 @@ class Worker:
     # Rounds and seeding ----------------------------------------------------
 
     def start_round(self, round_number: int, version: Optional[int] = None,
-                    *, attempt: int = 0, keep_episodes: bool = False
-                    ) -> None:
+                    *, attempt: int = 0, keep_episodes: bool = False,
+                    reseed_envs: bool = True) -> None:
         """Begin a sampler call: reseed the agent and envs for this round.
 
         Episodes in progress are abandoned, so every episode of the round
         starts from the round's seeds, unless ``keep_episodes``: then they
         go on (as new segments, under ``version``), and the round's seeds
         apply to the episodes that start after them.
+
+        With ``reseed_envs=False`` only envs never reset yet (new ones,
+        and those an env update replaced) take the round's seeds; the
+        others go on with their own generators. Seeding an env is a reset
+        with ``seed=``, which costs some envs a great deal (ale-py reloads
+        the game: about 0.1 s), so only calls that must reproduce a round
+        from its seeds alone (``obtain_exact_episodes``, redone in full by
+        a replacement worker) reseed them all.
 
         Args:
             round_number: the sampler's call counter.
@@ -173,6 +181,8 @@ class Worker:
                 failed one in this round and must not repeat the episodes
                 its predecessor already returned: it gets seeds of its own.
             keep_episodes: let running episodes go on.
+            reseed_envs: seed every env's next reset from the round's
+                seeds (False: only envs never reset yet).
         """
         if version is not None:
             self.version = int(version)
@@ -184,7 +194,7 @@ class Worker:
             self.error_site = None
         if not keep_episodes:
             self.abandon_episodes()
-        self._on_new_round(seeds[1:])
+        self._on_new_round(seeds[1:], reseed_envs)
 
     def round_seeds(self, round_number: int, n: int,
                     attempt: int = 0) -> List[int]:
@@ -204,8 +214,9 @@ class Worker:
     def _n_seeds(self):
         return 2
 
-    def _on_new_round(self, env_seeds):
-        """Hook: reseed the envs with ``env_seeds`` at their next reset."""
+    def _on_new_round(self, env_seeds, reseed_envs):
+        """Hook: reseed the envs with ``env_seeds`` at their next reset
+        (with ``reseed_envs`` False, only envs never reset yet)."""
         raise NotImplementedError
 
     def abandon_episodes(self) -> int:

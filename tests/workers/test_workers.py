@@ -556,3 +556,54 @@ def test_vec_worker_starts_only_the_episodes_it_may_and_finishes_them():
     # Nothing more to start and nothing running: it returns at once.
     assert w.rollout_into(buffer, max_starts=0) == 0
     assert buffer.n_episodes == 0
+
+
+class SeedLog(gym.Env):
+    """Episodes of 3 steps; records the seed of every reset."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self):
+        self.seeds = []
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.seeds.append(seed)
+        self._t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        self._t += 1
+        return np.zeros(1, np.float32), 0.0, self._t >= 3, False, {}
+
+
+@pytest.mark.parametrize('worker_class,args', [(DefaultWorker, None),
+                                               (VecWorker, {'n_envs': 2})])
+def test_only_new_envs_are_seeded_unless_every_env_is_reseeded(
+        worker_class, args):
+    worker = make_worker(SeedLog, 'random', worker_class, **(args or {}))
+    envs = worker.envs if worker_class is VecWorker else [worker.env]
+
+    def run_round(number, reseed_envs):
+        worker.start_round(number, reseed_envs=reseed_envs)
+        for env in envs:
+            env.seeds.clear()
+        for _ in range(2):
+            worker.rollout()
+        return [env.seeds for env in envs]
+
+    # New envs take the round's seeds at their first reset, and only then.
+    first = run_round(0, reseed_envs=False)
+    assert all(s[0] is not None and s[1:] == [None] * (len(s) - 1)
+               for s in first)
+    assert all(s == [None] * len(s) for s in run_round(1, False))
+    # Reseeding every env: the first reset of the round is seeded again.
+    again = run_round(2, reseed_envs=True)
+    assert all(s[0] is not None for s in again)
+    # An env update that builds a new env: that env is seeded again.
+    worker.update_env(SeedLog)
+    envs[:] = worker.envs if worker_class is VecWorker else [worker.env]
+    assert all(s[0] is not None for s in run_round(3, False))
+    worker.shutdown()
