@@ -44,6 +44,7 @@ from typing import Optional
 
 import cloudpickle
 
+from sampler import _framing
 from workers import EpisodeBuffer
 
 #: Longest a finished episode waits in a worker before it is sent.
@@ -290,23 +291,23 @@ class _Loop:
         try:
             reply = self.progress.message(self.pending)
             self.worker.error_site = 'pickling the episodes'
-            data = _dumps(reply)
+            pieces = _framing.encode(reply)
             self.worker.error_site = None
         except Exception:
             self._report_error()
             return False
-        self._send_bytes(data)
+        self._write(pieces)
         return True
 
     def _report_error(self):
         self._send(error_reply(self.worker))
 
     def _send(self, message):
-        self._send_bytes(_dumps(message))
+        self._write(_framing.encode(message))
 
-    def _send_bytes(self, data):
+    def _write(self, pieces):
         try:
-            self.results.send_bytes(data)
+            _framing.write_pieces(self.results.fileno(), pieces)
         except (BrokenPipeError, ConnectionResetError):
             raise _ParentGone from None
 
@@ -451,12 +452,3 @@ def error_reply(worker):
         site = 'building the worker'
     return (Reply.ERROR, site, exc_type.__name__, str(exc),
             traceback.format_exc())
-
-
-def _dumps(message):
-    return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def loads(data):
-    """Decode a reply (the caller's side of :func:`_dumps`)."""
-    return pickle.loads(data)

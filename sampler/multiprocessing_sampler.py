@@ -50,7 +50,7 @@ import warnings
 import weakref
 from multiprocessing.connection import wait
 
-from sampler import _pickling, _worker_process
+from sampler import _framing, _pickling, _worker_process
 from sampler._streaming import check_streaming_options
 from sampler._worker_process import Command, Reply
 from sampler.errors import (RemoteTraceback, SamplerError,
@@ -86,13 +86,15 @@ def _default_start_method():
 class _Handle:
     """The caller's view of one worker process."""
 
-    __slots__ = ('number', 'process', 'commands', 'results', 'ready')
+    __slots__ = ('number', 'process', 'commands', 'results', 'reader',
+                 'ready')
 
     def __init__(self, number, process, commands, results):
         self.number = number
         self.process = process
         self.commands = commands
         self.results = results
+        self.reader = _framing.MessageReader(results.fileno())
         self.ready = False
 
     def send(self, *message):
@@ -427,7 +429,7 @@ class MultiprocessingSampler(Sampler):
 def _receive(handle):
     """The next reply from a worker, or ``(None,)`` if it is gone."""
     try:
-        return _worker_process.loads(handle.results.recv_bytes())
+        return handle.reader.read()
     except (EOFError, OSError):
         return (None,)
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from helpers import FirstObsAgent, OneStepEnv
-from sampler import _worker_process
+from sampler import _framing, _worker_process
 from sampler._streaming import Collector
 from sampler._worker_process import Command, Reply, RoundStart, Segments
 from workers import EpisodeBatch, WorkerFactory
@@ -25,6 +25,7 @@ class Loop:
     def __init__(self, env, agent):
         commands, self._commands = mp.Pipe(duplex=False)
         self._results, results = mp.Pipe(duplex=False)
+        self._reader = _framing.MessageReader(self._results.fileno())
         self.loop = _worker_process._Loop(0, commands, results)
         factory = cloudpickle.dumps(WorkerFactory(n_workers=1, seed=0))
         payloads = [('env', cloudpickle.dumps(env)),
@@ -41,7 +42,7 @@ class Loop:
         """The next reply, or None if none comes within ``timeout``."""
         if not self._results.poll(timeout):
             return None
-        return _worker_process.loads(self._results.recv_bytes())
+        return self._reader.read()
 
     def close(self):
         self.send(Command.EXIT)
