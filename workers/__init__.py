@@ -8,6 +8,7 @@ from workers._episode import EpisodeBuffer
 from workers.agents import CallableAgent, MLPAgent, RandomAgent
 from workers.default_worker import DefaultWorker
 from workers.env_update import EnvUpdate, NewEnvUpdate, SetTaskUpdate
+from workers.torch_agent import TorchAgent
 from workers.episode_batch import EpisodeBatch
 from workers.vec_worker import VecWorker
 from workers.worker import Worker
@@ -23,6 +24,7 @@ __all__ = [
     'NewEnvUpdate',
     'RandomAgent',
     'SetTaskUpdate',
+    'TorchAgent',
     'VecWorker',
     'Worker',
     'WorkerFactory',

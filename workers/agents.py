@@ -4,6 +4,9 @@ An agent is any object with ``get_action(observation) -> (action, info)``;
 optional methods are ``get_actions`` (batched, used by VecWorker),
 ``reset(do_resets=None)``, ``get_params()`` / ``set_params(params)`` and
 ``seed(seed)``. A plain callable ``observation -> action`` is accepted too.
+An ``info`` entry ``'env_action'`` is what the env receives instead of the
+action, which the batch still records (e.g. a Gaussian sample, and that
+sample clipped to the action space's bounds; see ``TorchAgent``).
 
 The reference agents draw their randomness from one ``numpy.random.
 Generator`` and make ``get_action(obs)`` consume it exactly as

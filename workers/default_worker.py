@@ -143,8 +143,9 @@ class DefaultWorker(Worker):
                 where = 'agent.get_action'
                 action, agent_info = get_action(obs)
                 where = 'env.step'
-                next_obs, reward, terminated, truncated, env_info = \
-                    step(action)
+                next_obs, reward, terminated, truncated, env_info = step(
+                    agent_info.get('env_action', action)
+                    if type(agent_info) is dict else action)
                 if t == 0 and not copy_obs and \
                         reuses_buffers(self._first_obs, next_obs):
                     copy_obs = self._copy_observations = True

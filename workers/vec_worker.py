@@ -192,14 +192,17 @@ class VecWorker(Worker):
                 # writes each call's outputs into the same arrays.
                 actions = copy_nest(actions)
                 agent_infos = copy_nest(agent_infos)
-                if isinstance(actions, np.ndarray) and actions.ndim == 1:
+                # What the envs receive: the actions, or what the agent
+                # says to send instead (e.g. a Gaussian sample clipped).
+                sent = agent_infos.get('env_action', actions)
+                if isinstance(sent, np.ndarray) and sent.ndim == 1:
                     # Discrete actions: iterating the array gives each env
                     # a numpy scalar, as SyncVectorEnv does; gymnasium's
                     # Discrete.contains (asserted by most envs' step)
                     # checks those ~1.3 us faster than a Python int.
-                    action_of = list(actions).__getitem__
+                    action_of = list(sent).__getitem__
                 else:
-                    action_of = functools.partial(_nest.index, actions)
+                    action_of = functools.partial(_nest.index, sent)
                 completed = 0
                 for i in active:
                     where = 'env.step'

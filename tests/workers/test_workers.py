@@ -417,6 +417,30 @@ def test_vec_worker_copies_outputs_an_agent_overwrites_in_place():
     np.testing.assert_array_equal(batch.agent_infos['draw'], received)
 
 
+class ClippingAgent(BatchedAgent):
+    """Draws actions in [-1, 2] and sends the env their values clipped to
+    [0, 1] through ``info['env_action']``, as TorchAgent does."""
+
+    def __init__(self):
+        self._rng = np.random.default_rng(0)
+
+    def get_actions(self, observations):
+        raw = self._rng.uniform(-1, 2, len(observations))
+        return raw, {'env_action': np.clip(raw, 0, 1)}
+
+
+@pytest.mark.parametrize('worker_class,args', [(DefaultWorker, {}),
+                                               (VecWorker, {'n_envs': 3})])
+def test_an_env_action_info_is_what_the_env_receives(worker_class, args):
+    w = make_worker(ActionEchoEnv, ClippingAgent(), worker_class, **args)
+    batch = episodes(w, 6)
+    received = batch.next_observations[:, 1]
+    np.testing.assert_array_equal(received, np.clip(batch.actions, 0, 1))
+    assert (batch.actions < 0).any() and (batch.actions > 1).any()
+    np.testing.assert_array_equal(batch.agent_infos['env_action'], received)
+    w.shutdown()
+
+
 @pytest.mark.parametrize('bad, name', [
     (lambda n: (np.zeros(n + 1, dtype=np.int64), {}), 'actions'),
     (lambda n: (np.zeros(n, dtype=np.int64), {'v': np.zeros(1)}),
