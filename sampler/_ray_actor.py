@@ -24,9 +24,7 @@ says which worker failed and where, as with the other backends.
 
 import os
 
-import cloudpickle
-
-from sampler._worker_process import Reply, Round, apply_update, error_reply
+from sampler._worker_process import Reply, Round, build_worker, error_reply
 
 
 class SamplerWorker:
@@ -35,20 +33,20 @@ class SamplerWorker:
     Args:
         worker_number: which worker this is.
         factory_blob: the cloudpickled WorkerFactory.
+        setup: a :class:`~sampler._worker_process.ProcessSetup`.
         kinds: the kind of each payload that follows (``'env'``,
             ``'agent'`` or ``'params'``), applied in order before READY.
         *blobs: the pickled payloads (Ray resolves object refs given as
             arguments, so each can be put in the object store once).
     """
 
-    def __init__(self, worker_number, factory_blob, kinds, *blobs):
+    def __init__(self, worker_number, factory_blob, setup, kinds, *blobs):
         self._worker = None
         self._progress = None
         self._failure = None
         try:
-            self._worker = cloudpickle.loads(factory_blob)(worker_number)
-            for kind, blob in zip(kinds, blobs):
-                apply_update(self._worker, kind, blob)
+            self._worker = build_worker(worker_number, factory_blob, setup,
+                                        list(zip(kinds, blobs)))
             self._progress = Round(self._worker)
         except Exception:
             self._failure = error_reply(self._worker)

@@ -144,6 +144,71 @@ class Segments:
     env_steps: int
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcessSetup:
+    """What a worker's process does before it builds the worker (sampler
+    options ``worker_threads`` and ``worker_init``).
+
+    Attributes:
+        threads: threads for torch and for the BLAS / OpenMP pools of the
+            process, or None to leave them as they are.
+        init: the pickled ``worker_init`` callable, run as
+            ``worker_init(worker_number)``, or None.
+    """
+
+    threads: Optional[int] = None
+    init: Optional[bytes] = None
+
+
+#: Read by OpenMP, MKL, OpenBLAS, numexpr and Accelerate when they load.
+THREAD_VARIABLES = ('OMP_NUM_THREADS', 'MKL_NUM_THREADS',
+                    'OPENBLAS_NUM_THREADS', 'NUMEXPR_NUM_THREADS',
+                    'VECLIB_MAXIMUM_THREADS')
+
+
+def limit_threads(n):
+    """Run torch and the BLAS / OpenMP pools of this process with ``n``
+    threads: the environment variables for libraries loaded later, torch's
+    setting if torch is loaded, and ``threadpoolctl`` (when installed) for
+    pools already loaded (numpy's BLAS)."""
+    for name in THREAD_VARIABLES:
+        os.environ[name] = str(n)
+    torch = sys.modules.get('torch')
+    if torch is not None and torch.get_num_threads() != n:
+        torch.set_num_threads(n)
+    try:
+        import threadpoolctl
+    except ImportError:
+        return
+    threadpoolctl.threadpool_limits(n)
+
+
+def build_worker(worker_number, factory_blob, setup, payloads):
+    """Set up this process as ``setup`` says, then build the worker and
+    apply ``payloads`` (``(kind, blob)`` pairs) in order.
+
+    Raises whatever the set-up or a payload raised, with the worker (None
+    before it exists) and the step that raised in ``err.build_site``.
+    """
+    worker, site = None, 'worker_init'
+    try:
+        if setup.threads is not None:
+            limit_threads(setup.threads)
+        if setup.init is not None:
+            cloudpickle.loads(setup.init)(worker_number)
+        site = 'building the worker'
+        worker = cloudpickle.loads(factory_blob)(worker_number)
+        for kind, blob in payloads:
+            apply_update(worker, kind, blob)
+        if setup.threads is not None:
+            limit_threads(setup.threads)  # torch may have come with them
+    except Exception as err:
+        err.build_site = site
+        err.build_worker = worker
+        raise
+    return worker
+
+
 class Reply(enum.Enum):
     """Worker -> caller."""
 
@@ -156,12 +221,13 @@ class _ParentGone(Exception):
     """The process that started this worker has died."""
 
 
-def run(worker_number, factory_blob, payloads, commands, results):
+def run(worker_number, factory_blob, setup, payloads, commands, results):
     """Entry point of a worker process.
 
     Args:
         worker_number: which worker this is.
         factory_blob: the cloudpickled WorkerFactory.
+        setup: a :class:`ProcessSetup`.
         payloads: ``(kind, blob)`` pairs to apply in order before READY:
             env updates, then the agent and its parameters.
         commands: the reading end of this worker's command pipe, carrying
@@ -178,7 +244,7 @@ def run(worker_number, factory_blob, payloads, commands, results):
         pass
     loop = _Loop(worker_number, commands, results)
     try:
-        if loop.build(factory_blob, payloads):
+        if loop.build(factory_blob, setup, payloads):
             loop.serve()
     except _ParentGone:
         pass
@@ -205,13 +271,11 @@ class _Loop:
         self.pending = EpisodeBuffer()
         self.pending_since = 0.0
 
-    def build(self, factory_blob, payloads):
+    def build(self, factory_blob, setup, payloads):
         """Build the worker and say READY, or report why not (False)."""
         try:
-            factory = cloudpickle.loads(factory_blob)
-            self.worker = factory(self.worker_number)
-            for kind, blob in payloads:
-                apply_update(self.worker, kind, blob)
+            self.worker = build_worker(self.worker_number, factory_blob,
+                                       setup, payloads)
         except Exception:
             self._report_error()
             return False
@@ -447,8 +511,10 @@ def error_reply(worker):
     """The ERROR reply for the exception being handled: the call that
     raised (``worker.error_site``), its type, message and traceback."""
     exc_type, exc, _ = sys.exc_info()
-    site = getattr(worker, 'error_site', None)
+    worker = getattr(exc, 'build_worker', worker)
     if worker is None:
-        site = 'building the worker'
+        site = getattr(exc, 'build_site', 'building the worker')
+    else:
+        site = worker.error_site or getattr(exc, 'build_site', None)
     return (Reply.ERROR, site, exc_type.__name__, str(exc),
             traceback.format_exc())

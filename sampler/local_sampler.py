@@ -59,6 +59,16 @@ class LocalSampler(Sampler):
             sampler (default 10).
         progress: show a progress bar on stderr; None (default) shows it
             only when stderr is a terminal.
+        worker_init: a callable run as ``worker_init(worker_number)``
+            before each worker (and each replacement) is built: the place
+            for a user's own set-up. The process backends pickle it
+            (cloudpickle) and run it in the worker's process.
+        worker_threads: threads for torch and the BLAS / OpenMP pools in
+            each worker process (default 1: workers share the CPUs, and
+            one thread each is fastest for the small batches a worker
+            runs); None leaves them as they are. Set when the process
+            starts, before the agent is built. ``LocalSampler`` ignores
+            it: its workers share the caller's threads.
 
     Example:
         >>> import gymnasium
@@ -91,6 +101,14 @@ class LocalSampler(Sampler):
             raise
 
     def _build_worker(self, i):
+        init = self._options['worker_init']
+        if init is not None:
+            self._workers[i] = None
+            try:
+                init(i)
+            except Exception as exc:
+                exc.build_site = 'worker_init'
+                raise
         self._workers[i] = worker = self._factory(i)
         for payload in self._recipes[i].payloads():
             apply_update(worker, payload.kind, payload.blob)
@@ -160,7 +178,8 @@ class LocalSampler(Sampler):
                     raise err from exc
 
     def _error(self, i, exc):
-        site = getattr(self._workers[i], 'error_site', None)
+        site = getattr(exc, 'build_site', None) or \
+            getattr(self._workers[i], 'error_site', None)
         return WorkerError(i, site, type(exc).__name__, str(exc),
                            traceback.format_exc())
 

@@ -38,6 +38,7 @@ The actors:
 """
 
 import collections
+import importlib.util
 import multiprocessing as mp
 import os
 import pickle
@@ -75,6 +76,74 @@ def _widen_pipe(connection):
         fcntl.fcntl(connection.fileno(), fcntl.F_SETPIPE_SZ, PIPE_BYTES)
     except (ImportError, AttributeError, OSError):
         pass  # not Linux, or above the system's limit
+
+
+#: Always imported by the forkserver before it forks workers: the worker
+#: loop and, through it, numpy, gymnasium and cloudpickle.
+_SERVER_MODULES = ('sampler._worker_process',)
+
+#: What the forkserver this module started imported, or None before that.
+_server_preload = None
+
+#: Open samplers whose workers came from the forkserver.
+_forkserver_samplers = weakref.WeakSet()
+
+
+def _check_preload(preload):
+    """The ``preload`` option as a tuple of importable module names; None
+    means torch if the caller has imported it."""
+    if preload is None:
+        return ('torch',) if 'torch' in sys.modules else ()
+    if isinstance(preload, str) or not all(
+            isinstance(name, str) for name in preload):
+        msg = (f'preload must be a list of module names like '
+               f'("torch",), got {preload!r}')
+        raise TypeError(msg)
+    for name in preload:
+        if name == '__main__':
+            msg = ('preload may not name __main__: name the modules your '
+                   'script imports instead, e.g. ("torch",)')
+            raise ValueError(msg)
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):
+            found = False
+        if not found:
+            msg = (f'preload names {name!r}, which cannot be imported here; '
+                   f'install it or fix the name')
+            raise ValueError(msg)
+    return tuple(preload)
+
+
+def _use_forkserver(ctx, preload):
+    """Have ``ctx``'s forkserver import ``preload`` before it forks workers.
+
+    The forkserver is one per process and imports its modules once, when
+    it starts. If it is running without some of ``preload`` and no open
+    sampler has workers from it, it is stopped so that the next worker
+    starts a new one that imports them; with samplers open, a warning
+    says the modules will be imported by each worker instead.
+    """
+    global _server_preload
+    from multiprocessing import forkserver
+    modules = list(dict.fromkeys(_SERVER_MODULES + preload))
+    server = getattr(forkserver, '_forkserver', None)
+    running = getattr(server, '_forkserver_pid', None) is not None
+    if running and _server_preload is not None and \
+            not set(modules) <= set(_server_preload):
+        busy = any(not s.closed for s in _forkserver_samplers)
+        if not busy and hasattr(server, '_stop'):
+            server._stop()
+            running = False
+        elif preload:
+            msg = (f'preload={preload!r} cannot take effect: the '
+                   f'forkserver is already running for open samplers, '
+                   f'without {sorted(set(modules) - set(_server_preload))}; '
+                   f'each worker imports them itself')
+            warnings.warn(msg, RuntimeWarning, stacklevel=4)
+    if not running:
+        ctx.set_forkserver_preload(modules)
+        _server_preload = modules
 
 
 def _default_start_method():
@@ -202,6 +271,14 @@ class MultiprocessingSampler(Sampler):
         max_staleness: accept episodes up to this many versions old
             (default 0: only the current version, and workers go idle when
             a call returns; more keeps them sampling between calls).
+        preload: modules the forkserver imports once, before it forks the
+            workers, e.g. ``("torch",)``: workers then start in
+            milliseconds instead of each importing them (a worker
+            re-imports the main module, and with it everything the
+            script imports). None (default) preloads torch if this process
+            has imported it; ``()`` nothing. Only ``start_method=
+            'forkserver'`` uses it.
+        worker_init, worker_threads: see :class:`~sampler.LocalSampler`.
 
     Example:
         >>> import gymnasium
@@ -217,7 +294,7 @@ class MultiprocessingSampler(Sampler):
 
     _OPTIONS = {**Sampler._OPTIONS, 'start_method': None, 'progress': None,
                 'shutdown_timeout': 5.0, 'startup_timeout': 60.0,
-                'max_staleness': 0}
+                'max_staleness': 0, 'preload': None}
 
     def _start(self, options):
         method = options['start_method'] or _default_start_method()
@@ -232,12 +309,16 @@ class MultiprocessingSampler(Sampler):
                    f'{available_cpus()} CPUs this process may use; workers '
                    f'will share CPUs and sampling may be slower, not faster')
             warnings.warn(msg, ResourceWarning, stacklevel=3)
+        preload = _check_preload(options['preload'])
         self._ctx = mp.get_context(method)
         if method == 'forkserver':
             # Workers fork from a server that already imported numpy and
-            # gymnasium, so starting one takes milliseconds, not a second.
-            self._ctx.set_forkserver_preload(['sampler._worker_process'])
+            # gymnasium (and torch, say), so starting one takes
+            # milliseconds, not a second.
+            _use_forkserver(self._ctx, preload)
+            _forkserver_samplers.add(self)
         self._factory_blob = _pickling.dumps(self._factory)
+        self._setup = self._process_setup()
         self._handles = []
         self._selector = None
         # Closes the workers if the sampler is dropped without close(),
@@ -260,7 +341,8 @@ class MultiprocessingSampler(Sampler):
         process = self._ctx.Process(
             target=_worker_process.run,
             name=f'{_worker_process.NAME_PREFIX}{i}',
-            args=(i, self._factory_blob, payloads, command_reader, writer),
+            args=(i, self._factory_blob, self._setup, payloads,
+                  command_reader, writer),
             daemon=True)
         process.start()
         # Only the worker may hold these ends: its death then reads as

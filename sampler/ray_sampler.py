@@ -132,6 +132,8 @@ class RaySampler(Sampler):
         actor_options: further options for each actor, as
             ``ray.remote(...).options`` takes them (``resources``,
             ``scheduling_strategy``, ``runtime_env``, ``memory``, ...).
+        worker_init, worker_threads: see :class:`~sampler.LocalSampler`;
+            both take effect in each actor's process.
 
     Ray must be installed: ``pip install "rollout-sampler[ray]"``. Nodes of
     a cluster need rollout-sampler installed too.
@@ -189,6 +191,7 @@ class RaySampler(Sampler):
             options['shutdown_timeout'], release)
         try:
             self._factory_ref = ray.put(_pickling.dumps(self._factory))
+            self._setup = self._process_setup()
             for i in range(self.n_workers):
                 self._handles.append(self._spawn(i))
             self._await_ready(options['startup_timeout'])
@@ -203,7 +206,7 @@ class RaySampler(Sampler):
             if id(payload.blob) not in refs:
                 refs[id(payload.blob)] = self._ray.put(payload.blob)
         actor = self._actor_class.remote(
-            i, self._factory_ref, [p.kind for p in payloads],
+            i, self._factory_ref, self._setup, [p.kind for p in payloads],
             *[refs[id(p.blob)] for p in payloads])
         handle = _Handle(i, actor)
         self._pending[actor.ready.remote()] = (handle, 'ready')

@@ -33,7 +33,7 @@ import warnings
 from typing import Any, Dict, Optional
 
 from sampler import _pickling
-from sampler._worker_process import exit_if_importing_main
+from sampler._worker_process import ProcessSetup, exit_if_importing_main
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
                             SamplerTimeoutError)
 from sampler._streaming import Collector
@@ -133,7 +133,7 @@ class Sampler:
     """
 
     _OPTIONS = {'on_worker_error': 'raise', 'max_restarts': 10,
-                'progress': None}
+                'progress': None, 'worker_init': None, 'worker_threads': 1}
 
     def __init__(self, agents: Any, envs: Any, *,
                  worker_factory: Optional[WorkerFactory] = None,
@@ -512,7 +512,37 @@ class Sampler:
             msg = (f'progress must be None, True or False, got '
                    f'{merged["progress"]!r}')
             raise ValueError(msg)
+        threads = merged['worker_threads']
+        if threads is not None and (isinstance(threads, bool) or not
+                                    isinstance(threads, numbers.Integral)
+                                    or threads < 1):
+            msg = (f'worker_threads must be an int >= 1 (threads for torch '
+                   f'and BLAS in each worker) or None (leave them), got '
+                   f'{threads!r}')
+            raise ValueError(msg)
+        init = merged['worker_init']
+        if init is not None and not callable(init):
+            msg = (f'worker_init must be a callable taking the worker '
+                   f'number, got {init!r}')
+            raise TypeError(msg)
         return merged
+
+    def _process_setup(self):
+        """The :class:`ProcessSetup` of every worker process (backends
+        whose workers have processes of their own)."""
+        init = self._options['worker_init']
+        blob = None
+        if init is not None:
+            try:
+                blob = _pickling.dumps(init)
+            except Exception as err:
+                msg = (f'worker_init cannot be pickled by cloudpickle, and '
+                       f'it must be to reach the workers: '
+                       f'{type(err).__name__}: {err}. Pass a function that '
+                       f'builds what it needs inside the worker')
+                raise TypeError(msg) from err
+        return ProcessSetup(threads=self._options['worker_threads'],
+                            init=blob)
 
     # Shutdown ------------------------------------------------------------
 

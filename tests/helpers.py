@@ -338,3 +338,63 @@ def closing_samplers(sampler_class, **defaults):
     finally:
         for sampler in made:
             sampler.close()
+
+
+def torch_policy(observation_space, action_space, seed=0,
+                 report_threads=False):
+    """A small torch MLP policy for a float Box observation space, as a
+    TorchAgent: categorical for Discrete actions, Gaussian for Box. With
+    ``report_threads``, ``agent_infos['threads']`` holds the torch threads
+    of its process."""
+    import torch
+    from workers import TorchAgent
+
+    class Policy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            n_in = int(np.prod(observation_space.shape))
+            self.discrete = isinstance(action_space, spaces.Discrete)
+            n_out = int(action_space.n) if self.discrete else \
+                int(np.prod(action_space.shape))
+            self.net = torch.nn.Sequential(
+                torch.nn.Linear(n_in, 16), torch.nn.Tanh(),
+                torch.nn.Linear(16, n_out))
+            self.log_std = torch.nn.Parameter(torch.zeros(n_out))
+
+        def forward(self, x):
+            out = self.net(x)
+            if self.discrete:
+                dist = torch.distributions.Categorical(logits=out)
+            else:
+                dist = torch.distributions.Normal(out, self.log_std.exp())
+            if not report_threads:
+                return dist
+            return dist, {'threads': torch.full((len(x),),
+                                                torch.get_num_threads())}
+
+    torch.manual_seed(seed)
+    return TorchAgent(Policy(), observation_space, action_space, seed=seed)
+
+
+class InitRequired(OneStepEnv):
+    """Building it fails unless the worker's init hook ran before (it sets
+    ROLLOUT_SAMPLER_INIT); it reports that value in every info."""
+
+    def __init__(self):
+        self.init = os.environ.get('ROLLOUT_SAMPLER_INIT')
+        if self.init is None:
+            raise RuntimeError('worker_init did not run before the env was '
+                               'built')
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = super().step(action)
+        return obs, reward, terminated, truncated, {'init': int(self.init)}
+
+
+def set_init_variable(worker_number):
+    """A worker_init: marks this process as initialised by that worker."""
+    os.environ['ROLLOUT_SAMPLER_INIT'] = str(worker_number)
+
+
+def failing_init(worker_number):
+    raise OSError(f'no licence for worker {worker_number}')

@@ -30,7 +30,8 @@ class Loop:
         factory = cloudpickle.dumps(WorkerFactory(n_workers=1, seed=0))
         payloads = [('env', cloudpickle.dumps(env)),
                     ('agent', cloudpickle.dumps(agent))]
-        assert self.loop.build(factory, payloads)
+        assert self.loop.build(factory, _worker_process.ProcessSetup(),
+                               payloads)
         self.thread = threading.Thread(target=self.loop.serve, daemon=True)
         self.thread.start()
         assert self.reply(5)[0] is Reply.READY
