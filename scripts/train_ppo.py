@@ -1,4 +1,5 @@
-"""PPO on CartPole-v1 with obtain_steps, numpy only.
+"""PPO with obtain_steps: numpy on CartPole-v1, or torch (--torch) on
+discrete and continuous envs such as HalfCheetah-v5.
 
 Every iteration asks the sampler for ``--steps-per-env`` steps of every
 env with the current parameters (``obtain_steps``: the envs keep running,
@@ -11,6 +12,19 @@ with Adam. Writes a CSV of (env steps, wall time, mean return) and, with
 
     python scripts/train_ppo.py                         # about 20 s
     python scripts/train_ppo.py --target-return 475 --csv ppo.csv
+
+``--torch`` (``pip install "rollout-sampler[torch]"``) runs the same loop
+with a ``torch.nn.Module`` actor-critic as a ``workers.TorchAgent``:
+categorical for Discrete actions, a Gaussian for Box ones (the batch
+records the raw sample, the env gets it clipped). It normalises
+observations with running statistics kept in the module's buffers (so
+every ``agent_update`` carries them to the workers) and scales rewards
+by the running deviation of the discounted return, as MuJoCo PPO needs::
+
+    python scripts/train_ppo.py --torch --target-return 450
+    python scripts/train_ppo.py --torch --env HalfCheetah-v5 \
+        --total-steps 500000 --steps-per-env 256 --lr 3e-4 --epochs 10 \
+        --minibatches 32 --entropy-coef 0 --csv hc.csv --plot hc.png
 """
 
 import argparse
@@ -53,6 +67,8 @@ def parse_args(argv=None):
     p.add_argument('--plot', default=None, help='draw the learning curve to '
                    'this PNG (needs matplotlib)')
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--torch', action='store_true',
+                   help='a torch actor-critic (Discrete or Box actions)')
     return p.parse_args(argv)
 
 
@@ -187,10 +203,12 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def advantages_and_returns(batch, agent, gamma, lam):
-    """GAE over every segment of ``batch``. A segment that is cut (the
-    episode goes on in the next batch) or truncated bootstraps from the
-    value of its last observation; a terminated one from 0."""
+def advantages_and_returns(batch, agent, gamma, lam, rewards=None):
+    """GAE over every segment of ``batch`` (with ``rewards`` instead of the
+    batch's, if given). A segment that is cut (the episode goes on in the
+    next batch) or truncated bootstraps from the value of its last
+    observation; a terminated one from 0."""
+    rewards = batch.rewards if rewards is None else rewards
     values = batch.agent_infos['value']
     bootstrap = agent.values(batch.last_observations)
     bootstrap[batch.terminated[batch.episode_starts + batch.lengths - 1]] \
@@ -200,20 +218,223 @@ def advantages_and_returns(batch, agent, gamma, lam):
                                             batch.lengths)):
         next_value, gae = bootstrap[e], 0.0
         for t in range(start + length - 1, start - 1, -1):
-            delta = batch.rewards[t] + gamma * next_value - values[t]
+            delta = rewards[t] + gamma * next_value - values[t]
             gae = delta + gamma * lam * gae
             advantages[t] = gae
             next_value = values[t]
     return advantages, advantages + values
 
 
+class NumpyLearner:
+    """The numpy actor-critic and its Adam updates (Discrete actions)."""
+
+    def __init__(self, observation_space, action_space, args):
+        if not isinstance(action_space, gym.spaces.Discrete):
+            raise SystemExit(f'the numpy PPO takes Discrete actions; '
+                             f'{args.env} has {action_space}: use --torch')
+        self.args = args
+        self.agent = ActorCritic(observation_space.shape[0],
+                                 action_space.n, args.hidden, args.seed)
+        self.optimizer = Adam(self.agent.params, args.lr)
+        self.rng = np.random.default_rng(args.seed)
+
+    def params(self):
+        return self.agent.get_params()
+
+    def update(self, batch, lr_fraction):
+        args, agent = self.args, self.agent
+        advantages, returns = advantages_and_returns(
+            batch, agent, args.gamma, args.gae_lambda)
+        self.optimizer.lr = args.lr * lr_fraction
+        obs = np.asarray(batch.observations, np.float64)
+        actions = np.asarray(batch.actions)
+        old_logp = batch.agent_infos['logp']
+        size = len(batch) // args.minibatches
+        for _ in range(args.epochs):
+            order = self.rng.permutation(len(batch))
+            for k in range(args.minibatches):
+                rows = order[k * size:(k + 1) * size]
+                adv = advantages[rows]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                grads = agent.loss_gradients(
+                    obs[rows], actions[rows], old_logp[rows], adv,
+                    returns[rows], args)
+                self.optimizer.step(agent.params, grads)
+
+
+class RunningMoments:
+    """Running mean and variance of a stream of arrays (Chan et al.)."""
+
+    def __init__(self, shape=()):
+        self.mean, self.var, self.count = np.zeros(shape), np.ones(shape), \
+            1e-4
+
+    def update(self, x):
+        mean, var, n = x.mean(0), x.var(0), len(x)
+        delta, total = mean - self.mean, self.count + n
+        self.mean = self.mean + delta * n / total
+        self.var = (self.var * self.count + var * n +
+                    delta ** 2 * self.count * n / total) / total
+        self.count = total
+
+
+class TorchLearner:
+    """A torch actor-critic as a TorchAgent, trained with torch's Adam."""
+
+    def __init__(self, observation_space, action_space, args):
+        import torch
+
+        from workers import TorchAgent
+        self.torch, self.args = torch, args
+        torch.manual_seed(args.seed)
+        self.model = TorchActorCritic(observation_space, action_space,
+                                      args.hidden)
+        self.agent = TorchAgent(self.model, observation_space, action_space,
+                                seed=args.seed)
+        self.optimizer = torch.optim.Adam(self.model.parameters(),
+                                          lr=args.lr, eps=1e-5)
+        self.obs_moments = RunningMoments(observation_space.shape)
+        self.return_moments = RunningMoments()
+        self.running_returns = {}  # episode id -> discounted return so far
+        self.generator = torch.Generator().manual_seed(args.seed)
+
+    def params(self):
+        return self.agent.get_params()
+
+    def values(self, observations):
+        torch = self.torch
+        with torch.no_grad():
+            x = torch.as_tensor(np.asarray(observations), dtype=torch.float32)
+            return self.model.value(x).numpy().astype(np.float64)
+
+    def scaled_rewards(self, batch):
+        """Rewards over the running deviation of the discounted return,
+        carried across segments of one episode (as gymnasium's
+        NormalizeReward does per env)."""
+        gamma, returns = self.args.gamma, np.empty(len(batch))
+        for e, (start, length) in enumerate(zip(batch.episode_starts,
+                                                batch.lengths)):
+            episode = int(batch.episode_ids[e])
+            ret = self.running_returns.pop(episode, 0.0)
+            for t in range(start, start + length):
+                ret = ret * gamma + batch.rewards[t]
+                returns[t] = ret
+            if batch.cut[e]:
+                self.running_returns[episode] = ret
+        self.return_moments.update(returns)
+        return batch.rewards / np.sqrt(self.return_moments.var + 1e-8)
+
+    def update(self, batch, lr_fraction):
+        torch, args, model = self.torch, self.args, self.model
+        advantages, returns = advantages_and_returns(
+            batch, self, args.gamma, args.gae_lambda,
+            rewards=self.scaled_rewards(batch))
+        for group in self.optimizer.param_groups:
+            group['lr'] = args.lr * lr_fraction
+        obs = torch.as_tensor(np.asarray(batch.observations),
+                              dtype=torch.float32)
+        actions = torch.as_tensor(np.asarray(batch.actions))
+        old_logp = torch.as_tensor(batch.agent_infos['log_prob'])
+        advantages = torch.as_tensor(advantages, dtype=torch.float32)
+        returns = torch.as_tensor(returns, dtype=torch.float32)
+        size = len(batch) // args.minibatches
+        for _ in range(args.epochs):
+            order = torch.randperm(len(batch), generator=self.generator)
+            for k in range(args.minibatches):
+                rows = order[k * size:(k + 1) * size]
+                dist, extra = model(obs[rows])
+                logp = dist.log_prob(actions[rows])
+                entropy = dist.entropy()
+                if logp.dim() > 1:  # a Gaussian: one term per dimension
+                    logp, entropy = logp.sum(1), entropy.sum(1)
+                adv = advantages[rows]
+                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                ratio = (logp - old_logp[rows]).exp()
+                policy_loss = -torch.min(
+                    ratio * adv,
+                    ratio.clamp(1 - args.clip, 1 + args.clip) * adv).mean()
+                value_loss = 0.5 * ((extra['value'] - returns[rows]) ** 2
+                                    ).mean()
+                loss = policy_loss + args.value_coef * value_loss - \
+                    args.entropy_coef * entropy.mean()
+                self.optimizer.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+                self.optimizer.step()
+        # New statistics only after the update, which must see the
+        # observations as the workers' policy saw them.
+        self.obs_moments.update(np.asarray(batch.observations, np.float64))
+        model.set_normalisation(self.obs_moments)
+
+
+def TorchActorCritic(observation_space, action_space, hidden):
+    """The torch module (built in a function so that the script imports
+    torch only with --torch)."""
+    import torch
+    nn = torch.nn
+
+    def mlp(n_out, gain):
+        last = nn.Linear(hidden, n_out)
+        nn.init.orthogonal_(last.weight, gain)
+        nn.init.zeros_(last.bias)
+        layers = [nn.Linear(n_obs, hidden), nn.Tanh(),
+                  nn.Linear(hidden, hidden), nn.Tanh()]
+        for layer in layers[::2]:
+            nn.init.orthogonal_(layer.weight, np.sqrt(2))
+            nn.init.zeros_(layer.bias)
+        return nn.Sequential(*layers, last)
+
+    n_obs = int(np.prod(observation_space.shape))
+    discrete = isinstance(action_space, gym.spaces.Discrete)
+    n_out = int(action_space.n) if discrete else \
+        int(np.prod(action_space.shape))
+
+    class ActorCriticModule(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.actor, self.critic = mlp(n_out, 0.01), mlp(1, 1.0)
+            if not discrete:
+                self.log_std = nn.Parameter(torch.zeros(n_out))
+            # In the state dict, so every agent_update carries them.
+            self.register_buffer('obs_mean', torch.zeros(n_obs))
+            self.register_buffer('obs_std', torch.ones(n_obs))
+
+        def set_normalisation(self, moments):
+            with torch.no_grad():
+                self.obs_mean.copy_(torch.as_tensor(moments.mean))
+                self.obs_std.copy_(torch.as_tensor(
+                    np.sqrt(moments.var + 1e-8)))
+
+        def normalise(self, x):
+            x = x.reshape(len(x), -1).float()
+            return ((x - self.obs_mean) / self.obs_std).clamp(-10, 10)
+
+        def value(self, x):
+            return self.critic(self.normalise(x))[:, 0]
+
+        def forward(self, x):
+            x = self.normalise(x)
+            out = self.actor(x)
+            if discrete:
+                dist = torch.distributions.Categorical(logits=out)
+            else:
+                dist = torch.distributions.Normal(
+                    out, self.log_std.exp().expand_as(out))
+            return dist, {'value': self.critic(x)[:, 0]}
+
+    return ActorCriticModule()
+
+
 def main(argv=None):
     args = parse_args(argv)
     env = gym.make(args.env)
-    agent = ActorCritic(env.observation_space.shape[0],
-                        env.action_space.n, args.hidden, args.seed)
-    optimizer = Adam(agent.params, args.lr)
-    rng = np.random.default_rng(args.seed)
+    if args.torch:
+        learner = TorchLearner(env.observation_space, env.action_space,
+                               args)
+    else:
+        learner = NumpyLearner(env.observation_space, env.action_space,
+                               args)
+    agent = learner.agent
     iterations = max(1, args.total_steps // (
         args.workers * args.envs_per_worker * args.steps_per_env))
     finished, curve, started = [], [], time.perf_counter()
@@ -224,7 +445,7 @@ def main(argv=None):
             worker_args={'n_envs': args.envs_per_worker}) as sampler:
         for iteration in range(iterations):
             batch = sampler.obtain_steps(args.steps_per_env,
-                                         agent_update=agent.get_params())
+                                         agent_update=learner.params())
             finished.extend(batch.episode_stats()['returns'].tolist())
             if finished:
                 mean_return = float(np.mean(finished[-20:]))
@@ -239,23 +460,7 @@ def main(argv=None):
                 print(f'reached a mean return of {mean_return:.1f} after '
                       f'{sampler.stats["env_steps"]} env steps')
                 break
-            advantages, returns = advantages_and_returns(
-                batch, agent, args.gamma, args.gae_lambda)
-            optimizer.lr = args.lr * (1 - iteration / iterations)
-            obs = np.asarray(batch.observations, np.float64)
-            actions = np.asarray(batch.actions)
-            old_logp = batch.agent_infos['logp']
-            size = len(batch) // args.minibatches
-            for _ in range(args.epochs):
-                order = rng.permutation(len(batch))
-                for k in range(args.minibatches):
-                    rows = order[k * size:(k + 1) * size]
-                    adv = advantages[rows]
-                    adv = (adv - adv.mean()) / (adv.std() + 1e-8)
-                    grads = agent.loss_gradients(
-                        obs[rows], actions[rows], old_logp[rows], adv,
-                        returns[rows], args)
-                    optimizer.step(agent.params, grads)
+            learner.update(batch, 1 - iteration / iterations)
     if args.csv:
         with open(args.csv, 'w', newline='') as f:
             writer = csv.writer(f)
@@ -270,7 +475,8 @@ def main(argv=None):
         ax.plot([c[0] for c in curve], [c[2] for c in curve])
         ax.set_xlabel('env steps')
         ax.set_ylabel('mean return (last 20 episodes)')
-        ax.set_title(f'PPO on {args.env}, {args.workers} workers x '
+        ax.set_title(f'PPO ({"torch" if args.torch else "numpy"}) on '
+                     f'{args.env}, {args.workers} workers x '
                      f'{args.envs_per_worker} envs')
         fig.tight_layout()
         fig.savefig(args.plot)

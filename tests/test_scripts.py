@@ -59,6 +59,17 @@ def test_train_ppo_learns_cartpole(capsys, tmp_path):
     assert steps == sorted(steps) and steps[0] > 0
 
 
+@pytest.mark.timeout(300)
+def test_train_ppo_with_torch_learns_cartpole(capsys, tmp_path):
+    pytest.importorskip('torch')
+    curve = tmp_path / 'ppo.csv'
+    mean_return = load('train_ppo').main(['--torch', '--target-return', '450',
+                                          '--csv', str(curve)])
+    assert mean_return >= 450
+    assert 'reached a mean return' in capsys.readouterr().out
+    assert len(curve.read_text().splitlines()) > 2
+
+
 def test_ppo_advantages_bootstrap_cut_segments_and_not_terminated_ones():
     from workers import EpisodeBatch
     ppo = load('train_ppo')
