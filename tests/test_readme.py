@@ -3,6 +3,8 @@
 import pathlib
 import re
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 
@@ -15,7 +17,7 @@ def code_blocks():
 
 def test_readme_training_loop_runs_and_improves(capsys):
     blocks = code_blocks()
-    assert len(blocks) == 1
+    assert len(blocks) == 2
     namespace = {'__name__': 'readme_example'}
     exec(compile(blocks[0], 'README.rst', 'exec'), namespace)
     assert capsys.readouterr().out == ''  # guarded: nothing ran on import
@@ -40,3 +42,13 @@ def test_readme_renders_without_warnings():
     docutils.core.publish_doctree(
         (ROOT / 'README.rst').read_text(),
         settings_overrides={'report_level': 2, 'halt_level': 2})
+
+
+def test_readme_torch_example_samples_with_the_state_dict():
+    pytest.importorskip('torch')
+    namespace = {'__name__': 'readme_torch_example'}
+    exec(compile(code_blocks()[1], 'README.rst', 'exec'), namespace)
+    batch = namespace['main']()
+    assert len(batch) == 2 * 4 * 64
+    assert batch.versions.tolist() == [3] * batch.n_episodes
+    assert {'log_prob', 'value'} <= set(batch.agent_infos)
