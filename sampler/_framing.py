@@ -1,4 +1,5 @@
-"""Messages on a result pipe, with arrays moved as raw bytes.
+"""Messages on a pipe, with arrays (and pickled updates) moved as raw
+bytes.
 
 A worker's reply is pickled with protocol 5, large contiguous arrays
 out-of-band: their bytes are written to the pipe straight from the
@@ -7,7 +8,10 @@ caller reads a whole message into one buffer it allocates once for it,
 and unpickles the arrays as views of that buffer: the observations of a
 segment are copied once on the worker's side (into the pipe) and once on
 the caller's (out of it), where ``recv_bytes`` and in-band pickles made
-four copies of them.
+four copies of them. Commands to a worker travel the same way, their
+pickled updates out-of-band (:func:`blobs_out_of_band`): a state dict
+pushed to every worker is copied into each command pipe, not first into
+each worker's pickled command.
 
 One message::
 
@@ -70,6 +74,15 @@ def encode(message):
         offset += pad + raw.nbytes
     pieces[0] = HEADER.pack(offset, len(data), len(buffers))
     return pieces
+
+
+def blobs_out_of_band(message):
+    """``message`` (a tuple) with its large ``bytes`` items (pickled
+    updates) wrapped so that :func:`encode` writes them from their own
+    memory instead of copying them into the pickle; the reader gets them
+    as memoryviews, which ``pickle.loads`` takes like bytes."""
+    return tuple(pickle.PickleBuffer(item) if isinstance(item, bytes) and
+                 len(item) >= MIN_OUT_OF_BAND else item for item in message)
 
 
 def write_message(fd, message):

@@ -33,7 +33,6 @@ and a command is seen right after.
 import dataclasses
 import enum
 import os
-import pickle
 import selectors
 import signal
 import sys
@@ -257,6 +256,7 @@ class _Loop:
     def __init__(self, worker_number, commands, results):
         self.worker_number = worker_number
         self.commands = commands
+        self.command_reader = _framing.MessageReader(commands.fileno())
         self.results = results
         # One selector for the whole life of the process: checking it
         # between episodes is a single system call.
@@ -296,7 +296,7 @@ class _Loop:
                 if any(key.data for key, _ in events):
                     raise _ParentGone
                 try:
-                    message = pickle.loads(self.commands.recv_bytes())
+                    message = self.command_reader.read()
                 except (EOFError, OSError):
                     raise _ParentGone from None  # the caller's end closed
                 try:

@@ -41,7 +41,6 @@ import collections
 import importlib.util
 import multiprocessing as mp
 import os
-import pickle
 import selectors
 import signal
 import sys
@@ -175,7 +174,8 @@ class _Handle:
 class _Commands:
     """The caller's end of a worker's command pipe.
 
-    ``put`` pickles and queues; a daemon thread started on first use does
+    ``put`` pickles (:mod:`sampler._framing`, the updates' bytes not
+    copied) and queues; a daemon thread started on first use does
     the writing, so the caller never blocks on a worker that is busy,
     paused or stuck, and a worker that died just ends the thread.
     """
@@ -188,7 +188,7 @@ class _Commands:
         self._closed = False
 
     def put(self, message):
-        data = pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        data = _framing.encode(_framing.blobs_out_of_band(message))
         with self._wake:
             if self._closed:
                 msg = 'the command pipe of this worker is closed'
@@ -210,7 +210,7 @@ class _Commands:
                     break
                 data = self._queued.popleft()
             try:
-                self._writer.send_bytes(data)
+                _framing.write_pieces(self._writer.fileno(), data)
             except (OSError, ValueError):
                 break  # the worker is gone; nothing more can reach it
         self._writer.close()

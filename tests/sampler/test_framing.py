@@ -127,3 +127,17 @@ def test_a_closed_pipe_is_end_of_file(pipe):
     reader = _framing.MessageReader(r)
     with pytest.raises(EOFError):
         reader.read()
+
+
+def test_pickled_updates_in_commands_travel_out_of_band(pipe):
+    r, w = pipe
+    blob = bytes(range(256)) * 400  # a pickled state dict, say
+    message = ('start', 7, blob, b'small', None)
+    pieces = _framing.encode(_framing.blobs_out_of_band(message))
+    sizes = [memoryview(p).nbytes for p in pieces]
+    assert len(blob) in sizes and sum(sizes) < len(blob) + 1024
+    thread = send_in_thread(w, [_framing.blobs_out_of_band(message)])
+    got = _framing.MessageReader(r).read()
+    thread.join()
+    assert got[:2] == ('start', 7) and got[3:] == (b'small', None)
+    assert bytes(got[2]) == blob  # a view, which pickle.loads takes

@@ -3,7 +3,6 @@ the test holds every command and every timer; and the Collector's rules
 of a call, which every backend drives."""
 
 import multiprocessing as mp
-import pickle
 import threading
 
 import cloudpickle
@@ -37,7 +36,8 @@ class Loop:
         assert self.reply(5)[0] is Reply.READY
 
     def send(self, *message):
-        self._commands.send_bytes(pickle.dumps(message))
+        _framing.write_message(self._commands.fileno(),
+                               _framing.blobs_out_of_band(message))
 
     def reply(self, timeout):
         """The next reply, or None if none comes within ``timeout``."""
