@@ -398,3 +398,55 @@ def set_init_variable(worker_number):
 
 def failing_init(worker_number):
     raise OSError(f'no licence for worker {worker_number}')
+
+
+def torch_nest_policy(observation_space, action_space, seed=0):
+    """A TorchAgent whose module flattens any stackable observation (the
+    tensors TorchAgent makes of Box, Discrete, MultiDiscrete, MultiBinary
+    and Dict / Tuple nests) into one linear layer; categorical logits per
+    MultiDiscrete / Discrete action dimension."""
+    import torch
+    from workers import TorchAgent
+    from workers.spaces import flat_dim
+
+    def flatten(x):
+        if isinstance(x, dict):
+            return torch.cat([flatten(v) for v in x.values()], 1)
+        if isinstance(x, tuple):
+            return torch.cat([flatten(v) for v in x], 1)
+        return x.reshape(len(x), -1).float()
+
+    discrete = isinstance(action_space, spaces.Discrete)
+    nvec = [int(action_space.n)] if discrete else \
+        [int(k) for k in action_space.nvec]
+
+    class Policy(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = torch.nn.Linear(flat_dim(observation_space),
+                                       sum(nvec))
+
+        def forward(self, x):
+            logits = self.net(flatten(x))
+            if discrete:
+                return torch.distributions.Categorical(logits=logits)
+            # One categorical per dimension, padded to a common width.
+            parts = torch.split(logits, nvec, 1)
+            width = max(nvec)
+            padded = torch.stack([torch.nn.functional.pad(
+                p, (0, width - p.shape[1]), value=-1e9) for p in parts], 1)
+            return torch.distributions.Categorical(logits=padded)
+
+    torch.manual_seed(seed)
+    return TorchAgent(Policy(), observation_space, action_space, seed=seed)
+
+
+class InitLog:
+    """A worker_init that appends ``worker_number pid`` to a file."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __call__(self, worker_number):
+        with open(self.path, 'a') as log:
+            log.write(f'{worker_number} {os.getpid()}\n')

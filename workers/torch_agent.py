@@ -141,6 +141,11 @@ class TorchAgent:
             for key, value in params.items():
                 target = own[key]
                 value = torch.as_tensor(value)
+                if value.device.type == 'meta':
+                    msg = (f'TorchAgent.set_params: {key} is a meta tensor, '
+                           f'which holds no values; pass the learner\'s '
+                           f'materialised state dict')
+                    raise ValueError(msg)
                 if value.shape != target.shape:
                     msg = (f'TorchAgent.set_params: {key} has shape '
                            f'{tuple(value.shape)}, expected '

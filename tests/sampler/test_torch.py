@@ -8,8 +8,9 @@ import numpy as np
 import psutil
 import pytest
 
-from helpers import (InitRequired, closing_samplers, failing_init,
-                     set_init_variable, steps_of, torch_policy)
+from helpers import (DictObsEnv, FailOnceEnv, InitLog, InitRequired,
+                     closing_samplers, failing_init, set_init_variable,
+                     steps_of, torch_nest_policy, torch_policy)
 from sampler import (LocalSampler, MultiprocessingSampler, RaySampler,
                      WorkerError)
 
@@ -55,6 +56,47 @@ def test_torch_batches_are_identical_on_every_backend(ray_runtime):
                                   np.clip(steps.actions, -2, 2))
     assert (np.abs(steps.actions) > 2).any()  # so the clip mattered
     assert steps.versions.tolist() == [1] * steps.n_episodes
+
+
+def dict_env():
+    return DictObsEnv(max_steps=6)
+
+
+@pytest.mark.parametrize('env', ['FrozenLake-v1', 'Pendulum-v1', dict_env],
+                         ids=['Discrete', 'Box', 'Dict'])
+def test_torch_agents_sample_every_observation_family(make_sampler, env):
+    made = env() if callable(env) else gym.make(env)
+    if isinstance(made.action_space, gym.spaces.Box):
+        agent = torch_policy(made.observation_space, made.action_space)
+    else:
+        agent = torch_nest_policy(made.observation_space, made.action_space)
+    s = make_sampler(agent, env, n_workers=2, seed=1, max_episode_length=30)
+    episodes = s.obtain_exact_episodes(2)
+    steps = s.obtain_steps(10, agent_update=agent.get_params())
+    assert episodes.n_episodes == 4 and len(steps) == 20
+    for batch in (episodes, steps):
+        assert batch.agent_infos['log_prob'].shape == (len(batch),)
+        assert (batch.agent_infos['log_prob'] <= 0).all() or \
+            isinstance(made.action_space, gym.spaces.Box)
+        assert all(made.action_space.contains(
+            a if isinstance(made.action_space, gym.spaces.Box) else
+            (int(a) if np.ndim(a) == 0 else np.asarray(a)))
+                   for a in batch.agent_infos.get('env_action',
+                                                  batch.actions))
+
+
+def test_the_start_hook_runs_once_per_worker_and_per_replacement(
+        backend, tmp_path):
+    log = tmp_path / 'init.log'
+    with backend(lambda obs: 0, FailOnceEnv(str(tmp_path / 'failed')),
+                 n_workers=2, seed=0, worker_init=InitLog(log),
+                 on_worker_error='restart') as s:
+        s.obtain_exact_episodes(2)
+        assert s.stats['worker_restarts'] == 1
+    workers = sorted(int(line.split()[0])
+                     for line in log.read_text().splitlines())
+    # Worker 0 and 1 once each, and the one that failed once more.
+    assert len(workers) == 3 and set(workers) == {0, 1}
 
 
 def test_workers_run_torch_with_the_threads_asked(process_backend):
@@ -128,3 +170,23 @@ def test_preload_imports_torch_in_the_forkserver_once():
                  preload=('torch',))
         assert 'libtorch' in forkserver_maps()
         assert len(s.obtain_steps(5)) == 10
+
+
+class CountedParams(dict):
+    """Parameters that count how often they are pickled (in the caller)."""
+
+    pickled = 0
+
+    def __reduce__(self):
+        CountedParams.pickled += 1
+        return (dict, (dict(self),))
+
+
+def test_an_update_is_pickled_once_per_call_for_all_workers(make_sampler):
+    agent = cartpole_agent()
+    s = make_sampler(agent, 'CartPole-v1', n_workers=4, seed=0)
+    params = agent.get_params()
+    CountedParams.pickled = 0
+    for call in range(3):
+        s.obtain_steps(2, agent_update=CountedParams(params))
+    assert CountedParams.pickled == 3

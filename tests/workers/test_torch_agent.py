@@ -187,3 +187,21 @@ def test_without_torch_import_works_and_construction_says_what_to_install():
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert INSTALL in out.stdout and 'TorchAgent needs PyTorch' in out.stdout
+
+
+def test_set_params_takes_another_dtype_and_device_type():
+    # A learner's state dict in float64 (or on CUDA) loads into the
+    # agent's float32 CPU module; the module keeps its dtype and device.
+    agent = TorchAgent(Categorical(4, 3), spaces.Box(-1, 1, (4,)),
+                       spaces.Discrete(3), seed=0)
+    learner = Categorical(4, 3).double()
+    agent.set_params(learner.state_dict())
+    for name, tensor in agent.module.state_dict().items():
+        assert tensor.dtype == torch.float32 and tensor.device.type == 'cpu'
+        torch.testing.assert_close(tensor.double(),
+                                   learner.state_dict()[name])
+    meta = {k: torch.empty(v.shape, device='meta')
+            for k, v in learner.state_dict().items()}
+    with pytest.raises(ValueError, match='is a meta tensor, which holds no '
+                                         'values'):
+        agent.set_params(meta)
