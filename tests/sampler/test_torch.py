@@ -8,9 +8,10 @@ import numpy as np
 import psutil
 import pytest
 
-from helpers import (DictObsEnv, FailOnceEnv, InitLog, InitRequired,
-                     closing_samplers, failing_init, set_init_variable,
-                     steps_of, torch_nest_policy, torch_policy)
+from helpers import (DictObsEnv, FailOnceEnv, FaultyEnv, InitLog,
+                     InitRequired, closing_samplers, failing_init,
+                     set_init_variable, steps_of, torch_nest_policy,
+                     torch_policy)
 from sampler import (LocalSampler, MultiprocessingSampler, RaySampler,
                      WorkerError)
 
@@ -88,15 +89,16 @@ def test_torch_agents_sample_every_observation_family(make_sampler, env):
 def test_the_start_hook_runs_once_per_worker_and_per_replacement(
         backend, tmp_path):
     log = tmp_path / 'init.log'
-    with backend(lambda obs: 0, FailOnceEnv(str(tmp_path / 'failed')),
-                 n_workers=2, seed=0, worker_init=InitLog(log),
+    # Only worker 1's env fails, once.
+    envs = [FaultyEnv('none'), FailOnceEnv(str(tmp_path / 'failed'))]
+    with backend(lambda obs: 0, envs, seed=0, worker_init=InitLog(log),
                  on_worker_error='restart') as s:
         s.obtain_exact_episodes(2)
         assert s.stats['worker_restarts'] == 1
     workers = sorted(int(line.split()[0])
                      for line in log.read_text().splitlines())
-    # Worker 0 and 1 once each, and the one that failed once more.
-    assert len(workers) == 3 and set(workers) == {0, 1}
+    # Worker 0 once, worker 1 and its replacement.
+    assert workers == [0, 1, 1]
 
 
 def test_workers_run_torch_with_the_threads_asked(process_backend):
