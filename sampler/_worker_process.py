@@ -85,6 +85,11 @@ class Command(enum.Enum):
     #                     ones, send them and say done
     STOP = 'stop'      # (): go idle now, sending what is held
     EXIT = 'exit'      # ()
+    UPDATE = 'update'  # (version, env blob or None, agent blob or None):
+    #                     a stream round applies it at its next step, its
+    #                     segments cut there; another round when it ends
+    CREDIT = 'credit'  # (transitions,): the caller read that many of a
+    #                     stream round's; a worker that far ahead goes on
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +111,11 @@ class RoundStart:
         first_episode_id: the least id the worker's next episode may
             have (past every id the caller has seen from this worker: where
             a replacement's ids start), or None.
+        stream: a stream round: ``steps`` steps of every env at a time,
+            the envs kept running, until STOP; UPDATE commands apply at
+            the next step.
+        budget: in a stream round, the transitions sent and not yet
+            credited (CREDIT) at which the worker pauses; None: no limit.
         attempt: 0 for the worker that began the round; ``k`` for its
             ``k``-th replacement in a call that keeps what the failed
             worker sent: the replacement draws seeds of its own, so it
@@ -121,6 +131,8 @@ class RoundStart:
     chunk: Optional[int] = None
     first_episode_id: Optional[int] = None
     attempt: int = 0
+    stream: bool = False
+    budget: Optional[int] = None
 
 
 @dataclasses.dataclass
@@ -288,7 +300,7 @@ class _Loop:
             # Handle every queued command before the next episode, in order:
             # none is lost, and the last word decides the state. Idle, this
             # blocks; running, it only looks.
-            timeout = 0 if self.progress.running else None
+            timeout = 0 if self._stepping else None
             while True:
                 events = self.selector.select(timeout)
                 if not events:
@@ -306,8 +318,8 @@ class _Loop:
                     return
                 if not keep_going:
                     return
-                timeout = 0 if self.progress.running else None
-            if self.progress.running:
+                timeout = 0 if self._stepping else None
+            if self._stepping:
                 if not self.pending.n_episodes:
                     self.pending_since = time.monotonic()
                 try:
@@ -320,6 +332,10 @@ class _Loop:
                                     self.pending, self.pending_since)):
                     if not self._flush():
                         return
+
+    @property
+    def _stepping(self):
+        return self.progress.running and not self.progress.paused
 
     def _handle(self, message):
         """Apply one command; False means exit."""
@@ -342,6 +358,23 @@ class _Loop:
             # version is still current.
             if was_running and not self._flush():
                 return False
+            try:
+                self.progress.stop()
+            except Exception:
+                self._report_error()
+                return False
+        elif tag is Command.UPDATE:
+            # A message holds one version: what is held goes first.
+            if self.progress.stream and self.pending.n_episodes and \
+                    not self._flush():
+                return False
+            try:
+                self.progress.update(*args)
+            except Exception:
+                self._report_error()
+                return False
+        elif tag is Command.CREDIT:
+            self.progress.credit(*args)
         elif tag is Command.EXIT:
             return False
         else:
@@ -400,13 +433,17 @@ class Round:
         self.quota = self.steps = self.chunk = None
         self.started = 0
         self.finishing = False
+        self.stream = False
+        self.budget = None
+        self.in_flight = 0  # stream rounds: sent, not yet credited
+        self.deferred = None  # an UPDATE that waits for the round's end
         self._steps_reported = worker.env_steps
 
     def start(self, start, env_blob=None, agent_blob=None):
         """Apply the updates (pickled, or None) and begin the round that
         ``start`` (a :class:`RoundStart`) describes; raises what the
         updates raise."""
-        self.running = False
+        self._end()  # an UPDATE that waited for the last round first
         worker = self.worker
         if env_blob is not None:
             apply_update(worker, 'env', env_blob)
@@ -428,7 +465,50 @@ class Round:
             start.quota, start.steps, start.chunk
         self.started = 0
         self.finishing = False
+        self.stream, self.budget = start.stream, start.budget
+        self.in_flight = 0
+        self.deferred = None
         self.running = True
+
+    @property
+    def paused(self):
+        """A stream round this far ahead of the caller waits for CREDIT."""
+        return self.running and self.stream and self.budget is not None \
+            and self.in_flight >= self.budget
+
+    def credit(self, transitions):
+        """The caller read ``transitions`` of this stream round's."""
+        self.in_flight = max(0, self.in_flight - int(transitions))
+
+    def update(self, version, env_blob=None, agent_blob=None):
+        """Apply an UPDATE: now, unless a round that is not a stream runs
+        (its episodes keep one version): then when it ends. Raises what
+        the updates raise."""
+        if self.running and not self.stream:
+            self.deferred = (version, env_blob, agent_blob)
+            return
+        worker = self.worker
+        if env_blob is not None:
+            apply_update(worker, 'env', env_blob)
+            # A new env (or task) starts new episodes; a stream round's
+            # running ones were cut at its last step, so nothing is lost.
+            worker.abandon_episodes()
+        if agent_blob is not None:
+            apply_update(worker, 'agent', agent_blob)
+        worker.version = int(version)
+        if self.stream:
+            self.version = worker.version  # the round's messages from now
+
+    def stop(self):
+        """STOP: the round is over (what it holds was sent)."""
+        self._end()
+
+    def _end(self):
+        """The round is over: apply an UPDATE that waited for it."""
+        self.running = False
+        if self.deferred is not None:
+            deferred, self.deferred = self.deferred, None
+            self.update(*deferred)
 
     def finish(self):
         """Start no new episode; the round ends once the running ones
@@ -439,9 +519,13 @@ class Round:
         """Run the round on into ``buffer``; False once the worker's part
         of it is done, which ends the round."""
         worker = self.worker
-        if self.steps is not None:
+        if self.stream:
+            # Cut at every message's steps: the segments sent are all
+            # there is of them, and an UPDATE can apply at the next step.
             worker.step_into(buffer, self.steps)
-            self.running = False
+        elif self.steps is not None:
+            worker.step_into(buffer, self.steps)
+            self._end()
         elif self.quota is not None:
             # Only the episodes the quota allows are started, and all of
             # them are completed: which episodes a call returns does not
@@ -449,11 +533,11 @@ class Round:
             self.started += worker.rollout_into(
                 buffer, max_starts=self.quota - self.started)
             if self.started >= self.quota and not worker.in_progress:
-                self.running = False
+                self._end()
         elif self.finishing:
             worker.rollout_into(buffer, max_starts=0)
             if not worker.in_progress:
-                self.running = False
+                self._end()
         else:
             worker.rollout_into(buffer)
         return self.running
@@ -475,6 +559,8 @@ class Round:
             worker.error_site = 'building the message'
             batch = buffer.to_batch()
             worker.error_site = None
+            if self.stream:
+                self.in_flight += len(batch)
         steps = worker.env_steps - self._steps_reported
         self._steps_reported = worker.env_steps
         return (Reply.EPISODES, Segments(self.round, self.version, batch,

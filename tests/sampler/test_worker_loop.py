@@ -218,3 +218,71 @@ def test_exact_episodes_come_worker_by_worker_in_the_order_they_started():
     assert c.done
     batch = EpisodeBatch.concatenate(*c.batches())
     assert batch.episode_ids.tolist() == [4, 5, 10, 11]
+
+
+def stream_replies(loop, quiet=0.3):
+    """Every reply until none comes for ``quiet`` seconds."""
+    out = []
+    while True:
+        reply = loop.reply(quiet)
+        if reply is None:
+            return out
+        assert reply[0] is Reply.EPISODES, reply
+        out.append(reply[1])
+
+
+def test_a_stream_round_pauses_at_its_budget_until_credited(loop):
+    start(loop, 1, steps=5, chunk=10, stream=True, budget=40)
+    first = stream_replies(loop)
+    sent = sum(len(s.batch) for s in first)
+    # It stops once 40 transitions are unread (whole messages of 10).
+    assert sent == 40 and not any(s.done for s in first)
+    loop.send(Command.CREDIT, 20)
+    more = stream_replies(loop)
+    assert sum(len(s.batch) for s in more) == 20
+    loop.send(Command.STOP)
+    last = segments(loop)
+    assert last.done
+    everything = first + more + [last]
+    stepped = sum(s.env_steps for s in everything)
+    assert stepped == sum(len(s.batch) for s in everything
+                          if s.batch is not None)  # nothing lost
+
+
+def test_updates_apply_at_the_next_step_and_only_the_newest(loop):
+    start(loop, 1, steps=5, chunk=10, stream=True, budget=30)
+    before = stream_replies(loop)
+    agent = cloudpickle.dumps(FirstObsAgent())
+    for version in range(2, 12):  # ten pushes while the worker waits
+        loop.send(Command.UPDATE, version, None, agent)
+    loop.send(Command.CREDIT, 10 ** 6)
+    after = stream_replies(loop)
+    loop.send(Command.STOP)
+    after.append(segments(loop))
+    assert {int(v) for s in before for v in s.batch.versions} == {1}
+    versions = {int(v) for s in after if s.batch is not None
+                for v in s.batch.versions}
+    assert versions == {11}  # the ten came before any step: the newest
+    for s in before + after:  # a message holds one version
+        if s.batch is not None:
+            assert set(s.batch.versions.tolist()) == {s.version}
+
+
+def test_an_update_waits_for_the_end_of_a_round_that_is_not_a_stream(
+        gated_loop):
+    loop = gated_loop
+    start(loop, 1, chunk=10 ** 9)
+    STEPS.release(2)
+    for _ in range(3):
+        assert BEGUN.acquire(timeout=5)
+    loop.send(Command.UPDATE, 5, None, None)
+    loop.send(Command.FINISH, 1)
+    STEPS.release(1)
+    got = segments(loop)
+    # The episodes of the round kept its version; the update came after.
+    assert got.done and got.version == 1
+    assert set(got.batch.versions.tolist()) == {1}
+    assert loop.loop.worker.version == 5  # applied as the round ended
+    start(loop, 2, steps=2)
+    STEPS.release(2)
+    assert set(segments(loop).batch.versions.tolist()) == {2}
