@@ -8,6 +8,8 @@ method calls instead of a command pipe::
              -> None | ERROR(...)                      applies updates
     sample() -> EPISODES(Segments) | ERROR(...)
     finish(round) -> None                              see FINISH
+    update(version, env, agent) -> None | ERROR(...)   see UPDATE
+    stop()   -> EPISODES(Segments, done) | ERROR(...)  ends a stream
     shutdown()                                         closes the envs
 
 ``sample`` runs the round (:class:`~sampler._worker_process.Round`) until
@@ -25,6 +27,7 @@ says which worker failed and where, as with the other backends.
 import os
 
 from sampler._worker_process import Reply, Round, build_worker, error_reply
+from workers import EpisodeBuffer
 
 
 class SamplerWorker:
@@ -65,6 +68,22 @@ class SamplerWorker:
 
     def sample(self):
         return self._progress.produce()
+
+    def update(self, version, env_blob, agent_blob):
+        try:
+            self._progress.update(version, env_blob, agent_blob)
+        except Exception:
+            return error_reply(self._worker)
+        return None
+
+    def stop(self):
+        """End the round (a stream's): the reply says done."""
+        self._progress.running = False
+        try:
+            self._progress.stop()
+        except Exception:
+            return error_reply(self._worker)
+        return self._progress.message(EpisodeBuffer())
 
     def finish(self, round_number):
         if self._progress.running and round_number == self._progress.round:

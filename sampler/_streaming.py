@@ -116,7 +116,8 @@ class Collector:
     """
 
     def __init__(self, *, kind, count, round_number, version, n_workers,
-                 max_staleness, stats, next_episode_ids, n_envs=None):
+                 max_staleness, stats, next_episode_ids, n_envs=None,
+                 budget=None):
         self.kind = kind
         self.n_envs = n_envs
         self.count = count
@@ -127,11 +128,23 @@ class Collector:
         self.next_episode_ids = next_episode_ids
         self.quota = count if kind == 'episodes' else None
         self.steps = count if kind == 'steps' else None
+        self.stream = kind == 'stream'
+        self.max_staleness = max_staleness
+        self.budget = budget
+        self.draining = False  # a stream after STOP: until all say done
+        self.credits = [0] * n_workers  # stream transitions read, per worker
+        if self.stream:
+            # Steps of every env per message: about count / n_workers
+            # transitions from each worker per message.
+            envs = max(1, n_envs or n_workers)
+            self.steps = max(1, count // envs)
+            self.chunk = self.steps * max(1, envs // n_workers)
         # Transitions per message: enough to make per-message costs
         # small. Exact episodes and steps are sent when a worker's part is
         # done (or after FLUSH_AFTER_S).
-        self.chunk = max(1, count // (16 * n_workers)) \
-            if kind == 'samples' else None
+        if not self.stream:
+            self.chunk = max(1, count // (16 * n_workers)) \
+                if kind == 'samples' else None
         self.streaming = kind == 'samples' and max_staleness > 0
         self.min_version = version - (max_staleness
                                       if kind == 'samples' else 0)
@@ -151,7 +164,8 @@ class Collector:
         return RoundStart(self.round, self.version, quota=self.quota,
                           steps=self.steps, chunk=self.chunk,
                           first_episode_id=self.next_episode_ids[worker],
-                          attempt=self.attempts[worker])
+                          attempt=self.attempts[worker], stream=self.stream,
+                          budget=self.budget)
 
     def run(self, wait_and_collect, deadline, stop_workers, finish_workers,
             progress, closed):
@@ -179,9 +193,30 @@ class Collector:
 
     @property
     def done(self):
+        if self.stream and not self.draining:
+            return self.transitions >= self.count
         if self.streaming:
             return self.transitions >= self.count
         return len(self.done_workers) == self.n_workers
+
+    def push(self, version):
+        """A stream's sampler pushed ``version``: staleness counts from
+        it."""
+        self.version = version
+
+    def take(self):
+        """A stream's segments so far, in the order they arrived (the next
+        batch it yields); what they used of the workers' budgets, per
+        worker, is in :attr:`credits` until :meth:`take_credits`."""
+        batches, self.arrived, self.transitions = self.arrived, [], 0
+        return batches
+
+    def take_credits(self):
+        """``(worker, transitions)`` read from each worker since the last
+        call, for CREDIT."""
+        out = [(i, n) for i, n in enumerate(self.credits) if n]
+        self.credits = [0] * self.n_workers
+        return out
 
     def finish_due(self):
         """True once, when an ``obtain_samples`` call holds ``count``
@@ -205,6 +240,12 @@ class Collector:
             return 0
         self.next_episode_ids[worker] = max(
             self.next_episode_ids[worker], int(batch.episode_ids.max()) + 1)
+        if self.stream:
+            if segments.round == self.round:  # the budget is per round
+                self.credits[worker] += len(batch)
+            current = segments.round == self.round and (
+                self.max_staleness is None or
+                segments.version >= self.version - self.max_staleness)
         if self.kind == 'samples':
             current = segments.version >= self.min_version
             if self.streaming and self.done:
@@ -213,7 +254,7 @@ class Collector:
             stats['discarded_episodes'] += batch.n_episodes
             stats['discarded_transitions'] += len(batch)
             return 0
-        if self.kind == 'samples':
+        if self.kind in ('samples', 'stream'):
             self.arrived.append(batch)
             self.transitions += len(batch)
             return len(batch)
@@ -224,6 +265,15 @@ class Collector:
         """Worker ``worker`` failed and is replaced; call before
         :meth:`round_start` for the replacement. Returns False when the
         replacement has nothing to do in this call."""
+        if self.stream:
+            # What the failed worker sent is kept; the replacement steps
+            # new envs from seeds of its own, unless the stream is ending.
+            self.attempts[worker] += 1
+            self.credits[worker] = 0
+            if self.draining:
+                self.done_workers.add(worker)
+                return False
+            return True
         if self.kind == 'samples':
             # What the failed worker sent is kept; the replacement draws
             # seeds of its own so that it cannot send those episodes again.
@@ -260,7 +310,7 @@ class Collector:
 
     def describe(self):
         """What the call has so far, for a timeout's message."""
-        if self.kind == 'samples':
+        if self.kind in ('samples', 'stream'):
             return (f'{self.transitions} of {self.count} transitions were '
                     f'collected')
         short = [i for i in range(self.n_workers)

@@ -114,7 +114,7 @@ class LocalSampler(Sampler):
             apply_update(worker, payload.kind, payload.blob)
         self._rounds[i] = Round(worker)
 
-    def _sample(self, collector, updates, deadline):
+    def _begin(self, collector, updates):
         for i, (env, agent) in enumerate(updates):
             try:
                 self._rounds[i].start(collector.round_start(i),
@@ -122,7 +122,21 @@ class LocalSampler(Sampler):
             except Exception:
                 self._on_failure(i, error_reply(self._workers[i]),
                                  collector)
-        return self._run_collector(collector, deadline)
+
+    def _push(self, version, updates):
+        for i, (env, agent) in enumerate(updates):
+            try:
+                self._rounds[i].update(version, env and env.blob,
+                                       agent and agent.blob)
+            except Exception:
+                self._on_failure(i, error_reply(self._workers[i]),
+                                 self._stream or _NoCall())
+
+    def _end_stream(self, collector, cleanly):
+        # Workers run only inside next(): nothing is in flight to wait for.
+        self._stop()
+        if cleanly:
+            self._held = collector.take()
 
     def _wait_and_collect(self, collector, deadline, bar):
         if deadline is not None and time.monotonic() > deadline:
@@ -188,6 +202,14 @@ class LocalSampler(Sampler):
         for i, worker in enumerate(workers):
             if worker is not None:
                 _close_quietly(worker, i)
+
+
+class _NoCall:
+    """Stands in for a call's collector when a worker fails between
+    calls: its replacement has no round to start."""
+
+    def restarted(self, worker):
+        return False
 
 
 def _close_quietly(worker, i):

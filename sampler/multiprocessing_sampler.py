@@ -188,12 +188,15 @@ class _Commands:
         self._closed = False
 
     def put(self, message):
-        data = _framing.encode(_framing.blobs_out_of_band(message))
         with self._wake:
             if self._closed:
                 msg = 'the command pipe of this worker is closed'
                 raise ValueError(msg)
-            self._queued.append(data)
+            if message[0] is Command.UPDATE:
+                message = self._supersede(message)
+            self._queued.append((message[0], message,
+                                 _framing.encode(_framing.blobs_out_of_band(
+                                     message))))
             self._wake.notify()
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -208,12 +211,24 @@ class _Commands:
                     self._wake.wait()
                 if not self._queued:
                     break
-                data = self._queued.popleft()
+                _, _, data = self._queued.popleft()
             try:
                 _framing.write_pieces(self._writer.fileno(), data)
             except (OSError, ValueError):
                 break  # the worker is gone; nothing more can reach it
         self._writer.close()
+
+    def _supersede(self, message):
+        """An UPDATE last in the queue, not sent yet, is replaced by
+        ``message``: the newer agent update and env update win, and one
+        that ``message`` lacks (None) comes from the older. Returns what
+        to queue. (Called with the lock held.)"""
+        if not self._queued or self._queued[-1][0] is not Command.UPDATE:
+            return message
+        _, older, _ = self._queued.pop()
+        _, version, env, agent = message
+        return (Command.UPDATE, version, older[2] if env is None else env,
+                older[3] if agent is None else agent)
 
     def close(self):
         """Stop after what is queued; never waits for a stuck worker."""
@@ -412,11 +427,18 @@ class MultiprocessingSampler(Sampler):
 
     # Sampling ------------------------------------------------------------
 
-    def _sample(self, collector, updates, deadline):
+    def _begin(self, collector, updates):
         for handle, (env, agent) in zip(self._handles, updates):
             handle.send(Command.START, collector.round_start(handle.number),
                         env and env.blob, agent and agent.blob)
-        return self._run_collector(collector, deadline)
+
+    def _push(self, version, updates):
+        for handle, (env, agent) in zip(self._handles, updates):
+            handle.send(Command.UPDATE, version, env and env.blob,
+                        agent and agent.blob)
+
+    def _credit(self, worker, transitions):
+        self._handles[worker].send(Command.CREDIT, transitions)
 
     def _finish(self, round_number):
         for handle in self._handles:

@@ -251,9 +251,16 @@ class RaySampler(Sampler):
 
     # Sampling ------------------------------------------------------------
 
-    def _sample(self, collector, updates, deadline):
-        refs = {}
-        for handle, (env, agent) in zip(self._handles, updates):
+    def _begin(self, collector, updates):
+        for handle, refs in zip(self._handles, self._put(updates)):
+            self._begin_one(handle, collector, *refs)
+
+    def _put(self, updates):
+        """Per worker, object refs of its (env, agent) payloads (None
+        where there is none); each payload object goes into the store
+        once, shared by every actor."""
+        refs, out = {}, []
+        for env, agent in updates:
             blobs = []
             for payload in (env, agent):
                 if payload is None:
@@ -262,10 +269,10 @@ class RaySampler(Sampler):
                 if id(payload.blob) not in refs:
                     refs[id(payload.blob)] = self._ray.put(payload.blob)
                 blobs.append(refs[id(payload.blob)])
-            self._begin(handle, collector, *blobs)
-        return self._run_collector(collector, deadline)
+            out.append(blobs)
+        return out
 
-    def _begin(self, handle, collector, env_ref=None, agent_ref=None):
+    def _begin_one(self, handle, collector, env_ref=None, agent_ref=None):
         start = handle.actor.start.remote(
             collector.round_start(handle.number), env_ref, agent_ref)
         self._pending[start] = (handle, 'start')
@@ -275,6 +282,28 @@ class RaySampler(Sampler):
         # round ask for more, so DEPTH calls of this round stay queued.
         for _ in range(DEPTH):
             self._pending[handle.actor.sample.remote()] = (handle, 'sample')
+
+    def _push(self, version, updates):
+        for handle, refs in zip(self._handles, self._put(updates)):
+            self._pending[handle.actor.update.remote(version, *refs)] = \
+                (handle, 'update')
+
+    def _resume(self, collector):
+        asked = {id(h) for h, what in self._pending.values()
+                 if what == 'sample'}
+        for handle in self._handles:
+            if handle.running and id(handle) not in asked:
+                for _ in range(DEPTH):
+                    self._pending[handle.actor.sample.remote()] = \
+                        (handle, 'sample')
+
+    def _end_stream(self, collector, cleanly):
+        self._stop()
+        if not cleanly:
+            return
+        for handle in self._handles:
+            self._pending[handle.actor.stop.remote()] = (handle, 'stop')
+        super()._end_stream(collector, cleanly)
 
     def _stop(self):
         """Workers go idle: no more sample() calls are sent. The ones
@@ -356,7 +385,7 @@ class RaySampler(Sampler):
         self._handles[i] = replacement
         # Its recipe already holds this call's updates.
         if collector.restarted(i):
-            self._begin(replacement, collector)
+            self._begin_one(replacement, collector)
 
     def _forget(self, handle):
         for ref, (owner, _) in list(self._pending.items()):

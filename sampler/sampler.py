@@ -30,12 +30,12 @@ import numbers
 import os
 import time
 import warnings
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Iterator, Optional
 
 from sampler import _pickling
 from sampler._worker_process import ProcessSetup, exit_if_importing_main
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
-                            SamplerTimeoutError)
+                            SamplerError, SamplerTimeoutError)
 from sampler._streaming import Collector
 from workers import DefaultWorker
 from workers import WorkerFactory
@@ -195,6 +195,8 @@ class Sampler:
                        'worker_restarts': 0, 'calls': 0}
         self._next_episode_ids = [i * EPISODE_ID_STRIDE
                                   for i in range(self.n_workers)]
+        self._stream = None  # the open stream's Collector
+        self._held = []  # what the last stream's workers sent after it
         self._start(options)
         self._closed = False
 
@@ -344,18 +346,9 @@ class Sampler:
             msg = (f'timeout must be None or a number of seconds > 0, got '
                    f'{timeout!r}')
             raise ValueError(msg)
-        agents, can_set_params = self._prepare_agent_update(agent_update)
-        envs, env_objects = self._prepare_env_update(env_update)
-        # Every argument is accepted: only now may the sampler's state change.
-        self._can_set_params = can_set_params
-        updates = []
-        for i, recipe in enumerate(self._recipes):
-            agent = None if agents is None else agents[i]
-            env = None if envs is None else envs[i]
-            recipe.record(agent, env, None if envs is None else env_objects[i])
-            updates.append((env, agent))
-        if agents is not None or envs is not None:
-            self._version += 1
+        self._check_no_stream(what)
+        updates = self._take_updates(agent_update, env_update)
+        self._drop_held()
         deadline = None if timeout is None else time.monotonic() + timeout
         round_number = self._calls
         self._calls += 1
@@ -376,6 +369,183 @@ class Sampler:
         self._stats['episodes'] += int((~batch.cut).sum())
         self._stats['transitions'] += len(batch)
         return batch
+
+    def _take_updates(self, agent_update, env_update):
+        """Check and pickle a call's (or push's) updates, record them for
+        restarts, and count the new version; per worker, ``(env payload,
+        agent payload)``, each None if not updated."""
+        agents, can_set_params = self._prepare_agent_update(agent_update)
+        envs, env_objects = self._prepare_env_update(env_update)
+        # Every argument is accepted: only now may the sampler's state change.
+        self._can_set_params = can_set_params
+        updates = []
+        for i, recipe in enumerate(self._recipes):
+            agent = None if agents is None else agents[i]
+            env = None if envs is None else envs[i]
+            recipe.record(agent, env, None if envs is None else env_objects[i])
+            updates.append((env, agent))
+        if agents is not None or envs is not None:
+            self._version += 1
+        return updates
+
+    def push_update(self, agent_update: Any = None,
+                    env_update: Any = None) -> int:
+        """Send new parameters (or agent, or env update) to every worker
+        without waiting for any; returns the new version at once.
+
+        A worker in a :meth:`stream` applies the newest update it has at
+        its next step: its segments are cut there, and the episode goes on
+        under the new version. An update not applied yet is superseded by
+        a newer one, so a fast learner builds no backlog. Idle workers
+        apply it before their next call; a worker still sampling whole
+        episodes (``max_staleness`` > 0) when its episodes end. Takes the
+        ``agent_update`` and ``env_update`` of :meth:`obtain_samples`
+        (per-worker lists too).
+        """
+        self._check_usable()
+        if agent_update is None and env_update is None:
+            msg = ('push_update needs an agent_update or an env_update; '
+                   'with neither there is no new version to push')
+            raise ValueError(msg)
+        updates = self._take_updates(agent_update, env_update)
+        if self._stream is not None:
+            self._stream.push(self._version)
+        self._push(self._version, updates)
+        return self._version
+
+    def stream(self, num_samples: int, *, timeout: Optional[float] = None,
+               max_staleness: Optional[int] = None,
+               budget: Optional[int] = None) -> Iterator[EpisodeBatch]:
+        """Batches of at least ``num_samples`` transitions of segments,
+        yielded as the workers produce them; the workers keep stepping
+        between ``next()`` calls, and the envs keep running.
+
+        Each worker sends its envs' steps a few at a time, segments cut
+        at every message (``cut=True``; the episode goes on in the next
+        one, with the same ``episode_ids``). :meth:`push_update` changes
+        the version while the stream runs.
+
+        Args:
+            num_samples: transitions per batch, at least.
+            timeout: seconds each ``next()`` may wait, or None.
+            max_staleness: segments more than this many versions older
+                than the newest pushed are discarded (and counted in
+                ``stats``); None keeps everything.
+            budget: transitions a worker may send that the learner has not
+                read yet; a worker that far ahead pauses until the learner
+                reads, so memory stays bounded. Default: 4 messages' worth.
+
+        Leaving the loop (or ``close()`` of the iterator) pauses the
+        workers with their envs' state kept; what they sent meanwhile is
+        held and comes first in the next stream (if not too stale), or is
+        discarded, and counted, by another call. A worker error raises
+        from ``next()``, or with ``on_worker_error="restart"`` the stream
+        goes on. One call or stream at a time.
+        """
+        count = _check_count(num_samples, 'num_samples')
+        if timeout is not None and (
+                isinstance(timeout, bool)
+                or not isinstance(timeout, numbers.Real) or not timeout > 0):
+            msg = (f'timeout must be None or a number of seconds > 0, got '
+                   f'{timeout!r}')
+            raise ValueError(msg)
+        if max_staleness is not None and (
+                isinstance(max_staleness, bool) or
+                not isinstance(max_staleness, numbers.Integral) or
+                max_staleness < 0):
+            msg = (f'max_staleness must be None or an int >= 0, got '
+                   f'{max_staleness!r}')
+            raise ValueError(msg)
+        if budget is not None:
+            budget = _check_count(budget, 'budget')
+        self._check_usable()
+        self._check_no_stream(f'stream({count})')
+        return self._stream_batches(count, timeout, max_staleness, budget)
+
+    def _stream_batches(self, count, timeout, max_staleness, budget):
+        round_number = self._calls
+        self._calls += 1
+        self._stats['calls'] += 1
+        n_envs = self.n_envs
+        per_worker = max(1, n_envs // self.n_workers)
+        steps = max(1, count // n_envs)
+        collector = Collector(
+            kind='stream', count=count, round_number=round_number,
+            version=self._version, n_workers=self.n_workers, n_envs=n_envs,
+            max_staleness=max_staleness, stats=self._stats,
+            next_episode_ids=self._next_episode_ids,
+            budget=budget or 4 * steps * per_worker)
+        held, self._held = self._held, []
+        for batch in held:  # from the last stream: kept if not too stale
+            if max_staleness is None or \
+                    int(batch.versions.min()) >= self._version - max_staleness:
+                collector.arrived.append(batch)
+                collector.transitions += len(batch)
+            else:
+                self._count_discarded(batch)
+        self._stream = collector
+        ended = False
+        try:
+            self._begin(collector, [(None, None)] * self.n_workers)
+            while True:
+                deadline = None if timeout is None else \
+                    time.monotonic() + timeout
+                self._resume(collector)
+                try:
+                    while not collector.done:
+                        self._wait_and_collect(collector, deadline, None)
+                        # What is read frees budget, kept or discarded.
+                        for worker, n in collector.take_credits():
+                            self._credit(worker, n)
+                except SamplerTimeoutError as err:
+                    msg = (f'stream({count}) timed out after {timeout} s: '
+                           f'{err}')
+                    raise SamplerTimeoutError(msg) from None
+                batch = EpisodeBatch.concatenate(*collector.take(),
+                                                 missing_infos='mask')
+                self._stats['episodes'] += int((~batch.cut).sum())
+                self._stats['transitions'] += len(batch)
+                yield batch
+        except GeneratorExit:
+            ended = True
+            raise
+        finally:
+            self._stream = None
+            if not self._closed and self._broken is None:
+                self._end_stream(collector, ended)
+
+    def _end_stream(self, collector, cleanly):
+        """Pause the workers of a stream that ended; hold what they sent
+        until they said done. After an error, only stop them."""
+        self._stop()
+        if not cleanly:
+            return
+        collector.draining = True
+        deadline = time.monotonic() + self._options.get('shutdown_timeout', 5)
+        try:
+            while not collector.done:
+                self._wait_and_collect(collector, deadline, None)
+        except SamplerTimeoutError:
+            pass  # a stuck worker: the next call ignores its late segments
+        self._held = collector.take()
+
+    def _drop_held(self):
+        """A call that is not a stream discards what the last stream
+        held."""
+        held, self._held = self._held, []
+        for batch in held:
+            self._count_discarded(batch)
+
+    def _count_discarded(self, batch):
+        self._stats['discarded_episodes'] += batch.n_episodes
+        self._stats['discarded_transitions'] += len(batch)
+
+    def _check_no_stream(self, what):
+        if self._stream is not None:
+            msg = (f'{what} while a stream of this sampler is open: one call '
+                   f'at a time; leave the stream\'s loop (or close() it) '
+                   f'first')
+            raise SamplerError(msg)
 
     def _run_collector(self, collector, deadline):
         """Run ``collector`` with this backend's message hooks."""
@@ -577,11 +747,28 @@ class Sampler:
 
     def _sample(self, collector, updates, deadline):
         """Start ``collector``'s round on every worker with ``updates``
-        (per worker: (env payload or None, agent payload or None)), then
-        ``return self._run_collector(collector, deadline)``, which raises
-        SamplerTimeoutError past ``deadline`` (a ``time.monotonic()``
-        value, or None)."""
+        and run it; raises SamplerTimeoutError past ``deadline`` (a
+        ``time.monotonic()`` value, or None)."""
+        self._begin(collector, updates)
+        return self._run_collector(collector, deadline)
+
+    def _begin(self, collector, updates):
+        """Start ``collector``'s round on every worker with ``updates``
+        (per worker: (env payload or None, agent payload or None))."""
         raise NotImplementedError
+
+    def _push(self, version, updates):
+        """Send every worker its update of ``version`` (see push_update);
+        never waits for a worker."""
+        raise NotImplementedError
+
+    def _credit(self, worker, transitions):
+        """Tell a stream's worker the learner read ``transitions`` of its
+        (backends whose workers run ahead on their own)."""
+
+    def _resume(self, collector):
+        """Before a stream waits for its next batch: have its workers
+        sampling (backends that ask for each message)."""
 
     def _wait_and_collect(self, collector, deadline, bar):
         """Wait for the next replies and hand them to ``collector``."""
