@@ -63,13 +63,20 @@ class SamplerRow(Row):
     """One of our samplers; every call carries new agent parameters.
 
     ``mode`` ``'episodes'`` times ``obtain_samples(n)``; ``'steps'`` times
-    ``obtain_steps`` with enough steps per env for ``n`` transitions.
+    ``obtain_steps`` with enough steps per env for ``n`` transitions;
+    ``'stream'`` pushes the parameters (``push_update``) and takes the
+    next batch of ``stream(n)``, whose workers keep stepping in between.
+    With ``train_ms``, every call then "trains" that long in the caller
+    (busy, or asleep with ``train_sleep``, as a learner on a GPU would
+    be), inside the timed call: what a stream overlaps with sampling.
     """
 
     def __init__(self, sampler_class, agent, env_fn, *, workers,
                  envs_per_worker, seed, max_episode_length, progress,
-                 mode='episodes'):
+                 mode='episodes', train_ms=0.0, train_sleep=False):
         self.mode = mode
+        self.train_s = train_ms / 1000
+        self.train_sleep = train_sleep
         self.sampler_class = sampler_class
         self.agent = agent
         self.env_fn = env_fn
@@ -81,7 +88,8 @@ class SamplerRow(Row):
         backend = 'local' if sampler_class.__name__ == 'LocalSampler' \
             else 'processes'
         envs = f' x {envs_per_worker} envs' if envs_per_worker > 1 else ''
-        steps = ', obtain_steps' if mode == 'steps' else ''
+        steps = {'steps': ', obtain_steps', 'stream': ', stream'}.get(
+            mode, '')
         self.name = (f'{sampler_class.__name__} ({workers} workers{envs}'
                      f'{steps})')
         self.backend = backend
@@ -108,12 +116,25 @@ class SamplerRow(Row):
         self.startup_s = time.perf_counter() - started
 
     def call(self, n, params):
-        if self.mode == 'steps':
+        if self.mode == 'stream':
+            # Workers may run one batch ahead, no more: enough to overlap
+            # this call's training.
+            stream = self.sampler.stream(n, budget=-(-n // self.workers))
+            self.sampler.push_update(params)
+            self.batch = next(stream)
+        elif self.mode == 'steps':
             steps = -(-n // self.sampler.n_envs)
             self.batch = self.sampler.obtain_steps(steps,
                                                    agent_update=params)
         else:
             self.batch = self.sampler.obtain_samples(n, agent_update=params)
+        if self.train_s:
+            train(self.train_s, self.train_sleep)
+        if self.mode == 'stream':
+            # The workers stop here, so that they do not run on while the
+            # other rows are timed; what they sent during the training is
+            # held, and the next call's stream yields it first.
+            stream.close()
         return Sample(len(self.batch), int((~self.batch.cut).sum()),
                       self.batch.nbytes)
 
@@ -137,6 +158,17 @@ class SamplerRow(Row):
     def close(self):
         if self.sampler is not None:
             self.sampler.close()
+
+
+def train(seconds, sleep=False):
+    """Stand in for a training step: busy in this process for
+    ``seconds`` of wall time, or asleep (a learner waiting on a GPU)."""
+    if sleep:
+        time.sleep(seconds)
+        return
+    deadline = time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        pass
 
 
 class EpisodeRecorder:

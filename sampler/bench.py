@@ -13,8 +13,14 @@ episodes per second, the caller's CPU and the workers' CPU as a share of
 one core, discarded episodes, for our rows the waste (the share of env
 steps that no batch returned), peak memory of the caller, and the ratio
 of the median rate to the best single-process row's. Our rows time
-``obtain_samples`` (mode ``episodes``) or ``obtain_steps`` (mode
-``steps``, enough steps per env for the transitions asked). With
+``obtain_samples`` (mode ``episodes``), ``obtain_steps`` (mode
+``steps``, enough steps per env for the transitions asked) or
+``push_update`` and the next batch of a ``stream`` (mode ``stream``; the
+workers may run one batch ahead, and stop at the end of each call so
+that they do not run while other rows are timed: what they sent after
+the batch is held and comes first in the next call). With ``train_ms``
+each of our calls also "trains" that long, which a stream overlaps with
+sampling. With
 ``compare`` and more than one worker, two last rows run that many copies
 of the plain loop, and of the largest SyncVectorEnv, in parallel
 processes with no
@@ -58,7 +64,8 @@ def make_agent(kind, env_fn, seed):
 
 def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                max_episode_length, step_cost_us, compare, progress,
-               sweep_workers=(), mode='episodes'):
+               sweep_workers=(), mode='episodes', train_ms=0.0,
+               train_sleep=False):
     loops = bench_envs.calibrate_loops(step_cost_us)
     env_fn = bench_envs.env_constructor(env, loops)
     the_agent = make_agent(agent, env_fn, seed)
@@ -71,7 +78,8 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
     rows = [SamplerRow(BACKENDS[b], copy(), env_fn, workers=n,
                        envs_per_worker=k, seed=seed,
                        max_episode_length=max_episode_length,
-                       progress=progress, mode=m)
+                       progress=progress, mode=m, train_ms=train_ms,
+                       train_sleep=train_sleep)
             for b in backend.split(',') for m in mode.split(',')
             for n in (sweep_workers or (workers,)) for k in per_worker]
     if compare:
@@ -94,7 +102,8 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
 def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         envs_per_worker=1, agent='mlp', samples=20000, iterations=5,
         max_episode_length=None, seed=0, step_cost_us=0, compare=False,
-        progress=None, sweep_workers=(), echo=None, mode='episodes'):
+        progress=None, sweep_workers=(), echo=None, mode='episodes',
+        train_ms=0.0, train_sleep=False):
     """Time ``iterations`` calls of every row; return every figure.
 
     ``envs_per_worker`` and ``sweep_workers`` may be tuples, and ``mode``
@@ -110,13 +119,14 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         envs_per_worker=envs_per_worker, agent=agent, seed=seed,
         max_episode_length=max_episode_length, step_cost_us=step_cost_us,
         compare=compare, progress=progress, sweep_workers=sweep_workers,
-        mode=mode)
+        mode=mode, train_ms=train_ms, train_sleep=train_sleep)
     with _ray_runtime('ray' in backend.split(',')):
         results, best = time_rows(rows, the_agent.get_params(),
                                   samples=samples, iterations=iterations,
                                   echo=echo)
     return {
         'env': env, 'backend': backend, 'mode': mode, 'workers': workers,
+        'train_ms': train_ms, 'train_sleep': train_sleep,
         'envs_per_worker': envs_per_worker, 'agent': agent,
         'samples': samples, 'iterations': iterations,
         'max_episode_length': max_episode_length, 'seed': seed,

@@ -50,10 +50,10 @@ def _backends(ctx, param, value):
 
 def _modes(ctx, param, value):
     names = [v.strip() for v in value.split(',')]
-    unknown = [n for n in names if n not in ('episodes', 'steps')]
+    unknown = [n for n in names if n not in ('episodes', 'steps', 'stream')]
     if unknown:
         msg = (f'{", ".join(map(repr, unknown))} is not one of episodes, '
-               f'steps')
+               f'steps, stream')
         raise click.BadParameter(msg)
     return ','.join(dict.fromkeys(names))
 
@@ -77,8 +77,17 @@ def _modes(ctx, param, value):
 @click.option('--mode', callback=_modes, default='episodes',
               show_default=True,
               help='our rows time obtain_samples (episodes: whole episodes) '
-                   'or obtain_steps (steps: envs keep running, segments); '
-                   'episodes,steps times both')
+                   'or obtain_steps (steps: envs keep running, segments), '
+                   'or push_update and the next batch of a stream (stream: '
+                   'workers never wait); episodes,steps,stream times each')
+@click.option('--train-ms', type=click.FloatRange(min=0), default=0,
+              show_default=True,
+              help='after each of our calls, "train" this long in the '
+                   'caller, inside the timed call (a busy loop; see '
+                   '--train-sleep): what stream overlaps with sampling')
+@click.option('--train-sleep', is_flag=True,
+              help='train by sleeping instead, as a learner waiting on a '
+                   'GPU does (the CPUs stay free for the workers)')
 @click.option('--agent', type=click.Choice(['mlp', 'random']), default='mlp',
               show_default=True, help='numpy MLP policy or random actions')
 @click.option('--samples', type=click.IntRange(min=1), default=20000,
@@ -107,9 +116,10 @@ def _modes(ctx, param, value):
               default=None, help='also write every figure to this file')
 @click.option('--progress/--no-progress', default=None,
               help='progress bar on stderr  [default: when it is a terminal]')
-def bench(env, backend, workers, envs_per_worker, mode, agent, samples,
-          iterations, max_episode_length, seed, step_cost_us, compare,
-          sweep_workers, plot_path, json_path, progress):
+def bench(env, backend, workers, envs_per_worker, mode, train_ms,
+          train_sleep, agent, samples, iterations, max_episode_length, seed,
+          step_cost_us, compare, sweep_workers, plot_path, json_path,
+          progress):
     """Measure sampling throughput (transitions per second).
 
     Prints one line per configuration timed; with --compare the ratio
@@ -130,6 +140,7 @@ def bench(env, backend, workers, envs_per_worker, mode, agent, samples,
         iterations=iterations, max_episode_length=max_episode_length,
         seed=seed, step_cost_us=step_cost_us, compare=compare,
         progress=progress, sweep_workers=sweep_workers, mode=mode,
+        train_ms=train_ms, train_sleep=train_sleep,
         echo=lambda line: click.echo(line, err=True))
     click.echo(_bench.format_table(result))
     if json_path:

@@ -77,6 +77,19 @@ def test_modes_time_obtain_samples_and_obtain_steps_and_show_waste(
     assert 'waste' in out and '0.0%' in out
 
 
+def test_stream_mode_pushes_and_reads_a_stream_and_trains(tmp_path):
+    out, data = bench(tmp_path, '--mode', 'steps,stream', '--train-ms', '20',
+                      '--train-sleep', '--envs-per-worker', '2')
+    assert data['train_ms'] == 20 and data['train_sleep'] is True
+    steps, stream = data['rows']
+    assert stream['name'] == \
+        'MultiprocessingSampler (2 workers x 2 envs, stream)'
+    for row in (steps, stream):
+        assert all(c['transitions'] >= 300 for c in row['calls'])
+        # Every call trained 20 ms inside its timed region.
+        assert all(c['seconds'] >= 0.02 for c in row['calls'])
+
+
 def test_workers_cpu_is_measured(tmp_path):
     # 600 steps of 2 ms of CPU each: 1.2 s of worker CPU, far above a tick.
     out, data = bench(tmp_path, '--step-cost-us', '2000')
@@ -209,7 +222,7 @@ def test_plot_needs_the_sweep_and_matplotlib(tmp_path):
     (['--backend', 'ray,cloud'], "'--backend': 'cloud' is not one of local, "
                                  "multiprocessing, ray"),
     (['--mode', 'steps,epochs'], "'--mode': 'epochs' is not one of "
-                                 "episodes, steps"),
+                                 "episodes, steps, stream"),
     (['--env', 'CartPol-v1'], "Did you mean: `CartPole`?"),
     (['--samples', 'many'], "Invalid value for '--samples'"),
     (['--step-cost-us', '-1'], "Invalid value for '--step-cost-us'"),
