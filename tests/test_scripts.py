@@ -90,3 +90,37 @@ def test_ppo_advantages_bootstrap_cut_segments_and_not_terminated_ones():
     # terminated: the reward alone.
     assert advantages.tolist() == [4.0, 6.0, 1.0]
     assert returns.tolist() == advantages.tolist()  # values are 0
+
+
+def test_dqn_transitions_take_next_observations_across_segments():
+    from workers import EpisodeBatch
+    pytest.importorskip('torch')
+    dqn = load('train_dqn')
+    # A cut segment of 2 steps, then a terminated one of 1.
+    batch = EpisodeBatch(
+        observations=np.array([[0.0], [1.0], [5.0]]),
+        actions=np.zeros(3, np.int64), rewards=np.ones(3),
+        terminated=[False, False, True], truncated=[False, False, False],
+        last_observations=np.array([[2.0], [6.0]]), lengths=[2, 1],
+        cut=[True, False])
+    obs, actions, rewards, next_obs, terminated = dqn.transitions(batch)
+    assert next_obs[:, 0].tolist() == [1.0, 2.0, 6.0]
+    assert terminated.tolist() == [False, False, True]  # not the cut one
+
+
+@pytest.mark.timeout(300)
+def test_train_dqn_runs_from_a_stream_and_pushes(capsys, tmp_path):
+    pytest.importorskip('torch')
+    curve = tmp_path / 'dqn.csv'
+    load('train_dqn').main(['--total-steps', '3000', '--learning-starts',
+                            '500', '--csv', str(curve)])
+    rows = curve.read_text().splitlines()
+    assert rows[0] == 'env_steps,seconds,mean_return'
+    steps = [int(row.split(',')[0]) for row in rows[1:]]
+    assert steps == sorted(steps) and steps[-1] >= 3000
+    out = capsys.readouterr().out
+    done = re.search(r'done: (\d+) env steps, (\d+) gradient steps, '
+                     r'parameters pushed up to version (\d+)', out)
+    steps, updates, version = map(int, done.groups())
+    assert steps >= 3000 and updates > 0
+    assert version == updates // 4  # a push every 4 gradient steps
