@@ -259,9 +259,13 @@ class Sampler:
         transitions`` is the waste, and the steps of episodes still
         running); ``discarded_episodes`` and ``discarded_transitions``,
         segments collected but not returned (of an older version, or of a
-        failed worker whose part was redone); ``worker_restarts``;
-        ``calls``."""
-        return dict(self._stats)
+        failed worker whose part was redone); ``held_transitions``, what
+        workers sent after the last stream ended, which the next stream
+        yields first (or another call discards); ``worker_restarts``;
+        ``calls`` (streams count as one each)."""
+        stats = dict(self._stats)
+        stats['held_transitions'] = sum(len(b) for b in self._held)
+        return stats
 
     @property
     def worker_factory(self) -> WorkerFactory:
