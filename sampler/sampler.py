@@ -344,12 +344,7 @@ class Sampler:
 
     def _call(self, goal, agent_update, env_update, timeout, what):
         self._check_usable()
-        if timeout is not None and (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, numbers.Real) or not timeout > 0):
-            msg = (f'timeout must be None or a number of seconds > 0, got '
-                   f'{timeout!r}')
-            raise ValueError(msg)
+        _check_timeout(timeout)
         self._check_no_stream(what)
         updates = self._take_updates(agent_update, env_update)
         self._drop_held()
@@ -447,12 +442,7 @@ class Sampler:
         goes on. One call or stream at a time.
         """
         count = _check_count(num_samples, 'num_samples')
-        if timeout is not None and (
-                isinstance(timeout, bool)
-                or not isinstance(timeout, numbers.Real) or not timeout > 0):
-            msg = (f'timeout must be None or a number of seconds > 0, got '
-                   f'{timeout!r}')
-            raise ValueError(msg)
+        _check_timeout(timeout)
         if max_staleness is not None and (
                 isinstance(max_staleness, bool) or
                 not isinstance(max_staleness, numbers.Integral) or
@@ -802,6 +792,15 @@ _PICKLE_HINTS = {
     'env_update': ('Pass an env id, a zero-argument constructor or a '
                    'picklable EnvUpdate instead.'),
 }
+
+
+def _check_timeout(timeout):
+    if timeout is not None and (
+            isinstance(timeout, bool)
+            or not isinstance(timeout, numbers.Real) or not timeout > 0):
+        msg = (f'timeout must be None or a number of seconds > 0, got '
+               f'{timeout!r}')
+        raise ValueError(msg)
 
 
 def _check_count(value, name):
