@@ -80,6 +80,11 @@ class _Bar:
         return self.bar.__exit__(*exc_info)
 
 
+#: Most steps of every env a stream's worker takes before it looks at its
+#: commands again (the longest a push waits to apply, in steps).
+STREAM_STEPS = 16
+
+
 class Collector:
     """The rules of one call on the caller's side, the same for every
     backend: what each worker is asked (:meth:`round_start`), which
@@ -134,11 +139,15 @@ class Collector:
         self.draining = False  # a stream after STOP: until all say done
         self.credits = [0] * n_workers  # stream transitions read, per worker
         if self.stream:
-            # Steps of every env per message: about count / n_workers
-            # transitions from each worker per message.
+            # Messages of about count / n_workers transitions from each
+            # worker; its envs step STREAM_STEPS at a time at most (each
+            # piece cut there), so that it sees commands (an UPDATE,
+            # STOP) that often however large the batches.
             envs = max(1, n_envs or n_workers)
-            self.steps = max(1, count // envs)
-            self.chunk = self.steps * max(1, envs // n_workers)
+            self.steps = max(1, min(count // envs, STREAM_STEPS))
+            self.chunk = max(self.steps * max(1, envs // n_workers),
+                             count // n_workers)
+            self.budget = budget or 4 * self.chunk
         # Transitions per message: enough to make per-message costs
         # small. Exact episodes and steps are sent when a worker's part is
         # done (or after FLUSH_AFTER_S).

@@ -460,15 +460,12 @@ class Sampler:
         round_number = self._calls
         self._calls += 1
         self._stats['calls'] += 1
-        n_envs = self.n_envs
-        per_worker = max(1, n_envs // self.n_workers)
-        steps = max(1, count // n_envs)
         collector = Collector(
             kind='stream', count=count, round_number=round_number,
-            version=self._version, n_workers=self.n_workers, n_envs=n_envs,
-            max_staleness=max_staleness, stats=self._stats,
-            next_episode_ids=self._next_episode_ids,
-            budget=budget or 4 * steps * per_worker)
+            version=self._version, n_workers=self.n_workers,
+            n_envs=self.n_envs, max_staleness=max_staleness,
+            stats=self._stats, next_episode_ids=self._next_episode_ids,
+            budget=budget)
         held, self._held = self._held, []
         for batch in held:  # from the last stream: kept if not too stale
             if max_staleness is None or \

@@ -1,5 +1,8 @@
 """push_update and stream on every backend: shared bodies."""
 
+import os
+import signal
+import threading
 import time
 
 import gymnasium as gym
@@ -8,7 +11,7 @@ import pytest
 from gymnasium import spaces
 
 from helpers import FailOnceEnv, FaultyEnv, ParamAgent
-from sampler import SamplerError
+from sampler import MultiprocessingSampler, SamplerError
 from workers import VecWorker
 
 pytestmark = pytest.mark.timeout(120)
@@ -150,6 +153,7 @@ def test_a_worker_failing_mid_stream_is_replaced_and_nothing_repeats(
             break
     assert s.stats['worker_restarts'] == 1
     assert len(pieces) == len(set(pieces))  # no segment twice
+    assert accounted(s)  # and what was sent is all accounted for
 
 
 def test_a_worker_error_raises_from_next(make_sampler):
@@ -178,3 +182,24 @@ def test_one_call_at_a_time_and_bad_arguments(make_sampler):
         s.obtain_steps(3)
     stream.close()
     assert len(s.obtain_steps(3)) == 3
+
+
+def test_ctrl_c_in_next_stops_the_stream_and_the_next_call_works():
+    # Multiprocessing only: with Ray, a call after a KeyboardInterrupt in
+    # ray.wait during a stream hung (not yet understood; see the note).
+    process_backend = MultiprocessingSampler
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with process_backend(ParamAgent(), lambda: SlowEnv(0.02),
+                             n_workers=2, seed=0) as s:
+            stream = s.stream(10 ** 6)  # never complete: next() waits
+            timer = threading.Timer(0.5, os.kill,
+                                    (os.getpid(), signal.SIGINT))
+            timer.start()
+            with pytest.raises(KeyboardInterrupt):
+                next(stream)
+            timer.join()
+            batch = s.obtain_steps(3)
+            assert len(batch) == 6 and s.stats['discarded_transitions'] > 0
+    finally:
+        signal.signal(signal.SIGINT, previous)
