@@ -11,7 +11,7 @@ import pytest
 from gymnasium import spaces
 
 from helpers import FailOnceEnv, FaultyEnv, ParamAgent
-from sampler import MultiprocessingSampler, SamplerError
+from sampler import SamplerError
 from workers import VecWorker
 
 pytestmark = pytest.mark.timeout(120)
@@ -184,10 +184,8 @@ def test_one_call_at_a_time_and_bad_arguments(make_sampler):
     assert len(s.obtain_steps(3)) == 3
 
 
-def test_ctrl_c_in_next_stops_the_stream_and_the_next_call_works():
-    # Multiprocessing only: with Ray, a call after a KeyboardInterrupt in
-    # ray.wait during a stream hung (not yet understood; see the note).
-    process_backend = MultiprocessingSampler
+def test_ctrl_c_in_next_stops_the_stream_and_the_next_call_works(
+        process_backend):
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         with process_backend(ParamAgent(), lambda: SlowEnv(0.02),
