@@ -457,6 +457,10 @@ class Sampler:
         return self._stream_batches(count, timeout, max_staleness, budget)
 
     def _stream_batches(self, count, timeout, max_staleness, budget):
+        # Checked again at the first next(): two streams may have been
+        # made before either ran.
+        self._check_usable()
+        self._check_no_stream(f'stream({count})')
         round_number = self._calls
         self._calls += 1
         self._stats['calls'] += 1

@@ -175,11 +175,13 @@ def test_one_call_at_a_time_and_bad_arguments(make_sampler):
     with pytest.raises(ValueError, match='max_staleness must be None or an '
                                          'int >= 0'):
         s.stream(5, max_staleness=-1)
-    stream = s.stream(5)
+    stream, other = s.stream(5), s.stream(7)
     next(stream)
     with pytest.raises(SamplerError, match=r'obtain_steps\(3\) while a '
                                            r'stream of this sampler is open'):
         s.obtain_steps(3)
+    with pytest.raises(SamplerError, match=r'stream\(7\) while a stream'):
+        next(other)
     stream.close()
     assert len(s.obtain_steps(3)) == 3
 
