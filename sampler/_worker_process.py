@@ -33,9 +33,11 @@ and a command is seen right after.
 import dataclasses
 import enum
 import os
+import select
 import selectors
 import signal
 import sys
+import threading
 import time
 import traceback
 from multiprocessing import parent_process
@@ -45,6 +47,7 @@ import cloudpickle
 
 from sampler import _framing
 from workers import EpisodeBuffer
+from workers.spaces import misfit
 
 #: Longest a finished episode waits in a worker before it is sent.
 FLUSH_AFTER_S = 0.05
@@ -165,10 +168,57 @@ class ProcessSetup:
             process, or None to leave them as they are.
         init: the pickled ``worker_init`` callable, run as
             ``worker_init(worker_number)``, or None.
+        caller: the process id of the sampler's process: the worker ends
+            within a second of its death (:func:`watch_caller`), or None.
     """
 
     threads: Optional[int] = None
     init: Optional[bytes] = None
+    caller: Optional[int] = None
+
+
+#: The exit code of a worker that ended because its caller died.
+EXIT_CALLER_GONE = 70
+
+#: How often the watchdog looks where the caller cannot be waited on.
+WATCH_EVERY_S = 0.25
+
+
+def watch_caller(pid):
+    """End this process as soon as process ``pid`` (the caller) is gone,
+    whatever the worker is doing: in the middle of an episode, blocked in
+    an env, asleep. A daemon thread waits on a pidfd of the caller (Linux
+    5.3 and later; elsewhere it looks every WATCH_EVERY_S), then calls
+    ``os._exit``. Waiting on the parent process would not do: a worker's
+    parent is the forkserver, which outlives the caller while workers
+    hold its pipe open."""
+    try:
+        pidfd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        os._exit(EXIT_CALLER_GONE)  # gone before this worker looked
+    except (AttributeError, OSError):
+        pidfd = None
+
+    def watch():
+        if pidfd is not None:
+            select.select([pidfd], [], [])  # readable once it has exited
+        else:
+            while _alive(pid):
+                time.sleep(WATCH_EVERY_S)
+        os._exit(EXIT_CALLER_GONE)
+
+    threading.Thread(target=watch, name='sampler-watchdog',
+                     daemon=True).start()
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # there, but another user's: not reused by a caller
+    return True
 
 
 #: Read by OpenMP, MKL, OpenBLAS, numexpr and Accelerate when they load.
@@ -248,6 +298,8 @@ def run(worker_number, factory_blob, setup, payloads, commands, results):
     # Ctrl-C in a terminal reaches the whole process group: the caller alone
     # should raise KeyboardInterrupt, not one traceback per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if setup.caller is not None:
+        watch_caller(setup.caller)
     try:
         import setproctitle
         setproctitle.setproctitle(f'{NAME_PREFIX}{worker_number}')
@@ -557,7 +609,15 @@ class Round:
         batch = None
         if buffer.n_episodes:
             worker.error_site = 'building the message'
-            batch = buffer.to_batch()
+            try:
+                batch = buffer.to_batch()
+            except Exception as err:
+                worker.error_site = getattr(err, 'site', worker.error_site)
+                raise
+            problem = misfit(batch, *worker.env_spaces)
+            if problem is not None:
+                worker.error_site = problem[0]
+                raise ValueError(problem[1])
             worker.error_site = None
             if self.stream:
                 self.in_flight += len(batch)
@@ -602,5 +662,31 @@ def error_reply(worker):
         site = getattr(exc, 'build_site', 'building the worker')
     else:
         site = worker.error_site or getattr(exc, 'build_site', None)
-    return (Reply.ERROR, site, exc_type.__name__, str(exc),
-            traceback.format_exc())
+    return (Reply.ERROR, site, exc_type.__name__, safe_str(exc),
+            safe_traceback(exc_type, exc))
+
+
+def safe_str(exc):
+    """``str(exc)``, or what is known when its ``__str__`` raises."""
+    try:
+        return str(exc)
+    except Exception as err:
+        return (f'<str() of this {type(exc).__name__} raised '
+                f'{type(err).__name__}: {_plain_str(err)}>')
+
+
+def _plain_str(err):
+    try:
+        return str(err)
+    except Exception:
+        return '?'
+
+
+def safe_traceback(exc_type, exc):
+    try:
+        return traceback.format_exc()
+    except Exception:
+        # Formatting calls str() of the exception; the frames alone then.
+        frames = traceback.format_tb(exc.__traceback__)
+        return ('Traceback (most recent call last):\n' + ''.join(frames) +
+                f'{exc_type.__name__}: {safe_str(exc)}\n')

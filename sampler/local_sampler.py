@@ -15,10 +15,10 @@ Data flow of one call: the same call core as every backend (see
 """
 
 import time
-import traceback
 import warnings
 
-from sampler._worker_process import Reply, Round, apply_update, error_reply
+from sampler._worker_process import (Reply, Round, apply_update,
+                                     error_reply, safe_str, safe_traceback)
 from sampler.errors import SamplerTimeoutError, WorkerError
 from sampler.sampler import Sampler
 
@@ -83,6 +83,10 @@ class LocalSampler(Sampler):
         (True, 1)
     """
 
+    #: Its workers live in the caller's memory: a fork's child has a
+    #: copy of its own, which it may use.
+    _PROCESS_WORKERS = False
+
     def _start(self, options):
         self._workers = [None] * self.n_workers
         self._rounds = [None] * self.n_workers
@@ -139,6 +143,7 @@ class LocalSampler(Sampler):
             self._held = collector.take()
 
     def _wait_and_collect(self, collector, deadline, bar):
+        self._check_closed_during()
         if deadline is not None and time.monotonic() > deadline:
             raise SamplerTimeoutError(collector.describe())
         n = self.n_workers
@@ -194,8 +199,8 @@ class LocalSampler(Sampler):
     def _error(self, i, exc):
         site = getattr(exc, 'build_site', None) or \
             getattr(self._workers[i], 'error_site', None)
-        return WorkerError(i, site, type(exc).__name__, str(exc),
-                           traceback.format_exc())
+        return WorkerError(i, site, type(exc).__name__, safe_str(exc),
+                           safe_traceback(type(exc), exc))
 
     def _shutdown(self):
         workers, self._workers = getattr(self, '_workers', []), []

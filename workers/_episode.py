@@ -141,21 +141,26 @@ class EpisodeBuffer:
                 return records[0].rows(field)
             return [x for r in records for x in r.rows(field)]
 
-        if all(r.column is not None for r in records):
-            observations = _gather_rows(records, 'observations', lengths)
-            actions = _gather_rows(records, 'actions', lengths)
-            agent_infos = _gather_infos(records, lengths)
-        else:
-            observations = _nest.stack(steps('observations'))
-            actions = _nest.stack(steps('actions'))
-            agent_infos = _nest.stack_infos(steps('agent_infos'))
+        try:
+            if all(r.column is not None for r in records):
+                observations = _gather_rows(records, 'observations',
+                                            lengths)
+                actions = _gather_rows(records, 'actions', lengths)
+                agent_infos = _gather_infos(records, lengths)
+            else:
+                observations = _nest.stack(steps('observations'))
+                actions = _nest.stack(steps('actions'))
+                agent_infos = _nest.stack_infos(steps('agent_infos'))
+            last_observations = _nest.stack([e[1] for e in episodes])
+        except (ValueError, TypeError) as err:
+            raise _unlike_steps(records, episodes) or err
         return EpisodeBatch._unchecked(
             observations=observations,
             actions=actions,
             rewards=np.asarray(steps('rewards'), dtype=np.float64),
             terminated=terminated,
             truncated=truncated,
-            last_observations=_nest.stack([e[1] for e in episodes]),
+            last_observations=last_observations,
             lengths=lengths,
             env_infos=_nest.stack_infos(steps('env_infos')),
             agent_infos=agent_infos,
@@ -172,6 +177,50 @@ class EpisodeBuffer:
                                  dtype=np.int64),
             prior_returns=np.array([r.prior_return for r in records],
                                    dtype=np.float64))
+
+
+def _structure(value):
+    """Shapes and dtypes of a step's value, to compare steps by."""
+    if isinstance(value, dict):
+        return {k: _structure(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return tuple(_structure(v) for v in value)
+    array = np.asarray(value)
+    if array.dtype == object:
+        return f'{type(value).__name__}'
+    return f'shape {array.shape}, {array.dtype.kind}'
+
+
+def _unlike_steps(records, episodes):
+    """Why steps would not stack: the first step whose observation or
+    action is not shaped like the first step's, as a ValueError whose
+    ``site`` names who produced it; None if none is found."""
+    for field, site, name in (('observations', 'env.step', 'observation'),
+                              ('actions', 'agent.get_action', 'action')):
+        first = None
+        for record in records:
+            for t, value in enumerate(record.rows(field)):
+                shape = _structure(value)
+                if first is None:
+                    first = shape
+                elif shape != first:
+                    msg = (f'the {name} at step {record.prior_steps + t} of '
+                           f'episode {record.episode_id} has {shape}, but '
+                           f'earlier ones have {first}: every {name} must '
+                           f'have the shape of its space')
+                    err = ValueError(msg)
+                    err.site = site
+                    return err
+    first = _structure(records[0].rows('observations')[0])
+    for record, episode in zip(records, episodes):
+        if _structure(episode[1]) != first:
+            msg = (f'the last observation of episode {record.episode_id} '
+                   f'has {_structure(episode[1])}, but its steps have '
+                   f'{first}')
+            err = ValueError(msg)
+            err.site = 'env.step'
+            return err
+    return None
 
 
 class _Steps:

@@ -1,8 +1,10 @@
 """DefaultWorker: one env, one whole episode per rollout, or a given
 number of steps as segments."""
 
+from collections.abc import Mapping
+
 from workers._episode import EpisodeRecord, copy_nest, reuses_buffers
-from workers.worker import Worker
+from workers.worker import Worker, bad_action, bad_step, unpack_reset
 
 
 class DefaultWorker(Worker):
@@ -105,7 +107,7 @@ class DefaultWorker(Worker):
     def _start_episode(self):
         # error_site stays set if a call raises: it says which one did.
         self.error_site = 'env.reset'
-        obs, reset_info = self.env.reset(seed=self._reset_seed)
+        obs, reset_info = unpack_reset(self.env.reset(seed=self._reset_seed))
         self._reset_seed = None
         self._env_is_new = False
         if not self._copy_observations:
@@ -141,11 +143,21 @@ class DefaultWorker(Worker):
         try:
             while taken < limit:
                 where = 'agent.get_action'
-                action, agent_info = get_action(obs)
+                result = get_action(obs)
+                try:
+                    action, agent_info = result
+                except (TypeError, ValueError):
+                    raise bad_action(result) from None
+                if type(agent_info) is not dict and \
+                        not isinstance(agent_info, Mapping):
+                    raise bad_action(result)
                 where = 'env.step'
-                next_obs, reward, terminated, truncated, env_info = step(
-                    agent_info.get('env_action', action)
-                    if type(agent_info) is dict else action)
+                result = step(agent_info.get('env_action', action))
+                try:
+                    next_obs, reward, terminated, truncated, env_info = \
+                        result
+                except (TypeError, ValueError):
+                    raise bad_step(result) from None
                 if t == 0 and not copy_obs and \
                         reuses_buffers(self._first_obs, next_obs):
                     copy_obs = self._copy_observations = True

@@ -82,3 +82,116 @@ def flattener(space):
     parts = [flattener(s) for s in space.spaces]  # Tuple
     return lambda x: np.concatenate([f(x[i]) for i, f in enumerate(parts)],
                                     axis=1)
+
+
+def misfit(batch, observation_space, action_space):
+    """What in ``batch`` does not fit the env's spaces, as ``(site,
+    message)``, or None.
+
+    Cheap enough for every message a worker sends: shapes and dtypes once
+    per array, and the range of discrete actions (one ``min``/``max``).
+    Observations must have the space's shape and dtype (a float64 array
+    for a float32 space is refused: it would double the bytes moved and
+    reach the model as another type than declared); actions the space's
+    shape and kind of number (float or integer), and discrete ones a value
+    the space holds. Box actions outside the bounds are the agent's to
+    clip, so they pass.
+    """
+    rewards = batch.rewards
+    if rewards.ndim != 1:
+        msg = (f'rewards must be numbers (one float per step), but the env '
+               f'returned arrays of shape {rewards.shape[1:]}; return '
+               f'float(reward)')
+        return 'env.step', msg
+    if np.isnan(rewards).any():
+        step = int(np.flatnonzero(np.isnan(rewards))[0])
+        msg = (f'a reward is NaN (or None) at step {step} of the message: '
+               f'rewards must be numbers')
+        return 'env.step', msg
+    for field, nest in (('observations', batch.observations),
+                        ('last_observations', batch.last_observations)):
+        msg = _obs_misfit(nest, observation_space, field)
+        if msg:
+            return 'env.step', msg + (
+                '. The env returns observations that are not of its own '
+                'observation_space; fix the env or the space it declares')
+    msg = _action_misfit(batch.actions, action_space, 'actions')
+    if msg:
+        return 'agent.get_action', msg
+    return None
+
+
+def _leaf_pairs(nest, space, what):
+    """``(what, leaf, subspace)`` for each leaf of ``space``; a nest that
+    does not have the space's keys gives ``(what, None, message)``."""
+    if isinstance(space, spaces.Dict):
+        if not isinstance(nest, dict) or set(nest) != set(space.spaces):
+            got = sorted(nest) if isinstance(nest, dict) else \
+                type(nest).__name__
+            yield what, None, (f'{what} have keys {got}, but the space is '
+                               f'a Dict of {sorted(space.spaces)}')
+            return
+        for key, sub in space.spaces.items():
+            yield from _leaf_pairs(nest[key], sub, f'{what}[{key!r}]')
+    elif isinstance(space, spaces.Tuple):
+        if not isinstance(nest, tuple) or len(nest) != len(space.spaces):
+            yield what, None, (f'{what} are not a tuple of '
+                               f'{len(space.spaces)}, as the space is')
+            return
+        for i, sub in enumerate(space.spaces):
+            yield from _leaf_pairs(nest[i], sub, f'{what}[{i}]')
+    else:
+        yield what, nest, space
+
+
+def _obs_misfit(nest, space, field):
+    for what, leaf, sub in _leaf_pairs(nest, space, field):
+        if leaf is None:
+            return sub
+        shape = tuple(sub.shape) if sub.shape is not None else None
+        if leaf.shape[1:] != shape:
+            return (f'{what} have shape {leaf.shape[1:]} per step, but the '
+                    f'space {sub} has shape {shape}')
+        if isinstance(sub, spaces.Box):
+            if leaf.dtype != sub.dtype:
+                return (f'{what} are {leaf.dtype}, but the space {sub} is '
+                        f'{sub.dtype}; cast them in the env (e.g. '
+                        f'obs.astype(np.{sub.dtype})) or declare the space '
+                        f'with dtype=np.{leaf.dtype}')
+        elif leaf.dtype.kind not in 'iub':
+            return (f'{what} are {leaf.dtype}, but the space {sub} holds '
+                    f'integers')
+    return None
+
+
+def _action_misfit(nest, space, field):
+    for what, leaf, sub in _leaf_pairs(nest, space, field):
+        if leaf is None:
+            return sub
+        shape = tuple(sub.shape) if sub.shape is not None else None
+        if leaf.shape[1:] != shape:
+            return (f'{what} have shape {leaf.shape[1:]} per step, but the '
+                    f'action space {sub} has shape {shape}')
+        if isinstance(sub, spaces.Box):
+            if sub.dtype.kind == 'f' and leaf.dtype.kind != 'f':
+                return (f'{what} are {leaf.dtype}, but the action space '
+                        f'{sub} holds floats')
+            continue
+        if leaf.dtype.kind not in 'iub':
+            return (f'{what} are {leaf.dtype}, but the action space {sub} '
+                    f'holds integers')
+        if not len(leaf):
+            continue
+        if isinstance(sub, spaces.Discrete):
+            low, high = int(sub.start), int(sub.start + sub.n - 1)
+        elif isinstance(sub, spaces.MultiDiscrete):
+            low = np.asarray(sub.start)
+            high = low + np.asarray(sub.nvec) - 1
+        else:  # MultiBinary
+            low, high = 0, 1
+        bad = (leaf < low) | (leaf > high)
+        if bad.any():
+            step = int(np.flatnonzero(bad.reshape(len(leaf), -1).any(1))[0])
+            return (f'{what}[{step}] is {leaf[step].tolist()}, which the '
+                    f'action space {sub} does not hold')
+    return None

@@ -9,7 +9,7 @@ import numpy as np
 from workers import _nest
 from workers._episode import EpisodeRecord, copy_nest, reuses_buffers
 from workers.agents import batched
-from workers.worker import Worker
+from workers.worker import Worker, bad_step, unpack_reset
 
 
 class VecWorker(Worker):
@@ -109,7 +109,8 @@ class VecWorker(Worker):
         return sum(r is not None for r in self._records)
 
     def _reset_env(self, i):
-        obs, info = self.envs[i].reset(seed=self._reset_seeds[i])
+        obs, info = unpack_reset(self.envs[i].reset(
+            seed=self._reset_seeds[i]))
         self._reset_seeds[i] = None
         self._new_envs[i] = False
         self._first_observations[i] = obs
@@ -206,8 +207,12 @@ class VecWorker(Worker):
                 completed = 0
                 for i in active:
                     where = 'env.step'
-                    next_obs, reward, terminated, truncated, env_info = \
-                        envs[i].step(action_of(i))
+                    result = envs[i].step(action_of(i))
+                    try:
+                        next_obs, reward, terminated, truncated, \
+                            env_info = result
+                    except (TypeError, ValueError):
+                        raise bad_step(result) from None
                     self.env_steps += 1
                     if steps[i] == 0 and not copy_obs[i] and \
                             reuses_buffers(first_observations[i], next_obs):

@@ -295,3 +295,46 @@ class Worker:
     def __repr__(self):
         return (f'<{type(self).__name__} {self._worker_number} '
                 f'version={self.version}>')
+
+
+def _describe(value):
+    """A short description of what an env or agent returned."""
+    if isinstance(value, np.ndarray):
+        return f'an array of shape {value.shape} and dtype {value.dtype}'
+    if isinstance(value, np.generic):
+        return f'a numpy {value.dtype} scalar {value.item()!r}'
+    if isinstance(value, tuple):
+        inner = ', '.join(type(v).__name__ for v in value[:6])
+        return f'a tuple of {len(value)} ({inner})'
+    return f'{type(value).__name__} {value!r:.80}'
+
+
+def unpack_reset(result):
+    """``(observation, info)`` from what ``env.reset`` returned, or a
+    TypeError saying what it returned instead."""
+    if type(result) is tuple and len(result) == 2 and \
+            isinstance(result[1], dict):
+        return result
+    msg = (f'env.reset must return (observation, info), as gymnasium '
+           f'envs do since 0.26, but it returned {_describe(result)}; '
+           f'return obs, {{}} (and for an old gym env, wrap it in '
+           f'gymnasium.wrappers.EnvCompatibility or update it)')
+    raise TypeError(msg)
+
+
+def bad_step(result):
+    """The TypeError for an ``env.step`` result that is not five
+    values."""
+    msg = (f'env.step must return (observation, reward, terminated, '
+           f'truncated, info), but it returned {_describe(result)}')
+    return TypeError(msg)
+
+
+def bad_action(result):
+    """The TypeError for a ``get_action`` result that is not ``(action,
+    agent_info dict)``."""
+    msg = (f'agent.get_action must return (action, agent_info) with '
+           f'agent_info a dict, but it returned {_describe(result)}; '
+           f'return action, {{}} (or pass a plain function obs -> action '
+           f'as the agent)')
+    return TypeError(msg)
