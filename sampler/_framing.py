@@ -19,14 +19,24 @@ One message::
     body     uint64 length of each buffer, the pickle, then each buffer
              (each starting at a multiple of ALIGN bytes into the body)
 
-A read interrupted by a signal whose handler raises (Ctrl-C) keeps what
-it read: the next :meth:`MessageReader.read` goes on from there, so the
-pipe stays at a message boundary for the caller.
+Ctrl-C: a read interrupted by a signal whose handler raises keeps what
+it read, and the next :meth:`MessageReader.read` goes on from there. That
+alone is not enough: Python runs a signal's handler between two bytecodes,
+so a KeyboardInterrupt can come right after ``readv`` returned and before
+its count is added up, and those bytes are lost (the next read then takes
+a piece of an array for a header). Within :func:`reads_finish_first`, a
+SIGINT that arrives while the main thread is reading is held until the
+count is kept, then handed to the handler that was there before; the
+pipe stays at a message boundary or at a known place inside one.
 """
 
+import contextlib
 import os
 import pickle
+import select
+import signal
 import struct
+import threading
 
 import numpy as np
 
@@ -42,6 +52,88 @@ MIN_OUT_OF_BAND = 4096
 
 #: Most buffers one ``writev`` takes (Linux's IOV_MAX is 1024).
 _IOV_MAX = 512
+
+#: Largest message body a reader accepts (a header claiming more is not a
+#: header: the pipe lost its place).
+MAX_BODY = 1 << 40
+
+#: Longest a held Ctrl-C waits while a message is only part written.
+_HELD_POLL_S = 0.05
+
+
+class _Held:
+    """The state of :func:`reads_finish_first` (main thread only)."""
+
+    active = False    # inside reads_finish_first
+    reading = False   # the main thread is inside MessageReader.read
+    pending = None    # (signum, frame) of a SIGINT held meanwhile
+    previous = None   # the handler to hand it to
+
+
+def _handle_sigint(signum, frame):
+    if _Held.reading:
+        _Held.pending = (signum, frame)
+    else:
+        _Held.previous(signum, frame)
+
+
+@contextlib.contextmanager
+def reads_finish_first():
+    """Within it, Ctrl-C never lands inside a read's bookkeeping: a
+    SIGINT arriving while the main thread reads a message is handed to
+    the previous handler (which raises KeyboardInterrupt) once what was
+    read is counted, at most 50 ms later; at any other moment, at once.
+    Does nothing in other threads, which signal handlers never run in,
+    or when SIGINT has no Python handler."""
+    if _Held.active or threading.current_thread() is not \
+            threading.main_thread():
+        yield  # already held by an outer one, or nothing to hold
+        return
+    previous = signal.getsignal(signal.SIGINT)
+    if not callable(previous):
+        yield
+        return
+    _Held.previous, _Held.pending = previous, None
+    signal.signal(signal.SIGINT, _handle_sigint)
+    _Held.active = True
+    try:
+        yield
+    finally:
+        _Held.active = False
+        _Held.reading = False
+        if signal.getsignal(signal.SIGINT) is _handle_sigint:
+            signal.signal(signal.SIGINT, previous)
+        pending, _Held.pending = _Held.pending, None
+        if pending is not None:
+            previous(*pending)
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Within :func:`reads_finish_first`, hold Ctrl-C for the whole body
+    (work that must not stop half done), then hand it over."""
+    if not _Held.active or _Held.reading or \
+            threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _Held.reading = True
+    try:
+        yield
+    finally:
+        _Held.reading = False
+        pending, _Held.pending = _Held.pending, None
+        if pending is not None:
+            _Held.previous(*pending)
+
+
+def _deliver_held():
+    """Hand a held SIGINT to its handler (the reader's count is kept)."""
+    pending, _Held.pending = _Held.pending, None
+    _Held.reading = False
+    try:
+        _Held.previous(*pending)
+    finally:
+        _Held.reading = True
 
 
 def _pad(offset):
@@ -116,6 +208,7 @@ class MessageReader:
         self._header = np.empty(HEADER.size, np.uint8)
         self._body = None
         self._got = 0
+        self._poll = None
 
     @property
     def mid_message(self):
@@ -125,27 +218,64 @@ class MessageReader:
     def read(self):
         """The next message; blocks until all of it is read. Raises
         ``EOFError`` if the writer closed the pipe (or died)."""
+        held = _Held.active and threading.current_thread() is \
+            threading.main_thread()
+        if not held:
+            return self._read(False)
+        _Held.reading = True
+        try:
+            message = self._read(True)
+        finally:
+            _Held.reading = False
+        if _Held.pending is not None:
+            # Arrived as the message completed: it is dropped, the pipe
+            # is at the next message.
+            pending, _Held.pending = _Held.pending, None
+            _Held.previous(*pending)
+        return message
+
+    def _read(self, held):
         if self._body is None:
-            self._fill(self._header)
-            body_length = HEADER.unpack(self._header.data)[0]
+            self._fill(self._header, held)
+            body_length, pickle_length, n_buffers = HEADER.unpack(
+                self._header.data)
+            if body_length > MAX_BODY or \
+                    pickle_length + 8 * n_buffers > body_length:
+                msg = (f'a message header that makes no sense (body '
+                       f'{body_length} bytes, pickle {pickle_length}, '
+                       f'{n_buffers} buffers): the pipe lost its place')
+                raise ValueError(msg)
             # Not bytearray(n): zeroing megabytes first cost 0.5 ms each.
             self._body = np.empty(body_length, np.uint8)
             self._got = 0
-        self._fill(self._body)
-        body, self._body = self._body, None
+        self._fill(self._body, held)
         _, pickle_length, n_buffers = HEADER.unpack(self._header.data)
-        self._got = 0
+        body, self._body, self._got = self._body, None, 0
         return _decode(body, pickle_length, n_buffers)
 
-    def _fill(self, buffer):
+    def _fill(self, buffer, held):
         view = memoryview(buffer)
         while self._got < len(view):
+            if held:
+                self._wait_readable()
             n = _readinto(self.fd, view[self._got:])
             if not n:
                 raise EOFError('the worker closed its result pipe')
             self._got += n
+            if held and _Held.pending is not None:
+                _deliver_held()  # what was read is counted
         if buffer is self._header:
             self._got = 0
+
+    def _wait_readable(self):
+        """Block until the pipe has data, looking at a held Ctrl-C every
+        50 ms: a blocking read would resume after the handler held it."""
+        if self._poll is None:
+            self._poll = select.poll()
+            self._poll.register(self.fd, select.POLLIN)
+        while not self._poll.poll(int(_HELD_POLL_S * 1000)):
+            if _Held.pending is not None:
+                _deliver_held()
 
 
 def _decode(body, pickle_length, n_buffers):

@@ -379,7 +379,6 @@ def plot_sweep(result, path):
     plt.close(fig)
 
 
-
 #: What scripts that add rows of their own (scripts/bench_peers.py) use.
 __all__ = ['EpisodeRecorder', 'ParallelLoopsRow', 'PlainLoopRow', 'Row',
            'Sample', 'SamplerRow', 'VectorEnvRow', 'build_rows',

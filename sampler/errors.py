@@ -50,19 +50,29 @@ class WorkerError(SamplerError):
     """
 
     def __init__(self, worker_number, site, exc_type, exc_message,
-                 worker_traceback):
+                 worker_traceback, call=None):
         self.worker_number = worker_number
         self.site = site
         self.exc_type = exc_type
         self.exc_message = exc_message
         self.worker_traceback = worker_traceback
-        where = f' in {site}' if site else ''
-        super().__init__(f'worker {worker_number} failed{where}: '
-                         f'{exc_type}: {exc_message}')
+        self.call = None
+        super().__init__()
+        self.name_call(call)
+
+    def name_call(self, call):
+        """Say which call of the sampler it happened in (once)."""
+        if self.call is None:
+            self.call = call
+        where = f' in {self.site}' if self.site else ''
+        during = f' during {self.call}' if self.call else ''
+        self.args = (f'worker {self.worker_number} failed{where}{during}: '
+                     f'{self.exc_type}: {self.exc_message}',)
 
     def __reduce__(self):
         return (type(self), (self.worker_number, self.site, self.exc_type,
-                             self.exc_message, self.worker_traceback))
+                             self.exc_message, self.worker_traceback,
+                             self.call))
 
 
 class WorkerCrashedError(SamplerError):
@@ -74,15 +84,25 @@ class WorkerCrashedError(SamplerError):
         exitcode: its exit code, negative ``-N`` for signal ``N``.
     """
 
-    def __init__(self, worker_number, exitcode, detail=''):
+    def __init__(self, worker_number, exitcode, detail='', call=None):
         self.worker_number = worker_number
         self.exitcode = exitcode
         self.detail = detail
-        super().__init__(f'worker {worker_number} died: '
-                         f'{describe_exitcode(exitcode)}{detail}')
+        self.call = None
+        super().__init__()
+        self.name_call(call)
+
+    def name_call(self, call):
+        """Say which call of the sampler it happened in (once)."""
+        if self.call is None:
+            self.call = call
+        during = f' during {self.call}' if self.call else ''
+        self.args = (f'worker {self.worker_number} died{during}: '
+                     f'{describe_exitcode(self.exitcode)}{self.detail}',)
 
     def __reduce__(self):
-        return (type(self), (self.worker_number, self.exitcode, self.detail))
+        return (type(self), (self.worker_number, self.exitcode, self.detail,
+                             self.call))
 
 
 class SamplerTimeoutError(SamplerError, TimeoutError):

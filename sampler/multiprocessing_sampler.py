@@ -29,7 +29,10 @@ The actors:
   per worker, which its resource tracker may report as leaked when the
   interpreter exits; pipes and threads leave nothing to report.)
 - a worker process per worker: the state machine of
-  :mod:`sampler._worker_process`.
+  :mod:`sampler._worker_process`, and a watchdog thread that ends the
+  process as soon as the caller's process is gone (a pidfd of it).
+- a wake pipe in the caller's selector: ``close()`` from another thread
+  writes to it, so a waiting call wakes and raises SamplerClosedError.
 - a result pipe per worker: worker -> caller. One pipe per worker, rather
   than one queue shared by all, is what lets a worker die at any moment,
   even in the middle of writing a message, without corrupting or locking
@@ -38,6 +41,7 @@ The actors:
 """
 
 import collections
+import dataclasses
 import importlib.util
 import multiprocessing as mp
 import os
@@ -145,6 +149,45 @@ def _use_forkserver(ctx, preload):
     if not running:
         ctx.set_forkserver_preload(modules)
         _server_preload = modules
+
+
+#: File descriptors the caller holds per worker (its two pipe ends and
+#: the process sentinel, measured at 4 with the selector's share), with
+#: room for the ones a start briefly needs.
+FDS_PER_WORKER = 5
+
+
+def _make_room_for_descriptors(n_workers):
+    """Before any worker starts: raise this process's soft limit on open
+    files (up to the hard limit, as Ray does) if ``n_workers`` need more,
+    or say what to do if even the hard limit is too low."""
+    try:
+        import resource
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        in_use = len(os.listdir('/proc/self/fd'))
+    except (ImportError, OSError):
+        return  # not Linux: start, and the system says if it runs out
+    need = in_use + FDS_PER_WORKER * n_workers + 16
+    if soft == resource.RLIM_INFINITY or need <= soft:
+        return
+    if hard == resource.RLIM_INFINITY or need <= hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (need, hard))
+        return
+    msg = (f'n_workers={n_workers} needs about {need} open files in this '
+           f'process ({in_use} are open, {FDS_PER_WORKER} per worker), but '
+           f'its limit is {soft} and cannot go above {hard}; raise it '
+           f'before starting Python (ulimit -n {need}, or LimitNOFILE= for '
+           f'a service) or use fewer workers')
+    raise SamplerError(msg)
+
+
+def _check_startup_time(deadline, options, i):
+    if time.monotonic() > deadline:
+        msg = (f'starting worker processes 0 to {i} took longer than '
+               f'startup_timeout={options["startup_timeout"]} s; raise it '
+               f'(a machine under load, or a slow import in the main '
+               f'module that every worker repeats)')
+        raise SamplerTimeoutError(msg)
 
 
 def _default_start_method():
@@ -327,6 +370,7 @@ class MultiprocessingSampler(Sampler):
                    f'will share CPUs and sampling may be slower, not faster')
             warnings.warn(msg, ResourceWarning, stacklevel=3)
         preload = _check_preload(options['preload'])
+        _make_room_for_descriptors(self.n_workers)
         self._ctx = mp.get_context(method)
         if method == 'forkserver':
             # Workers fork from a server that already imported numpy and
@@ -335,19 +379,32 @@ class MultiprocessingSampler(Sampler):
             _use_forkserver(self._ctx, preload)
             _forkserver_samplers.add(self)
         self._factory_blob = _pickling.dumps(self._factory)
-        self._setup = self._process_setup()
+        # Workers end themselves when this process dies, whatever they do.
+        self._setup = dataclasses.replace(self._process_setup(),
+                                          caller=os.getpid())
         self._handles = []
         self._selector = None
+        # close() from another thread writes here to wake a waiting call.
+        self._wake = list(os.pipe())
+        os.set_blocking(self._wake[1], False)
         # Closes the workers if the sampler is dropped without close(),
         # also at interpreter exit; holds no reference to the sampler.
         self._finalizer = weakref.finalize(
-            self, _shutdown, self._handles, options['shutdown_timeout'])
-        for i in range(self.n_workers):
-            self._handles.append(self._spawn(i))
+            self, _shutdown, self._handles, options['shutdown_timeout'],
+            self._wake)
+        deadline = time.monotonic() + options['startup_timeout']
         try:
-            self._await_ready(options['startup_timeout'])
+            with _framing.reads_finish_first():
+                for i in range(self.n_workers):
+                    self._handles.append(self._spawn(i))
+                    _check_startup_time(deadline, options, i)
+                self._await_ready(deadline, options['startup_timeout'])
         except BaseException:
-            self._finalizer()
+            # Nothing to save from workers that never started: end them
+            # in a second at most, not shutdown_timeout.
+            self._finalizer.detach()
+            _shutdown(self._handles, min(options['shutdown_timeout'], 1.0),
+                      self._wake)
             raise
 
     def _spawn(self, i):
@@ -370,8 +427,7 @@ class MultiprocessingSampler(Sampler):
         command_reader.close()
         return _Handle(i, process, _Commands(command_writer), reader)
 
-    def _await_ready(self, timeout):
-        deadline = time.monotonic() + timeout
+    def _await_ready(self, deadline, timeout):
         spaces = {}
         while len(spaces) < self.n_workers:
             waiting = [h for h in self._handles if not h.ready]
@@ -425,6 +481,25 @@ class MultiprocessingSampler(Sampler):
         """Process ids of the workers, in worker order."""
         return [handle.process.pid for handle in self._handles]
 
+    def _reads_guard(self):
+        return _framing.reads_finish_first()
+
+    def _interrupt_call(self):
+        try:
+            os.write(self._wake[1], b'x')
+        except OSError:
+            pass  # full (already woken) or closed
+
+    def _forked(self):
+        # Neither this module's finalizer nor multiprocessing's exit
+        # handler (which would SIGTERM and join every daemon child it
+        # knows) may run for the parent's workers in the child.
+        self._finalizer.detach()
+        children = getattr(mp.process, '_children', None)
+        for handle in self._handles:
+            if children is not None:
+                children.discard(handle.process)
+
     # Sampling ------------------------------------------------------------
 
     def _begin(self, collector, updates):
@@ -456,12 +531,17 @@ class MultiprocessingSampler(Sampler):
         building the set anew cost several per message."""
         if self._selector is None:
             self._selector = selectors.DefaultSelector()
+            self._selector.register(self._wake[0], selectors.EVENT_READ,
+                                    None)
             for handle in self._handles:
                 self._selector.register(handle.results, selectors.EVENT_READ,
                                         (handle, False))
                 self._selector.register(handle.process.sentinel,
                                         selectors.EVENT_READ, (handle, True))
-        return [key.data for key, _ in self._selector.select(timeout)]
+        events = [key.data for key, _ in self._selector.select(timeout)]
+        if self._closed:
+            self._check_closed_during()
+        return events
 
     def _forget_selector(self):
         if self._selector is not None:
@@ -567,9 +647,41 @@ def _stop_process(handle, timeout):
     handle.commands.close()
 
 
-def _shutdown(handles, timeout):
+def _shutdown(handles, timeout, wake):
     """Ask every worker to exit, then terminate and kill the ones still
-    there; returns within ``timeout`` seconds."""
+    there; returns within ``timeout`` seconds. Interrupted (a second
+    Ctrl-C), it kills the workers still there before it raises: nothing
+    may be left for multiprocessing's exit handler, which would join a
+    worker that ignores SIGTERM for ever."""
+    with _framing.reads_finish_first():
+        try:
+            _stop_workers(handles, timeout)
+        finally:
+            _kill_workers(handles, wake)
+
+
+def _kill_workers(handles, wake):
+    """Kill the workers still there and close every pipe, with Ctrl-C
+    held until done."""
+    with _framing.interrupts_held():
+        for handle in handles:
+            if handle.process.is_alive():
+                handle.process.kill()
+        for handle in handles:
+            handle.process.join(timeout=1.0)
+            if not handle.results.closed:
+                handle.results.close()
+            handle.commands.close()
+        handles.clear()
+        for fd in wake:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        wake.clear()
+
+
+def _stop_workers(handles, timeout):
     deadline = time.monotonic() + timeout
     for handle in handles:
         try:
@@ -592,7 +704,11 @@ def _shutdown(handles, timeout):
         for source in wait(list(sources), timeout=remaining):
             handle = sources[source]
             if source is handle.results:
-                if _receive(handle)[0] is None:
+                try:
+                    gone = _receive(handle)[0] is None
+                except ValueError:  # the pipe lost its place
+                    gone = True
+                if gone:
                     handle.results.close()
         alive = [h for h in alive if h.process.is_alive()]
     for handle in alive:
@@ -605,9 +721,3 @@ def _shutdown(handles, timeout):
             handle.process.kill()
             handle.process.join(timeout=max(deadline - time.monotonic(),
                                             0.05))
-    for handle in handles:
-        if not handle.results.closed:
-            handle.results.close()
-        handle.commands.close()
-    handles.clear()
-

@@ -55,6 +55,9 @@ from sampler.sampler import Sampler, available_cpus
 #: ``sample()`` calls kept queued on each actor during a call.
 DEPTH = 2
 
+#: Longest a waiting call takes to see ``close()`` from another thread.
+WAKE_S = 0.1
+
 _PIP_HINT = 'pip install "rollout-sampler[ray]"'
 
 
@@ -320,9 +323,6 @@ class RaySampler(Sampler):
                 (handle, 'finish')
 
     def _wait_and_collect(self, collector, deadline, bar):
-        timeout = None
-        if deadline is not None:
-            timeout = max(deadline - time.monotonic(), 0)
         # Each actor's replies in the order its calls were sent (Ray runs
         # them in that order, but ray.wait may report two ready ones in
         # either): an empty "done" read before the episodes sent ahead of
@@ -330,8 +330,7 @@ class RaySampler(Sampler):
         heads = {}
         for ref, (handle, _) in self._pending.items():
             heads.setdefault(id(handle), ref)
-        ready, _ = self._ray.wait(list(heads.values()), num_returns=1,
-                                  timeout=timeout)
+        ready = self._wait_one(list(heads.values()), deadline)
         if not ready:
             raise SamplerTimeoutError(collector.describe())
         handle, what = self._pending.pop(ready[0])
@@ -354,6 +353,22 @@ class RaySampler(Sampler):
                 and segments.round == collector.round:
             ref = handle.actor.sample.remote()
             self._pending[ref] = (handle, 'sample')
+
+    def _wait_one(self, refs, deadline):
+        """``ray.wait`` for one of ``refs`` until ``deadline``, in slices
+        of WAKE_S, so that ``close()`` from another thread is seen."""
+        while True:
+            timeout = WAKE_S
+            if deadline is not None:
+                timeout = min(timeout, max(deadline - time.monotonic(), 0))
+            ready, _ = self._ray.wait(refs, num_returns=1, timeout=timeout)
+            self._check_closed_during()
+            if ready or (deadline is not None and
+                         time.monotonic() >= deadline):
+                return ready
+
+    def _forked(self):
+        self._finalizer.detach()
 
     def _get(self, handle, ref):
         """A reply; a dead actor or a task Ray could not run as a reply

@@ -23,22 +23,37 @@ argument checks and their messages, versions and rounds, statistics,
 closed / broken states, and what a replacement worker must be given (the
 current agent, its latest parameters and the env updates since the last
 new env).
+
+Around every call (``_one_call``): one call at a time (a call from
+another thread is refused, never interleaved); a backend's reads of
+worker messages run inside its ``_reads_guard`` (Ctrl-C waits for the
+message being read, so pipes stay whole); ``close()`` from another thread
+wakes the call (``_interrupt_call``), which raises SamplerClosedError; a
+worker's error is told which call it ended. In the child of an
+``os.fork()``, a sampler whose workers are processes refuses every call
+and lets go of them without a word (``_forked``).
 """
 
+import contextlib
 import inspect
 import numbers
 import os
+import threading
 import time
 import warnings
+import weakref
 from typing import Any, Dict, Iterator, Optional
+
+import numpy as np
 
 from sampler import _pickling
 from sampler._worker_process import ProcessSetup, exit_if_importing_main
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
-                            SamplerError, SamplerTimeoutError)
+                            SamplerError, SamplerTimeoutError,
+                            WorkerCrashedError, WorkerError)
 from sampler._streaming import Collector
 from workers import DefaultWorker
-from workers import WorkerFactory
+from workers import WorkerFactory, _nest
 from workers.worker import EPISODE_ID_STRIDE
 from workers.agents import as_agent
 from workers.env_update import as_env_update
@@ -47,6 +62,24 @@ from workers.episode_batch import EpisodeBatch
 
 #: Env updates a restart recipe holds before it warns (see WorkerRecipe).
 RECIPE_WARN_AT = 100
+
+#: Every sampler not yet closed, for what a fork's child must forget.
+_open_samplers = weakref.WeakSet()
+
+
+def _forget_samplers_in_child():
+    """After ``os.fork()`` (a DataLoader worker, a user's own fork): the
+    child's copies of the samplers must never touch the parent's workers,
+    neither when it exits nor when it is collected."""
+    for sampler in list(_open_samplers):
+        try:
+            sampler._forked()
+        except Exception:  # nothing may fail in a fork's child here
+            pass
+
+
+if hasattr(os, 'register_at_fork'):
+    os.register_at_fork(after_in_child=_forget_samplers_in_child)
 
 
 def available_cpus() -> int:
@@ -135,6 +168,10 @@ class Sampler:
     _OPTIONS = {'on_worker_error': 'raise', 'max_restarts': 10,
                 'progress': None, 'worker_init': None, 'worker_threads': 1}
 
+    #: Whether the workers are processes of this process's: a fork's
+    #: child may not use them (LocalSampler's workers are its own copy).
+    _PROCESS_WORKERS = True
+
     def __init__(self, agents: Any, envs: Any, *,
                  worker_factory: Optional[WorkerFactory] = None,
                  n_workers: Optional[int] = None,
@@ -197,8 +234,12 @@ class Sampler:
                                   for i in range(self.n_workers)]
         self._stream = None  # the open stream's Collector
         self._held = []  # what the last stream's workers sent after it
+        self._pid = os.getpid()
+        self._lock = threading.Condition()
+        self._running = None  # (what, thread) of the call running
         self._start(options)
         self._closed = False
+        _open_samplers.add(self)
 
     @classmethod
     def from_worker_factory(cls, worker_factory: WorkerFactory,
@@ -343,8 +384,12 @@ class Sampler:
                           timeout, f'obtain_steps({count})')
 
     def _call(self, goal, agent_update, env_update, timeout, what):
-        self._check_usable()
         _check_timeout(timeout)
+        with self._one_call(what):
+            return self._call_alone(goal, agent_update, env_update, timeout,
+                                    what)
+
+    def _call_alone(self, goal, agent_update, env_update, timeout, what):
         self._check_no_stream(what)
         updates = self._take_updates(agent_update, env_update)
         self._drop_held()
@@ -364,7 +409,7 @@ class Sampler:
         except SamplerTimeoutError as err:
             msg = f'{what} timed out after {timeout} s: {err}'
             raise SamplerTimeoutError(msg) from None
-        batch = EpisodeBatch.concatenate(*batches, missing_infos='mask')
+        batch = self._concatenate(batches)
         self._stats['episodes'] += int((~batch.cut).sum())
         self._stats['transitions'] += len(batch)
         return batch
@@ -401,16 +446,16 @@ class Sampler:
         ``agent_update`` and ``env_update`` of :meth:`obtain_samples`
         (per-worker lists too).
         """
-        self._check_usable()
         if agent_update is None and env_update is None:
             msg = ('push_update needs an agent_update or an env_update; '
                    'with neither there is no new version to push')
             raise ValueError(msg)
-        updates = self._take_updates(agent_update, env_update)
-        if self._stream is not None:
-            self._stream.push(self._version)
-        self._push(self._version, updates)
-        return self._version
+        with self._one_call('push_update()', reads=False):
+            updates = self._take_updates(agent_update, env_update)
+            if self._stream is not None:
+                self._stream.push(self._version)
+            self._push(self._version, updates)
+            return self._version
 
     def stream(self, num_samples: int, *, timeout: Optional[float] = None,
                max_staleness: Optional[int] = None,
@@ -457,9 +502,30 @@ class Sampler:
         return self._stream_batches(count, timeout, max_staleness, budget)
 
     def _stream_batches(self, count, timeout, max_staleness, budget):
-        # Checked again at the first next(): two streams may have been
-        # made before either ran.
-        self._check_usable()
+        what = f'stream({count})'
+        with self._one_call(what):
+            # Checked again at the first next(): two streams may have been
+            # made before either ran.
+            collector = self._open_stream(count, max_staleness, budget)
+        ended = False
+        try:
+            with self._one_call(what):
+                self._begin(collector, [(None, None)] * self.n_workers)
+            while True:
+                with self._one_call(what):
+                    batch = self._next_batch(collector, timeout, what)
+                yield batch
+        except GeneratorExit:
+            ended = True
+            raise
+        finally:
+            self._stream = None
+            if not self._closed and self._broken is None and \
+                    not self._is_fork():
+                with self._reads_guard():
+                    self._end_stream(collector, ended)
+
+    def _open_stream(self, count, max_staleness, budget):
         self._check_no_stream(f'stream({count})')
         round_number = self._calls
         self._calls += 1
@@ -479,35 +545,24 @@ class Sampler:
             else:
                 self._count_discarded(batch)
         self._stream = collector
-        ended = False
+        return collector
+
+    def _next_batch(self, collector, timeout, what):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self._resume(collector)
         try:
-            self._begin(collector, [(None, None)] * self.n_workers)
-            while True:
-                deadline = None if timeout is None else \
-                    time.monotonic() + timeout
-                self._resume(collector)
-                try:
-                    while not collector.done:
-                        self._wait_and_collect(collector, deadline, None)
-                        # What is read frees budget, kept or discarded.
-                        for worker, n in collector.take_credits():
-                            self._credit(worker, n)
-                except SamplerTimeoutError as err:
-                    msg = (f'stream({count}) timed out after {timeout} s: '
-                           f'{err}')
-                    raise SamplerTimeoutError(msg) from None
-                batch = EpisodeBatch.concatenate(*collector.take(),
-                                                 missing_infos='mask')
-                self._stats['episodes'] += int((~batch.cut).sum())
-                self._stats['transitions'] += len(batch)
-                yield batch
-        except GeneratorExit:
-            ended = True
-            raise
-        finally:
-            self._stream = None
-            if not self._closed and self._broken is None:
-                self._end_stream(collector, ended)
+            while not collector.done:
+                self._wait_and_collect(collector, deadline, None)
+                # What is read frees budget, kept or discarded.
+                for worker, n in collector.take_credits():
+                    self._credit(worker, n)
+        except SamplerTimeoutError as err:
+            msg = f'{what} timed out after {timeout} s: {err}'
+            raise SamplerTimeoutError(msg) from None
+        batch = self._concatenate(collector.take())
+        self._stats['episodes'] += int((~batch.cut).sum())
+        self._stats['transitions'] += len(batch)
+        return batch
 
     def _end_stream(self, collector, cleanly):
         """Pause the workers of a stream that ended; hold what they sent
@@ -590,6 +645,13 @@ class Sampler:
                        f'gets a copy) or a list of exactly {n}, one per '
                        f'worker')
                 raise ValueError(msg)
+            missing = [i for i, item in enumerate(value) if item is None]
+            if missing and name.endswith('_update'):
+                msg = (f'{name}[{missing[0]}] is None: a list of {name} '
+                       f'needs one for every worker, since every worker '
+                       f'goes to the new version (to keep a worker\'s '
+                       f'parameters, send them again)')
+                raise ValueError(msg)
             return value
         return [value] * n
 
@@ -619,6 +681,26 @@ class Sampler:
             payloads.append(Payload(blobs[key], kind))
         return payloads
 
+    def _concatenate(self, batches):
+        try:
+            return EpisodeBatch.concatenate(*batches, missing_infos='mask')
+        except (ValueError, TypeError) as err:
+            first = batches[0]
+            for batch in batches[1:]:
+                try:
+                    EpisodeBatch.concatenate(first, batch,
+                                             missing_infos='mask')
+                except (ValueError, TypeError) as why:
+                    a, b = (int(x.worker_numbers[0]) for x in (first, batch))
+                    msg = (f"worker {b}'s episodes do not fit worker {a}'s, "
+                           f'so they cannot make one batch: '
+                           f'{_difference(first, batch, a, b) or why}. '
+                           f'Every worker must return the same structure '
+                           f'(keys, shapes and dtypes of observations, '
+                           f'actions and infos)')
+                    raise SamplerError(msg) from err
+            raise
+
     def _check_same_spaces(self, spaces):
         """``spaces[i]`` is worker i's ``(observation_space,
         action_space)``; all must match, since episodes are
@@ -635,7 +717,65 @@ class Sampler:
 
     # State ---------------------------------------------------------------
 
+    @contextlib.contextmanager
+    def _one_call(self, what, reads=True):
+        """Run the body as the one call this sampler serves: refused while
+        a call runs in another thread; after ``close()`` from another
+        thread, whatever the call then fails with is SamplerClosedError."""
+        self._check_usable()
+        me = threading.current_thread()
+        with self._lock:
+            if self._running is not None:
+                other, thread = self._running
+                where = 'in this thread' if thread is me else \
+                    f'in thread {thread.name!r}'
+                msg = (f'{what} was called from thread {me.name!r} while '
+                       f'{other} runs {where}: a sampler serves one call at '
+                       f'a time, and two would mix their parameters and '
+                       f'episodes. Give each thread a sampler of its own, or '
+                       f'hold a lock around the calls')
+                raise SamplerError(msg)
+            self._running = (what, me)
+        try:
+            with self._reads_guard() if reads else contextlib.nullcontext():
+                yield
+        except (SamplerClosedError, KeyboardInterrupt):
+            raise
+        except BaseException as err:
+            if isinstance(err, (WorkerError, WorkerCrashedError)):
+                err.name_call(what)
+            if self._closed:
+                msg = (f'the sampler was closed during {what} (close() was '
+                       f'called from another thread)')
+                raise SamplerClosedError(msg) from err
+            raise
+        finally:
+            with self._lock:
+                self._running = None
+                self._lock.notify_all()
+
+    def _check_closed_during(self, collector=None):
+        """Raise SamplerClosedError if ``close()`` ran meanwhile (backends
+        call it when a wait wakes)."""
+        if self._closed:
+            what = self._running[0] if self._running else 'the call'
+            msg = (f'the sampler was closed during {what} (close() was '
+                   f'called from another thread)')
+            raise SamplerClosedError(msg)
+
+    def _is_fork(self):
+        """True in the child of an ``os.fork()`` of the process that made
+        this sampler, where its worker processes are not ours."""
+        return self._PROCESS_WORKERS and os.getpid() != self._pid
+
     def _check_usable(self):
+        if self._is_fork():
+            msg = (f'this sampler belongs to process {self._pid}, and this '
+                   f'is process {os.getpid()}, a fork of it (os.fork(), '
+                   f'e.g. a DataLoader worker): its workers serve the '
+                   f'parent alone. Build a sampler in this process, or '
+                   f'sample in the parent')
+            raise SamplerError(msg)
         if self._closed:
             msg = ('this sampler is closed; make a new one to sample again')
             raise SamplerClosedError(msg)
@@ -713,11 +853,31 @@ class Sampler:
 
     def close(self) -> None:
         """Stop the workers and release everything; calling it again does
-        nothing."""
+        nothing. From another thread while a call runs, that call raises
+        SamplerClosedError."""
         if self._closed:
             return
         self._closed = True
-        self._shutdown()
+        _open_samplers.discard(self)
+        if self._is_fork():
+            return  # the parent's workers: the parent closes them
+        me = threading.current_thread()
+        with self._lock:
+            running = self._running
+        if running is not None and running[1] is not me:
+            # Wake the call and give it a moment to leave, so that it does
+            # not read the pipes that shutdown reads and closes.
+            self._interrupt_call()
+            deadline = time.monotonic() + \
+                self._options.get('shutdown_timeout', 5) / 2
+            with self._lock:
+                while self._running is not None:
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._lock.wait(remaining)
+        with self._reads_guard():
+            self._shutdown()
 
     def __enter__(self) -> 'Sampler':
         return self
@@ -729,6 +889,14 @@ class Sampler:
         if not getattr(self, '_closed', True):
             self.close()
 
+    def __reduce__(self):
+        msg = (f'a {type(self).__name__} cannot be pickled: it owns its '
+               f'workers (processes, pipes, envs). Build the sampler in the '
+               f'process that samples, and send what it is made of (the '
+               f'agent or its parameters, env ids or constructors, the '
+               f'worker_factory) instead')
+        raise TypeError(msg)
+
     def __repr__(self):
         state = 'closed' if self._closed else (
             'broken' if self._broken is not None else 'open')
@@ -739,6 +907,19 @@ class Sampler:
 
     def _start(self, options):
         raise NotImplementedError
+
+    def _reads_guard(self):
+        """A context the caller's reads of worker messages run in (see
+        ``_framing.reads_finish_first``); nothing for backends without
+        pipes."""
+        return contextlib.nullcontext()
+
+    def _interrupt_call(self):
+        """Wake a call waiting in another thread: ``close()`` ran."""
+
+    def _forked(self):
+        """In a fork's child: let go of everything that is the parent's
+        (exit handlers, finalizers) without touching it."""
 
     def _sample(self, collector, updates, deadline):
         """Start ``collector``'s round on every worker with ``updates``
@@ -795,6 +976,21 @@ _PICKLE_HINTS = {
 }
 
 
+def _difference(first, other, a, b):
+    """Where two batches' arrays differ in shape per step, or None."""
+    for field in ('observations', 'actions', 'last_observations',
+                  'env_infos', 'agent_infos', 'episode_infos'):
+        mine = dict(_nest.leaves(getattr(first, field)))
+        theirs = dict(_nest.leaves(getattr(other, field)))
+        for path in mine.keys() & theirs.keys():
+            x, y = mine[path], theirs[path]
+            if np.shape(x)[1:] != np.shape(y)[1:]:
+                return (f"{field}{path} has shape {np.shape(x)[1:]} per "
+                        f"step in worker {a}'s and {np.shape(y)[1:]} in "
+                        f"worker {b}'s")
+    return None
+
+
 def _check_timeout(timeout):
     if timeout is not None and (
             isinstance(timeout, bool)
@@ -810,4 +1006,3 @@ def _check_count(value, name):
         msg = f'{name} must be an int >= 1, got {value!r}'
         raise ValueError(msg)
     return int(value)
-
