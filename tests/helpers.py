@@ -450,3 +450,124 @@ class InitLog:
     def __call__(self, worker_number):
         with open(self.path, 'a') as log:
             log.write(f'{worker_number} {os.getpid()}\n')
+
+
+class BigObsEnv(gym.Env):
+    """Observations of ``size`` bytes, every byte of step t's equal to
+    ``t % 256``, so a batch shows whether any frame was mixed up."""
+
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, size=1 << 20, length=20):
+        self.observation_space = spaces.Box(0, 255, (size,), np.uint8)
+        self.length = length
+        self.t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        return np.zeros(self.observation_space.shape, np.uint8), {}
+
+    def step(self, action):
+        self.t += 1
+        obs = np.full(self.observation_space.shape, self.t % 256, np.uint8)
+        return obs, 1.0, self.t >= self.length, False, {}
+
+
+def check_big_obs(batch):
+    """Every observation of a BigObsEnv batch is whole and in its place."""
+    obs = batch.observations
+    assert (obs.min(axis=1) == obs.max(axis=1)).all()
+    step_in_episode = np.concatenate(
+        [np.arange(p, p + n) for p, n in zip(batch.prior_steps,
+                                             batch.lengths)])
+    assert (obs[:, 0] == step_in_episode % 256).all()
+
+
+class FlawedEnv(gym.Env):
+    """A 4-step env returning one kind of bad data, named by ``flaw``:
+    'reward_shape', 'reward_none', 'obs_dtype', 'obs_shape',
+    'reset_obs_only', 'obs_shape_changes', 'str_raises'; None for none."""
+
+    observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def __init__(self, flaw=None):
+        self.flaw = flaw
+        self.t = 0
+
+    def _obs(self):
+        if self.flaw == 'obs_dtype':
+            return np.zeros(2, np.float64)
+        if self.flaw == 'obs_shape' or (self.flaw == 'obs_shape_changes'
+                                        and self.t == 3):
+            return np.zeros(5, np.float32)
+        return np.zeros(2, np.float32)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t = 0
+        if self.flaw == 'reset_obs_only':
+            return self._obs()
+        return self._obs(), {}
+
+    def step(self, action):
+        self.t += 1
+        if self.flaw == 'str_raises':
+            raise UnprintableError()
+        reward = {'reward_shape': np.ones(1), 'reward_none': None}.get(
+            self.flaw, 1.0)
+        return self._obs(), reward, self.t >= 4, False, {}
+
+
+class UnprintableError(Exception):
+    """An exception whose ``__str__`` raises."""
+
+    def __str__(self):
+        raise RuntimeError('no words')
+
+
+class FlawedAgent:
+    """Returns one kind of bad action, named by ``flaw``: 'action_shape'
+    (shape (3,) for Box(2,)), 'action_range' (7 for Discrete(3)),
+    'bare_array' (no agent_info)."""
+
+    def __init__(self, flaw):
+        self.flaw = flaw
+
+    def get_action(self, observation):
+        if self.flaw == 'action_shape':
+            return np.zeros(3, np.float32), {}
+        if self.flaw == 'action_range':
+            return 7, {}
+        return np.float32(0.5)  # 'bare_array'
+
+
+class BoxActionEnv(FlawedEnv):
+    """FlawedEnv with Box(2,) actions."""
+
+    action_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
+
+
+class InfoSizeEnv(FlawedEnv):
+    """Sends ``env_infos['x']`` of ``size`` values: workers built with
+    different sizes return batches that cannot be joined."""
+
+    def __init__(self, size):
+        super().__init__()
+        self.size = size
+
+    def step(self, action):
+        obs, reward, terminated, truncated, _ = super().step(action)
+        return obs, reward, terminated, truncated, {'x': np.zeros(self.size)}
+
+
+class SleepyEnv(OneStepEnv):
+    """Steps that take ``delay`` seconds."""
+
+    def __init__(self, delay=0.02):
+        self.delay = delay
+
+    def step(self, action):
+        time.sleep(self.delay)
+        return np.zeros(1, np.float32), 1.0, False, False, {}

@@ -51,33 +51,39 @@ def kill_worker_soon(sampler, number, delay):
     return timer
 
 
+#: How a worker's error names the call of the table's cases.
+CALL = r' during obtain_exact_episodes\(2\)'
+
 # id: (envs, agents, call kwargs, error, message, traceback text,
 #      process backends only, stimulus delay)
 CRASHES = {
     'env raises in reset': (
         [FaultyEnv('none'), FaultyEnv('reset')], FirstObsAgent(), {},
-        WorkerError, r'^worker 1 failed in env\.reset: RuntimeError: boom$',
+        WorkerError, r'^worker 1 failed in env\.reset' + CALL +
+        r': RuntimeError: boom$',
         'in reset', False, 0),
     'env raises in step': (
         [FaultyEnv('none'), FaultyEnv('step')], FirstObsAgent(), {},
-        WorkerError, r'^worker 1 failed in env\.step: RuntimeError: boom$',
+        WorkerError, r'^worker 1 failed in env\.step' + CALL +
+        r': RuntimeError: boom$',
         'in step', False, 0),
     'agent raises': (
         [FaultyEnv('none')] * 2, [FirstObsAgent(), RaisingAgent()], {},
-        WorkerError, r'^worker 1 failed in agent\.get_action: '
-                     r'ArithmeticError: agent blew up$',
+        WorkerError, r'^worker 1 failed in agent\.get_action' + CALL +
+        r': ArithmeticError: agent blew up$',
         'in get_action', False, 0),
     'os._exit(3)': (
         [FaultyEnv('none'), CrashEnv('exit')], FirstObsAgent(), {},
-        WorkerCrashedError, r'^worker 1 died: exit code 3$', None, True, 0),
+        WorkerCrashedError, r'^worker 1 died' + CALL +
+        r': exit code 3$', None, True, 0),
     'segfault': (
         [FaultyEnv('none'), CrashEnv('segfault')], FirstObsAgent(), {},
-        WorkerCrashedError, r'^worker 1 died: killed by signal 11 '
-                            r'\(SIGSEGV\)$', None, True, 0),
+        WorkerCrashedError, r'^worker 1 died' + CALL +
+        r': killed by signal 11 \(SIGSEGV\)$', None, True, 0),
     'SIGKILL from outside': (
         [FaultyEnv('none'), CrashEnv('hang')], FirstObsAgent(), {},
-        WorkerCrashedError, r'^worker 1 died: killed by signal 9 '
-                            r'\(SIGKILL\)$', None, True, 0.3),
+        WorkerCrashedError, r'^worker 1 died' + CALL +
+        r': killed by signal 9 \(SIGKILL\)$', None, True, 0.3),
     'step never returns': (
         [FaultyEnv('none'), CrashEnv('hang')], FirstObsAgent(),
         {'timeout': 0.5}, SamplerTimeoutError,
@@ -88,7 +94,8 @@ CRASHES = {
 
 # Ray tells its callers that an actor's process died, not how: the exit
 # code or signal is unknown there, and the error quotes Ray instead.
-RAY_CRASH = (r'^worker 1 died: exit code unknown; Ray reports of actor '
+RAY_CRASH = (r'^worker 1 died' + CALL + r': exit code unknown; Ray '
+             r'reports of actor '
              r'process \d+: Worker unexpectedly exits')
 
 

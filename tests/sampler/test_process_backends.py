@@ -165,7 +165,8 @@ def test_restart_after_a_crash_goes_on_with_the_current_agent(proc_sampler,
 def test_restarts_are_bounded(proc_sampler):
     s = proc_sampler(FirstObsAgent(), [FaultyEnv('none'), CrashEnv('exit')],
                      on_worker_error='restart', max_restarts=2)
-    with pytest.raises(WorkerCrashedError, match='^worker 1 died: '):
+    with pytest.raises(WorkerCrashedError, match=r'^worker 1 died during '
+                       r'obtain_exact_episodes\(1\): '):
         s.obtain_exact_episodes(1, timeout=20)
     assert s.stats['worker_restarts'] == 2
 

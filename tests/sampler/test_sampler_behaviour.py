@@ -264,7 +264,9 @@ def test_env_exception_is_a_worker_error_then_the_sampler_is_broken(
     with pytest.raises(WorkerError) as info:
         s.obtain_exact_episodes(1)
     err = info.value
-    assert str(err) == 'worker 1 failed in env.step: RuntimeError: boom'
+    assert str(err) == ('worker 1 failed in env.step during '
+                        'obtain_exact_episodes(1): RuntimeError: boom')
+    assert err.call == 'obtain_exact_episodes(1)'
     assert (err.worker_number, err.site, err.exc_type, err.exc_message) == \
         (1, 'env.step', 'RuntimeError', 'boom')
     assert 'in step' in err.worker_traceback
@@ -284,9 +286,10 @@ def test_agent_exception_names_the_agent_call(make_sampler):
         def get_action(self, obs):
             raise ValueError('bad obs')
     s = make_sampler(Bad(), 'CartPole-v1', n_workers=1, seed=0)
-    with pytest.raises(WorkerError, match='^worker 0 failed in '
-                                          'agent.get_action: ValueError: bad '
-                                          'obs$'):
+    with pytest.raises(WorkerError, match=r'^worker 0 failed in '
+                                          r'agent.get_action during '
+                                          r'obtain_samples\(10\): '
+                                          r'ValueError: bad obs$'):
         s.obtain_samples(10)
 
 
