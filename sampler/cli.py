@@ -2,7 +2,7 @@
 
 import click
 
-from sampler import bench as _bench
+from sampler.bench import envs as _envs, runner as _bench
 from sampler.sampler import available_cpus
 from workers.env_update import check_env_id
 
@@ -15,8 +15,8 @@ def main():
 
 def _env_id(ctx, param, value):
     try:
-        if _bench.bench_envs.is_atari(value):
-            _bench.bench_envs.register_atari()
+        if _envs.is_atari(value):
+            _envs.register_atari()
         check_env_id(value)
     except ImportError as err:
         raise click.BadParameter(str(err)) from None
@@ -58,10 +58,32 @@ def _modes(ctx, param, value):
     return ','.join(dict.fromkeys(names))
 
 
-@main.command()
+COLUMNS = """\b
+Columns:
+  transitions/s  median over the calls of a row (each call collects
+                 --samples transitions with new agent parameters)
+  min..max       the slowest and fastest call
+  episodes/s     episodes that ended, per second
+  ratio          transitions/s over the best single-process row's
+                 (the plain loop or a SyncVectorEnv)
+  of limit       transitions/s over the limit's: that many plain loops
+                 in parallel processes, with no sampler; what this
+                 machine can do at this moment
+  caller CPU     CPU of the calling process, as a share of one core
+  workers CPU    CPU of the row's worker processes, summed
+  discarded      episodes collected but not returned (older versions)
+  waste          env steps not returned in any batch
+  peak MB        the caller's peak memory during a call
+Rows are timed call by call in turn, so a busy moment on a shared
+machine falls on all of them alike; every row's data is checked after
+each call, untimed.
+"""
+
+
+@main.command(epilog=COLUMNS)
 @click.option('--env', default='CartPole-v1', show_default=True,
               callback=_env_id,
-              help=f'gymnasium env id ({_bench.bench_envs.IMAGE_ENV_ID} for '
+              help=f'gymnasium env id ({_envs.IMAGE_ENV_ID} for '
                    f'84x84x3 frames; Atari ids like ALE/Pong-v5 get the '
                    f'standard 4x84x84 preprocessing, with the bench extra)')
 @click.option('--backend', callback=_backends, default='multiprocessing',
@@ -102,9 +124,13 @@ def _modes(ctx, param, value):
               show_default=True,
               help='CPU every env step burns in pure Python, standing in '
                    'for an expensive simulator')
+@click.option('--baseline/--no-baseline', default=True, show_default=True,
+              help='beside ours, time the plain loop (env and agent in one '
+                   'process) and the limit (that many plain loops in '
+                   'parallel processes, sending back only counts)')
 @click.option('--compare', is_flag=True,
-              help='also time a plain loop and gymnasium SyncVectorEnv / '
-                   'AsyncVectorEnv on the same task')
+              help='also time gymnasium SyncVectorEnv / AsyncVectorEnv and '
+                   'envpool (with the bench extra) on the same task')
 @click.option('--sweep-workers', callback=_counts, default=None,
               help='time our sampler at each of these worker counts, e.g. '
                    '1,2,4')
@@ -118,12 +144,12 @@ def _modes(ctx, param, value):
               help='progress bar on stderr  [default: when it is a terminal]')
 def bench(env, backend, workers, envs_per_worker, mode, train_ms,
           train_sleep, agent, samples, iterations, max_episode_length, seed,
-          step_cost_us, compare, sweep_workers, plot_path, json_path,
-          progress):
+          step_cost_us, baseline, compare, sweep_workers, plot_path,
+          json_path, progress):
     """Measure sampling throughput (transitions per second).
 
-    Prints one line per configuration timed; with --compare the ratio
-    column compares each to the best single-process row of the same run.
+    Prints one line per configuration timed: ours, the plain loop and
+    the limit (see --baseline), and with --compare the alternatives.
     """
     if plot_path and not sweep_workers:
         raise click.UsageError('--plot needs --sweep-workers')
@@ -139,6 +165,7 @@ def bench(env, backend, workers, envs_per_worker, mode, train_ms,
         envs_per_worker=envs_per_worker, agent=agent, samples=samples,
         iterations=iterations, max_episode_length=max_episode_length,
         seed=seed, step_cost_us=step_cost_us, compare=compare,
+        baseline=baseline,
         progress=progress, sweep_workers=sweep_workers, mode=mode,
         train_ms=train_ms, train_sleep=train_sleep,
         echo=lambda line: click.echo(line, err=True))

@@ -1,25 +1,25 @@
 """Our sampler against peers that need extra installs, in one run.
 
 Extends ``sampler bench --compare`` (plain loop, gymnasium Sync/Async
-VectorEnv) with stable-baselines3's SubprocVecEnv and envpool, all timed
+VectorEnv, envpool) with stable-baselines3's SubprocVecEnv, all timed
 call by call in turn on the same task, each row's episodes checked. Peers
 that are not installed are skipped with a note:
 
     pip install torch==2.13.0 stable-baselines3   # CPU torch first
-    pip install envpool
+    pip install "rollout-sampler[bench]"                 # envpool
 
     python scripts/bench_peers.py                          # CartPole-v1, MLP
     python scripts/bench_peers.py --step-cost-us 200 --samples 4000
 
-envpool runs its own C++ CartPole, so it cannot take --step-cost-us (it is
-skipped then) and its steps cost less than gymnasium's Python ones.
+envpool runs its own C++ envs (see sampler.bench.peers), so it cannot take
+--step-cost-us (it is skipped then) and its steps cost less than
+gymnasium's Python ones.
 """
 
 import argparse
 import json
 import sys
 
-import numpy as np
 import psutil
 
 from sampler import bench
@@ -99,56 +99,6 @@ class SubprocVecEnvRow(Row):
         self.envs.close()
 
 
-class EnvPoolRow(Row):
-    """envpool's synchronous vector env (C++). It resets an env on the
-    step after its episode ended; those reset steps are not counted."""
-
-    single_process = False
-
-    def __init__(self, env_id, n_envs, agent, seed):
-        self.env_id, self.n_envs, self.agent, self.seed = \
-            env_id, n_envs, agent, seed
-        self.name = f'envpool ({n_envs} envs)'
-
-    def setup(self):
-        import envpool
-        self.envs = envpool.make_gymnasium(self.env_id, num_envs=self.n_envs,
-                                           seed=self.seed)
-        self.obs, _ = self.envs.reset()
-        self.resetting = np.zeros(self.n_envs, dtype=bool)
-        self.steps = []
-        self.recorder = EpisodeRecorder(self.n_envs)
-
-    def call(self, n, params):
-        self.agent.set_params(params)
-        envs, get_actions, keep = self.envs, self.agent.get_actions, \
-            self.steps.append
-        obs, transitions, episodes = self.obs, 0, 0
-        while transitions < n:
-            actions, _ = get_actions(obs)
-            next_obs, rewards, terms, truncs, _ = envs.step(actions)
-            real = ~self.resetting
-            keep((obs, actions, rewards, terms, truncs, next_obs, real))
-            self.resetting = terms | truncs
-            transitions += int(real.sum())
-            episodes += int(self.resetting.sum())
-            obs = next_obs
-        self.obs = obs
-        return Sample(transitions, episodes)
-
-    def check(self):
-        for obs, actions, rewards, terms, truncs, next_obs, real in \
-                self.steps:
-            for i in np.flatnonzero(real):
-                self.recorder.record(i, obs[i], actions[i], rewards[i],
-                                     terms[i], truncs[i], next_obs[i])
-        self.steps = []
-        self.recorder.completed_batch()
-
-    def close(self):
-        self.envs.close()
-
-
 def installed(module):
     try:
         __import__(module)
@@ -160,13 +110,13 @@ def installed(module):
 def main(argv=None):
     args = parse_args(argv)
     envs_per_worker = tuple(int(k) for k in args.envs_per_worker.split(','))
+    notes = []  # envpool's rows come with compare=True, or a note
     rows, agent, _ = bench.build_rows(
         env=args.env, backend='multiprocessing', workers=args.workers,
         envs_per_worker=envs_per_worker, agent=args.agent, seed=args.seed,
         max_episode_length=None, step_cost_us=args.step_cost_us,
-        compare=True, progress=False)
+        compare=True, progress=False, skipped=notes)
     env_fn = rows[0].env_fn
-    notes = []
     if installed('stable_baselines3'):
         rows += [SubprocVecEnvRow(n, bench.make_agent(args.agent, env_fn,
                                                       args.seed),
@@ -174,14 +124,6 @@ def main(argv=None):
     else:
         notes.append('stable-baselines3 not installed: pip install '
                      'torch==2.13.0 stable-baselines3')
-    if not installed('envpool'):
-        notes.append('envpool not installed: pip install envpool')
-    elif args.step_cost_us:
-        notes.append('envpool skipped: its C++ envs cannot burn '
-                     '--step-cost-us')
-    else:
-        rows.append(EnvPoolRow(args.env, 8, bench.make_agent(
-            args.agent, env_fn, args.seed), args.seed))
     results, best = bench.time_rows(
         rows, agent.get_params(), samples=args.samples,
         iterations=args.iterations,
@@ -192,9 +134,7 @@ def main(argv=None):
               'cpus': len(psutil.Process().cpu_affinity()),
               'best_single_process_row': best, 'rows': results,
               'skipped': notes}
-    print(bench.format_table(result))
-    for note in notes:
-        print(f'skipped: {note}')
+    print(bench.format_table(result))  # with a line per row skipped
     if args.json:
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=2)

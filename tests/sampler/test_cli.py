@@ -1,4 +1,5 @@
 import json
+import re
 import sys
 
 import numpy as np
@@ -9,8 +10,15 @@ from sampler.cli import main
 
 pytestmark = pytest.mark.timeout(120)
 
+try:
+    import envpool  # noqa: F401
+    ENVPOOL_ROWS = ['envpool (8 envs)', 'envpool (16 envs)']
+except ImportError:  # the bench extra is not installed here
+    ENVPOOL_ROWS = []
+
+# Our rows alone unless a test asks for more (see the baseline tests).
 TINY = ['bench', '--samples', '300', '--iterations', '2', '--workers', '2',
-        '--no-progress']
+        '--no-progress', '--no-baseline']
 
 
 def bench(tmp_path, *args):
@@ -118,7 +126,7 @@ def test_compare_adds_every_peer_row_with_ratios(tmp_path):
         'gymnasium SyncVectorEnv (1 envs)', 'gymnasium SyncVectorEnv (4 envs)',
         'gymnasium SyncVectorEnv (8 envs)',
         'gymnasium AsyncVectorEnv (2 envs)',
-        'gymnasium AsyncVectorEnv (4 envs)',
+        'gymnasium AsyncVectorEnv (4 envs)'] + ENVPOOL_ROWS + [
         'plain loop x 2 processes (limit)',
         'SyncVectorEnv (8 envs) x 2 processes (limit)']
     best = data['best_single_process_row']
@@ -142,6 +150,61 @@ def test_compare_adds_every_peer_row_with_ratios(tmp_path):
                      key=lambda r: r['median_transitions_per_s'])
     assert f"limit: {best_limit['name'][:-8]} reached " in out
     assert '% of that' in out
+
+
+def test_the_default_run_shows_the_plain_loop_and_the_limit(tmp_path):
+    path = tmp_path / 'out.json'
+    result = CliRunner().invoke(main, ['bench', '--samples', '300',
+                                       '--iterations', '2', '--workers', '2',
+                                       '--no-progress', '--json', str(path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(path.read_text())
+    assert [r['name'] for r in data['rows']] == [
+        'MultiprocessingSampler (2 workers)', 'plain loop (1 process)',
+        'plain loop x 2 processes (limit)']
+    ours, plain, limit = data['rows']
+    assert limit['share_of_limit'] == 1.0
+    assert ours['share_of_limit'] == pytest.approx(
+        ours['median_transitions_per_s'] / limit['median_transitions_per_s'])
+    [header] = [line for line in result.output.splitlines()
+                if line.startswith('row ')]
+    assert 'of limit' in header and 'ratio' in header
+    assert 'limit: plain loop x 2 processes reached' in result.output
+
+
+def test_help_explains_every_column(tmp_path):
+    out, _ = bench(tmp_path, '--samples', '50', '--iterations', '1')
+    [header] = [line for line in out.splitlines() if line.startswith('row ')]
+    columns = [c for c in re.split(r'\s{2,}', header.strip()) if c]
+    assert columns[0] == 'row' and len(columns) == 11
+    help_text = CliRunner().invoke(main, ['bench', '--help']).output
+    for column in columns[1:]:
+        assert f'  {column}  ' in help_text, column
+
+
+@pytest.mark.parametrize('env, needs', [
+    ('CartPole-v1', None), ('Hopper-v5', 'mujoco'),
+    ('ALE/Breakout-v5', 'ale_py')])
+def test_compare_on_real_envs_has_envpool_rows_or_says_why_not(
+        tmp_path, env, needs):
+    if needs:
+        pytest.importorskip(needs)
+    out, data = bench(tmp_path, '--env', env, '--compare', '--agent',
+                      'random', '--mode', 'steps', '--samples', '64',
+                      '--iterations', '1')
+    names = [r['name'] for r in data['rows']]
+    if ENVPOOL_ROWS:
+        assert names[-4:-2] == ENVPOOL_ROWS
+        for row in data['rows'][-4:-2]:
+            # Reset steps of envpool are not counted: every one is real.
+            assert row['calls'][0]['transitions'] >= 64
+            assert row['median_transitions_per_s'] > 0
+        assert not data['skipped']
+    else:
+        assert 'skipped: envpool skipped: envpool is not installed: pip ' \
+               'install "rollout-sampler[bench]"' in out
+    assert names[0] == 'MultiprocessingSampler (2 workers, obtain_steps)'
+    assert data['rows'][0]['waste'] == 0.0
 
 
 def test_sweep_workers_and_step_cost(tmp_path):
@@ -169,7 +232,7 @@ def test_image_env_reports_megabytes_per_second(tmp_path):
 def test_atari_ids_get_the_standard_preprocessing(tmp_path):
     pytest.importorskip('ale_py')
     pytest.importorskip('cv2')
-    from sampler import bench_envs
+    from sampler.bench import envs as bench_envs
     env = bench_envs.make_env('ALE/Pong-v5')
     try:
         obs, _ = env.reset(seed=0)
@@ -248,8 +311,8 @@ def broken_env():
 
 @pytest.mark.parametrize('kind', ['plain', 'sync'])
 def test_parallel_loops_share_the_calls_transitions(kind):
-    from sampler._bench_rows import (LOOP_STEPS, ParallelLoopsRow,
-                                     PlainLoopRow, VectorEnvRow)
+    from sampler.bench.rows import (LOOP_STEPS, ParallelLoopsRow,
+                                    PlainLoopRow, VectorEnvRow)
     from workers import RandomAgent
     agent = RandomAgent(make_cartpole().action_space, seed=0)
     single = PlainLoopRow(agent, make_cartpole, 0) if kind == 'plain' \
@@ -270,7 +333,7 @@ def test_parallel_loops_share_the_calls_transitions(kind):
 
 
 def test_parallel_loops_report_a_failing_env():
-    from sampler._bench_rows import ParallelLoopsRow, PlainLoopRow
+    from sampler.bench.rows import ParallelLoopsRow, PlainLoopRow
     from workers import RandomAgent
     agent = RandomAgent(make_cartpole().action_space, seed=0)
     row = ParallelLoopsRow(2, PlainLoopRow(agent, broken_env, 0))

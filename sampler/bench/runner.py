@@ -37,10 +37,10 @@ import time
 import cloudpickle
 import psutil
 
-from sampler import bench_envs, ray_sampler
-from sampler._bench_rows import (EpisodeRecorder, ParallelLoopsRow,
-                                 PlainLoopRow, Row, Sample, SamplerRow,
-                                 VectorEnvRow)
+from sampler import ray_sampler
+from sampler.bench import envs as bench_envs, peers
+from sampler.bench.rows import (ParallelLoopsRow, PlainLoopRow, SamplerRow,
+                                VectorEnvRow)
 from sampler.local_sampler import LocalSampler
 from sampler.multiprocessing_sampler import MultiprocessingSampler
 from sampler.ray_sampler import RaySampler
@@ -65,7 +65,12 @@ def make_agent(kind, env_fn, seed):
 def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                max_episode_length, step_cost_us, compare, progress,
                sweep_workers=(), mode='episodes', train_ms=0.0,
-               train_sleep=False):
+               train_sleep=False, baseline=True, skipped=None):
+    """The rows of a run: ours, one per combination; with ``baseline``
+    the plain loop and the limit (plain loops in parallel processes);
+    with ``compare`` also gymnasium's vector envs, their limit and the
+    peers of :mod:`sampler.bench.peers` (what was skipped, and why, is
+    appended to ``skipped``)."""
     loops = bench_envs.calibrate_loops(step_cost_us)
     env_fn = bench_envs.env_constructor(env, loops)
     the_agent = make_agent(agent, env_fn, seed)
@@ -82,20 +87,27 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                        train_sleep=train_sleep)
             for b in backend.split(',') for m in mode.split(',')
             for n in (sweep_workers or (workers,)) for k in per_worker]
-    if compare:
+    if compare or baseline:
         rows.append(PlainLoopRow(copy(), env_fn, seed))
+    if compare:
         rows += [VectorEnvRow('sync', n, copy(), env_fn, seed)
                  for n in SYNC_ENVS]
         rows += [VectorEnvRow('async', n, copy(), env_fn, seed)
                  for n in ASYNC_ENVS]
-        # The limit: copies of the plain loop and of the largest
-        # SyncVectorEnv (the best single-process rows of these tasks).
-        most = max(sweep_workers or (workers,))
-        if most > 1:
-            rows += [ParallelLoopsRow(most, PlainLoopRow(copy(), env_fn,
-                                                         seed)),
-                     ParallelLoopsRow(most, VectorEnvRow(
-                         'sync', SYNC_ENVS[-1], copy(), env_fn, seed))]
+        found, notes = peers.peer_rows(env, copy, seed, step_cost_us)
+        rows += found
+        if skipped is not None:
+            skipped += notes
+    # The limit: copies of the plain loop (and with compare of the
+    # largest SyncVectorEnv: the best single-process rows of these tasks)
+    # in parallel processes.
+    most = max(sweep_workers or (workers,))
+    if most > 1 and (compare or baseline):
+        rows.append(ParallelLoopsRow(most, PlainLoopRow(copy(), env_fn,
+                                                        seed)))
+    if most > 1 and compare:
+        rows.append(ParallelLoopsRow(most, VectorEnvRow(
+            'sync', SYNC_ENVS[-1], copy(), env_fn, seed)))
     return rows, the_agent, loops
 
 
@@ -103,7 +115,7 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         envs_per_worker=1, agent='mlp', samples=20000, iterations=5,
         max_episode_length=None, seed=0, step_cost_us=0, compare=False,
         progress=None, sweep_workers=(), echo=None, mode='episodes',
-        train_ms=0.0, train_sleep=False):
+        train_ms=0.0, train_sleep=False, baseline=True):
     """Time ``iterations`` calls of every row; return every figure.
 
     ``envs_per_worker`` and ``sweep_workers`` may be tuples, and ``mode``
@@ -114,12 +126,14 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         dict: the configuration, and ``rows``: one dict per row; rates end
         in ``_per_s``.
     """
+    skipped = []
     rows, the_agent, loops = build_rows(
         env=env, backend=backend, workers=workers,
         envs_per_worker=envs_per_worker, agent=agent, seed=seed,
         max_episode_length=max_episode_length, step_cost_us=step_cost_us,
         compare=compare, progress=progress, sweep_workers=sweep_workers,
-        mode=mode, train_ms=train_ms, train_sleep=train_sleep)
+        mode=mode, train_ms=train_ms, train_sleep=train_sleep,
+        baseline=baseline, skipped=skipped)
     with _ray_runtime('ray' in backend.split(',')):
         results, best = time_rows(rows, the_agent.get_params(),
                                   samples=samples, iterations=iterations,
@@ -134,6 +148,7 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         'cpus': len(psutil.Process().cpu_affinity()),
         'best_single_process_row': best,
         'rows': results,
+        'skipped': skipped,
     }
 
 
@@ -179,10 +194,14 @@ def time_rows(rows, params, *, samples, iterations, echo=None):
     singles = [r for r, row in zip(results, rows) if row.single_process]
     best = max(singles, key=lambda r: r['median_transitions_per_s']) \
         if singles else None
+    limits = [r['median_transitions_per_s'] for r in results if r['limit']]
     for result in results:
         result['ratio_to_best_single_process'] = (
             result['median_transitions_per_s'] /
             best['median_transitions_per_s'] if best else None)
+        result['share_of_limit'] = (
+            result['median_transitions_per_s'] / max(limits)
+            if limits else None)
     return results, best['name'] if best else None
 
 
@@ -285,10 +304,12 @@ def format_table(result):
             f"{result['samples']} transitions per row | {result['cpus']} "
             f'CPUs')
     columns = ('row', 'transitions/s', 'min..max', 'episodes/s', 'ratio',
-               'caller CPU', 'workers CPU', 'discarded', 'waste', 'peak MB')
+               'of limit', 'caller CPU', 'workers CPU', 'discarded', 'waste',
+               'peak MB')
     lines = []
     for r in result['rows']:
         ratio = r['ratio_to_best_single_process']
+        share = r.get('share_of_limit')
         lines.append((
             r['name'],
             f"{r['median_transitions_per_s']:,.0f}",
@@ -296,6 +317,7 @@ def format_table(result):
             f"{r['max_transitions_per_s']:,.0f}",
             f"{r['median_episodes_per_s']:,.0f}",
             '-' if ratio is None else f'{ratio:.2f}x',
+            '-' if share is None else f'{share:.0%}',
             f"{r['caller_cpu_percent']:.0f}%",
             '-' if r['workers_cpu_percent'] is None
             else f"{r['workers_cpu_percent']:.0f}%",
@@ -334,6 +356,8 @@ def format_table(result):
                    f"{r['median_mb_per_s']:.1f} MB/s of episode data"
                    + ('' if memory is None else
                       f', caller peak memory {memory:.1f}x the batch'))
+    for note in result.get('skipped', ()):
+        out.append(f'skipped: {note}')
     return '\n'.join(out)
 
 
@@ -377,9 +401,3 @@ def plot_sweep(result, path):
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
-
-
-#: What scripts that add rows of their own (scripts/bench_peers.py) use.
-__all__ = ['EpisodeRecorder', 'ParallelLoopsRow', 'PlainLoopRow', 'Row',
-           'Sample', 'SamplerRow', 'VectorEnvRow', 'build_rows',
-           'format_table', 'make_agent', 'run', 'time_rows', 'write_json']
