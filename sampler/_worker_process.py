@@ -32,10 +32,12 @@ and a command is seen right after.
 
 import dataclasses
 import enum
+import mmap
 import os
 import select
 import selectors
 import signal
+import socket
 import sys
 import threading
 import time
@@ -44,6 +46,7 @@ from multiprocessing import parent_process
 from typing import Optional
 
 import cloudpickle
+import numpy as np
 
 from sampler import _framing
 from workers import EpisodeBuffer
@@ -136,6 +139,74 @@ class RoundStart:
     attempt: int = 0
     stream: bool = False
     budget: Optional[int] = None
+    arena: Optional['ArenaSlot'] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ArenaSlot:
+    """Where a worker writes the observations of a steps round: rows
+    ``first_row`` to ``first_row + n_rows`` of the call's shared array
+    (a memfd the caller sends over the worker's fd socket, tagged with
+    the round), each row of ``shape`` and ``dtype``. With it, each frame
+    is copied once, from the env's array into the batch the caller
+    returns; without it, four times (stacked, into the pipe, out of it,
+    concatenated)."""
+
+    first_row: int
+    n_rows: int
+    shape: tuple
+    dtype: str
+
+
+@dataclasses.dataclass(frozen=True)
+class ArenaRows:
+    """Stands in for a message's observations: rows ``start`` to
+    ``start + n`` of the call's shared array, written in place."""
+
+    start: int
+    n: int
+
+
+class MappedRows:
+    """A worker's map of its :class:`ArenaSlot` of the memfd ``fd`` (which
+    it closes); :meth:`take` hands out its rows in order."""
+
+    def __init__(self, fd, slot):
+        dtype = np.dtype(slot.dtype)
+        row_bytes = int(np.prod(slot.shape, dtype=np.int64)) * dtype.itemsize
+        start = slot.first_row * row_bytes
+        base = start - start % mmap.ALLOCATIONGRANULARITY
+        try:
+            # Populated: its pages mapped in one go, not faulted in one by
+            # one as the rows are written.
+            self._map = mmap.mmap(
+                fd, start + slot.n_rows * row_bytes - base, offset=base,
+                flags=mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0))
+        finally:
+            os.close(fd)
+        self.rows = np.frombuffer(
+            self._map, dtype, count=slot.n_rows * row_bytes // dtype.itemsize,
+            offset=start - base).reshape((slot.n_rows,) + tuple(slot.shape))
+        self.first_row = slot.first_row
+        self.used = 0
+
+    def take(self, n):
+        """``(rows to write n observations into, their ArenaRows)``, or
+        None if fewer than ``n`` are left."""
+        if self.used + n > len(self.rows):
+            return None
+        rows = self.rows[self.used:self.used + n]
+        where = ArenaRows(self.first_row + self.used, n)
+        self.used += n
+        return rows, where
+
+    def close(self):
+        """Unmap: the memory is the caller's batch's alone from now."""
+        self.rows = None
+        try:
+            self._map.close()
+        except BufferError:  # a view is still alive; it goes with it
+            pass
 
 
 @dataclasses.dataclass
@@ -282,7 +353,8 @@ class _ParentGone(Exception):
     """The process that started this worker has died."""
 
 
-def run(worker_number, factory_blob, setup, payloads, commands, results):
+def run(worker_number, factory_blob, setup, payloads, commands, results,
+        handles=None):
     """Entry point of a worker process.
 
     Args:
@@ -294,6 +366,8 @@ def run(worker_number, factory_blob, setup, payloads, commands, results):
         commands: the reading end of this worker's command pipe, carrying
             pickled ``(Command, *args)`` tuples.
         results: the writing end of this worker's result pipe.
+        handles: this worker's end of a Unix socket pair the caller sends
+            file descriptors over (a steps round's shared rows), or None.
     """
     # Ctrl-C in a terminal reaches the whole process group: the caller alone
     # should raise KeyboardInterrupt, not one traceback per worker.
@@ -305,7 +379,7 @@ def run(worker_number, factory_blob, setup, payloads, commands, results):
         setproctitle.setproctitle(f'{NAME_PREFIX}{worker_number}')
     except ImportError:  # pragma: no cover - a dependency, but be lenient
         pass
-    loop = _Loop(worker_number, commands, results)
+    loop = _Loop(worker_number, commands, results, handles)
     try:
         if loop.build(factory_blob, setup, payloads):
             loop.serve()
@@ -317,8 +391,9 @@ def run(worker_number, factory_blob, setup, payloads, commands, results):
 
 class _Loop:
 
-    def __init__(self, worker_number, commands, results):
+    def __init__(self, worker_number, commands, results, handles=None):
         self.worker_number = worker_number
+        self.handles = handles
         self.commands = commands
         self.command_reader = _framing.MessageReader(commands.fileno())
         self.results = results
@@ -396,7 +471,7 @@ class _Loop:
             # Episodes still held are of the round this START ends.
             self.pending = EpisodeBuffer()
             try:
-                self.progress.start(*args)
+                self.progress.start(*args, arena=self._arena(args[0]))
             except Exception:
                 self._report_error()
                 return False
@@ -434,6 +509,23 @@ class _Loop:
             raise ValueError(msg)
         return True
 
+    def _arena(self, start):
+        """The :class:`MappedRows` of ``start``'s arena, its memfd read
+        from the fd socket (one per START that has an arena, tagged with
+        the round: one left by a START the caller never sent, after a
+        Ctrl-C, is closed and skipped), or None."""
+        if start.arena is None:
+            return None
+        with socket.socket(fileno=os.dup(self.handles.fileno())) as sock:
+            while True:
+                tag, fds, _, _ = socket.recv_fds(sock, 8, 1)
+                if not tag and not fds:
+                    raise _ParentGone
+                if int.from_bytes(tag, 'little') == start.round and fds:
+                    return MappedRows(fds[0], start.arena)
+                for fd in fds:
+                    os.close(fd)
+
     def _flush(self):
         """Send the segments held as one message (also with none held, if
         the round is over: it says done); False after an error."""
@@ -463,6 +555,8 @@ class _Loop:
     def close(self):
         self.selector.close()
         self.commands.close()
+        if self.handles is not None:
+            self.handles.close()
         if self.worker is not None:
             try:
                 self.worker.shutdown()
@@ -489,13 +583,17 @@ class Round:
         self.budget = None
         self.in_flight = 0  # stream rounds: sent, not yet credited
         self.deferred = None  # an UPDATE that waits for the round's end
+        self.arena = None  # MappedRows of a steps round, or None
         self._steps_reported = worker.env_steps
 
-    def start(self, start, env_blob=None, agent_blob=None):
+    def start(self, start, env_blob=None, agent_blob=None, arena=None):
         """Apply the updates (pickled, or None) and begin the round that
-        ``start`` (a :class:`RoundStart`) describes; raises what the
+        ``start`` (a :class:`RoundStart`) describes, writing observations
+        into ``arena`` (:class:`MappedRows`) if given; raises what the
         updates raise."""
         self._end()  # an UPDATE that waited for the last round first
+        self._drop_arena()
+        self.arena = arena
         worker = self.worker
         if env_blob is not None:
             apply_update(worker, 'env', env_blob)
@@ -554,6 +652,12 @@ class Round:
     def stop(self):
         """STOP: the round is over (what it holds was sent)."""
         self._end()
+        self._drop_arena()
+
+    def _drop_arena(self):
+        if self.arena is not None:
+            self.arena.close()
+            self.arena = None
 
     def _end(self):
         """The round is over: apply an UPDATE that waited for it."""
@@ -609,8 +713,11 @@ class Round:
         batch = None
         if buffer.n_episodes:
             worker.error_site = 'building the message'
+            place = None if self.arena is None else \
+                self.arena.take(buffer.transitions)
             try:
-                batch = buffer.to_batch()
+                batch = buffer.to_batch(
+                    observations_out=None if place is None else place[0])
             except Exception as err:
                 worker.error_site = getattr(err, 'site', worker.error_site)
                 raise
@@ -619,8 +726,13 @@ class Round:
                 worker.error_site = problem[0]
                 raise ValueError(problem[1])
             worker.error_site = None
+            if place is not None:  # written in place: the caller has them
+                batch = batch._with(observations=place[1])
+                place = None
             if self.stream:
                 self.in_flight += len(batch)
+        if not self.running:
+            self._drop_arena()
         steps = worker.env_steps - self._steps_reported
         self._steps_reported = worker.env_steps
         return (Reply.EPISODES, Segments(self.round, self.version, batch,

@@ -118,10 +118,15 @@ class EpisodeBuffer:
         self.transitions -= sum(len(e[0]) for e in dropped)
         return len(dropped)
 
-    def to_batch(self):
+    def to_batch(self, observations_out=None):
         """One EpisodeBatch of every episode held, in order; the buffer is
         emptied. Valid by construction: one row per recorded step, flags
-        only on each episode's last step."""
+        only on each episode's last step.
+
+        ``observations_out``: an array (rows, *observation shape) to write
+        the observations into (they must be plain arrays), e.g. shared
+        memory the caller reads them from; each is copied into it once.
+        """
         episodes, self._episodes = self._episodes, []
         self.transitions = 0
         if not episodes:
@@ -144,11 +149,12 @@ class EpisodeBuffer:
         try:
             if all(r.column is not None for r in records):
                 observations = _gather_rows(records, 'observations',
-                                            lengths)
+                                            lengths, observations_out)
                 actions = _gather_rows(records, 'actions', lengths)
                 agent_infos = _gather_infos(records, lengths)
             else:
-                observations = _nest.stack(steps('observations'))
+                observations = _stack_into(steps('observations'),
+                                           observations_out)
                 actions = _nest.stack(steps('actions'))
                 agent_infos = _nest.stack_infos(steps('agent_infos'))
             last_observations = _nest.stack([e[1] for e in episodes])
@@ -238,6 +244,16 @@ class _Steps:
         self.unique = [flat[i] for i in first.tolist()]
         self._columns = np.repeat([r.column for r in records], lengths)
 
+    def gather_into(self, out):
+        """:meth:`gather` written into ``out`` (plain arrays): each row
+        copied once, where gather copies the distinct steps, then rows."""
+        out = out[:len(self._columns)]
+        unique, slots, columns = self.unique, self._slots.reshape(-1), \
+            self._columns
+        for k in range(len(columns)):
+            out[k] = unique[slots[k]][columns[k]]
+        return out
+
     def gather(self):
         sizes = np.fromiter(
             (len(next(_nest.leaves(u))[1]) for u in self.unique),
@@ -247,8 +263,17 @@ class _Steps:
         return _nest.index(_nest.concatenate(self.unique), rows)
 
 
-def _gather_rows(records, field, lengths):
-    return _Steps(records, field, lengths).gather()
+def _gather_rows(records, field, lengths, out=None):
+    steps = _Steps(records, field, lengths)
+    return steps.gather() if out is None else steps.gather_into(out)
+
+
+def _stack_into(rows, out):
+    if out is None:
+        return _nest.stack(rows)
+    out = out[:len(rows)]
+    np.stack(rows, out=out)
+    return out
 
 
 def _gather_infos(records, lengths):

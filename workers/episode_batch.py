@@ -316,6 +316,18 @@ class EpisodeBatch:
                 raise ValueError(msg)
         if len(batches) == 1:
             return batches[0]
+        return cls._join(batches, missing_infos)
+
+    def _with(self, **fields):
+        """This batch with some fields replaced, unchecked (internal)."""
+        return self._unchecked(**{name: fields.get(name, getattr(self, name))
+                                  for name in _FIELDS})
+
+    @classmethod
+    def _join(cls, batches, missing_infos, observations=None):
+        """:meth:`concatenate` of checked arguments; ``observations``, if
+        given, are the batches' observations already joined (rows in
+        shared memory that workers wrote in place), used as they are."""
         first = batches[0]
         for i, b in enumerate(batches[1:], start=1):
             for name in ('observations', 'actions', 'last_observations'):
@@ -334,23 +346,25 @@ class EpisodeBatch:
         def cat(name):
             return _nest.concatenate([getattr(b, name) for b in batches])
 
-        return cls._unchecked(observations=cat('observations'),
-                   actions=cat('actions'),
-                   rewards=cat('rewards'),
-                   terminated=cat('terminated'),
-                   truncated=cat('truncated'),
-                   last_observations=cat('last_observations'),
-                   lengths=cat('lengths'),
-                   env_infos=infos('env_infos', n_sizes),
-                   agent_infos=infos('agent_infos', n_sizes),
-                   episode_infos=infos('episode_infos', e_sizes),
-                   versions=cat('versions'),
-                   worker_numbers=cat('worker_numbers'),
-                   episode_ids=cat('episode_ids'),
-                   starts=cat('starts'),
-                   cut=cat('cut'),
-                   prior_steps=cat('prior_steps'),
-                   prior_returns=cat('prior_returns'))
+        return cls._unchecked(
+            observations=cat('observations') if observations is None
+            else observations,
+            actions=cat('actions'),
+            rewards=cat('rewards'),
+            terminated=cat('terminated'),
+            truncated=cat('truncated'),
+            last_observations=cat('last_observations'),
+            lengths=cat('lengths'),
+            env_infos=infos('env_infos', n_sizes),
+            agent_infos=infos('agent_infos', n_sizes),
+            episode_infos=infos('episode_infos', e_sizes),
+            versions=cat('versions'),
+            worker_numbers=cat('worker_numbers'),
+            episode_ids=cat('episode_ids'),
+            starts=cat('starts'),
+            cut=cat('cut'),
+            prior_steps=cat('prior_steps'),
+            prior_returns=cat('prior_returns'))
 
     def split(self) -> List['EpisodeBatch']:
         """A list of single-episode batches, in order."""

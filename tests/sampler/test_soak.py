@@ -56,6 +56,8 @@ def time_now():
 
 def _kill_one(sampler, rng, kills):
     pids = [p for p in sampler.worker_pids() if p is not None]
+    if not pids:
+        return  # between a worker's death and its replacement's start
     pid = int(rng.choice(pids))
     try:
         if psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
