@@ -48,6 +48,15 @@ def _backends(ctx, param, value):
     return ','.join(dict.fromkeys(names))
 
 
+def _families(value):
+    names = tuple(dict.fromkeys(v.strip() for v in value.split(',')))
+    unknown = [n for n in names if n not in ('vector', 'envpool')]
+    if unknown or not names:
+        msg = (f'expected vector, envpool or both, got {value!r}')
+        raise click.BadParameter(msg)
+    return names
+
+
 def _modes(ctx, param, value):
     names = [v.strip() for v in value.split(',')]
     unknown = [n for n in names if n not in ('episodes', 'steps', 'stream')]
@@ -131,6 +140,10 @@ each call, untimed.
 @click.option('--compare', is_flag=True,
               help='also time gymnasium SyncVectorEnv / AsyncVectorEnv and '
                    'envpool (with the bench extra) on the same task')
+@click.option('--compare-with', callback=lambda ctx, p, v: _families(v),
+              default='vector,envpool', show_default=True,
+              help='which alternatives --compare times: vector (gymnasium '
+                   'Sync/AsyncVectorEnv and their limit), envpool')
 @click.option('--sweep-workers', callback=_counts, default=None,
               help='time our sampler at each of these worker counts, e.g. '
                    '1,2,4')
@@ -144,8 +157,8 @@ each call, untimed.
               help='progress bar on stderr  [default: when it is a terminal]')
 def bench(env, backend, workers, envs_per_worker, mode, train_ms,
           train_sleep, agent, samples, iterations, max_episode_length, seed,
-          step_cost_us, baseline, compare, sweep_workers, plot_path,
-          json_path, progress):
+          step_cost_us, baseline, compare, compare_with, sweep_workers,
+          plot_path, json_path, progress):
     """Measure sampling throughput (transitions per second).
 
     Prints one line per configuration timed: ours, the plain loop and
@@ -165,7 +178,7 @@ def bench(env, backend, workers, envs_per_worker, mode, train_ms,
         envs_per_worker=envs_per_worker, agent=agent, samples=samples,
         iterations=iterations, max_episode_length=max_episode_length,
         seed=seed, step_cost_us=step_cost_us, compare=compare,
-        baseline=baseline,
+        baseline=baseline, compare_with=compare_with,
         progress=progress, sweep_workers=sweep_workers, mode=mode,
         train_ms=train_ms, train_sleep=train_sleep,
         echo=lambda line: click.echo(line, err=True))

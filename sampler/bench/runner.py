@@ -65,12 +65,14 @@ def make_agent(kind, env_fn, seed):
 def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                max_episode_length, step_cost_us, compare, progress,
                sweep_workers=(), mode='episodes', train_ms=0.0,
-               train_sleep=False, baseline=True, skipped=None):
+               train_sleep=False, baseline=True, skipped=None,
+               compare_with=('vector', 'envpool')):
     """The rows of a run: ours, one per combination; with ``baseline``
     the plain loop and the limit (plain loops in parallel processes);
-    with ``compare`` also gymnasium's vector envs, their limit and the
-    peers of :mod:`sampler.bench.peers` (what was skipped, and why, is
-    appended to ``skipped``)."""
+    with ``compare`` also gymnasium's vector envs and their limit
+    (``'vector'`` in ``compare_with``) and envpool (``'envpool'``; see
+    :mod:`sampler.bench.peers`; what was skipped, and why, is appended
+    to ``skipped``)."""
     loops = bench_envs.calibrate_loops(step_cost_us)
     env_fn = bench_envs.env_constructor(env, loops)
     the_agent = make_agent(agent, env_fn, seed)
@@ -89,11 +91,13 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
             for n in (sweep_workers or (workers,)) for k in per_worker]
     if compare or baseline:
         rows.append(PlainLoopRow(copy(), env_fn, seed))
-    if compare:
+    vector = compare and 'vector' in compare_with
+    if vector:
         rows += [VectorEnvRow('sync', n, copy(), env_fn, seed)
                  for n in SYNC_ENVS]
         rows += [VectorEnvRow('async', n, copy(), env_fn, seed)
                  for n in ASYNC_ENVS]
+    if compare and 'envpool' in compare_with:
         found, notes = peers.peer_rows(env, copy, seed, step_cost_us)
         rows += found
         if skipped is not None:
@@ -105,7 +109,7 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
     if most > 1 and (compare or baseline):
         rows.append(ParallelLoopsRow(most, PlainLoopRow(copy(), env_fn,
                                                         seed)))
-    if most > 1 and compare:
+    if most > 1 and vector:
         rows.append(ParallelLoopsRow(most, VectorEnvRow(
             'sync', SYNC_ENVS[-1], copy(), env_fn, seed)))
     return rows, the_agent, loops
@@ -115,7 +119,8 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         envs_per_worker=1, agent='mlp', samples=20000, iterations=5,
         max_episode_length=None, seed=0, step_cost_us=0, compare=False,
         progress=None, sweep_workers=(), echo=None, mode='episodes',
-        train_ms=0.0, train_sleep=False, baseline=True):
+        train_ms=0.0, train_sleep=False, baseline=True,
+        compare_with=('vector', 'envpool')):
     """Time ``iterations`` calls of every row; return every figure.
 
     ``envs_per_worker`` and ``sweep_workers`` may be tuples, and ``mode``
@@ -133,7 +138,7 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         max_episode_length=max_episode_length, step_cost_us=step_cost_us,
         compare=compare, progress=progress, sweep_workers=sweep_workers,
         mode=mode, train_ms=train_ms, train_sleep=train_sleep,
-        baseline=baseline, skipped=skipped)
+        baseline=baseline, skipped=skipped, compare_with=compare_with)
     with _ray_runtime('ray' in backend.split(',')):
         results, best = time_rows(rows, the_agent.get_params(),
                                   samples=samples, iterations=iterations,

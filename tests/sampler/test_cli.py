@@ -191,11 +191,14 @@ def test_compare_on_real_envs_has_envpool_rows_or_says_why_not(
         pytest.importorskip(needs)
     out, data = bench(tmp_path, '--env', env, '--compare', '--agent',
                       'random', '--mode', 'steps', '--samples', '64',
-                      '--iterations', '1')
+                      '--iterations', '1', '--compare-with', 'envpool')
     names = [r['name'] for r in data['rows']]
+    assert names[1] == 'plain loop (1 process)'
+    assert names[-1] == 'plain loop x 2 processes (limit)'
+    assert not any('VectorEnv' in name for name in names)
     if ENVPOOL_ROWS:
-        assert names[-4:-2] == ENVPOOL_ROWS
-        for row in data['rows'][-4:-2]:
+        assert names[2:-1] == ENVPOOL_ROWS
+        for row in data['rows'][2:-1]:
             # Reset steps of envpool are not counted: every one is real.
             assert row['calls'][0]['transitions'] >= 64
             assert row['median_transitions_per_s'] > 0
