@@ -38,7 +38,20 @@ class RemoteTraceback(Exception):
         return f'\n\nWorker traceback:\n"""\n{self.text}"""'
 
 
-class WorkerError(SamplerError):
+class _NamesCall(SamplerError):
+    """An error about a worker that says which call it happened in."""
+
+    call = None
+
+    def name_call(self, call):
+        """Say which call of the sampler it happened in (once)."""
+        if self.call is None:
+            self.call = call
+        self.args = (self._message(f' during {self.call}' if self.call
+                                   else ''),)
+
+
+class WorkerError(_NamesCall):
     """Env or agent code raised an exception inside a worker.
 
     Attributes:
@@ -60,14 +73,10 @@ class WorkerError(SamplerError):
         super().__init__()
         self.name_call(call)
 
-    def name_call(self, call):
-        """Say which call of the sampler it happened in (once)."""
-        if self.call is None:
-            self.call = call
+    def _message(self, during):
         where = f' in {self.site}' if self.site else ''
-        during = f' during {self.call}' if self.call else ''
-        self.args = (f'worker {self.worker_number} failed{where}{during}: '
-                     f'{self.exc_type}: {self.exc_message}',)
+        return (f'worker {self.worker_number} failed{where}{during}: '
+                f'{self.exc_type}: {self.exc_message}')
 
     def __reduce__(self):
         return (type(self), (self.worker_number, self.site, self.exc_type,
@@ -75,7 +84,7 @@ class WorkerError(SamplerError):
                              self.call))
 
 
-class WorkerCrashedError(SamplerError):
+class WorkerCrashedError(_NamesCall):
     """A worker process died without reporting an exception (a signal,
     ``os._exit``, running out of memory).
 
@@ -92,13 +101,9 @@ class WorkerCrashedError(SamplerError):
         super().__init__()
         self.name_call(call)
 
-    def name_call(self, call):
-        """Say which call of the sampler it happened in (once)."""
-        if self.call is None:
-            self.call = call
-        during = f' during {self.call}' if self.call else ''
-        self.args = (f'worker {self.worker_number} died{during}: '
-                     f'{describe_exitcode(self.exitcode)}{self.detail}',)
+    def _message(self, during):
+        return (f'worker {self.worker_number} died{during}: '
+                f'{describe_exitcode(self.exitcode)}{self.detail}')
 
     def __reduce__(self):
         return (type(self), (self.worker_number, self.exitcode, self.detail,

@@ -144,14 +144,27 @@ def _leaf_pairs(nest, space, what):
         yield what, nest, space
 
 
-def _obs_misfit(nest, space, field):
+def _fitting_leaves(nest, space, field, space_name):
+    """``(what, leaf, subspace)`` of leaves of the right shape; the
+    message of the first one that is not (or a key mismatch) as
+    ``(what, None, message)``, after which it stops."""
     for what, leaf, sub in _leaf_pairs(nest, space, field):
         if leaf is None:
-            return sub
+            yield what, None, sub
+            return
         shape = tuple(sub.shape) if sub.shape is not None else None
         if leaf.shape[1:] != shape:
-            return (f'{what} have shape {leaf.shape[1:]} per step, but the '
-                    f'space {sub} has shape {shape}')
+            yield what, None, (f'{what} have shape {leaf.shape[1:]} per '
+                               f'step, but the {space_name} {sub} has shape '
+                               f'{shape}')
+            return
+        yield what, leaf, sub
+
+
+def _obs_misfit(nest, space, field):
+    for what, leaf, sub in _fitting_leaves(nest, space, field, 'space'):
+        if leaf is None:
+            return sub
         if isinstance(sub, spaces.Box):
             if leaf.dtype != sub.dtype:
                 return (f'{what} are {leaf.dtype}, but the space {sub} is '
@@ -165,13 +178,10 @@ def _obs_misfit(nest, space, field):
 
 
 def _action_misfit(nest, space, field):
-    for what, leaf, sub in _leaf_pairs(nest, space, field):
+    for what, leaf, sub in _fitting_leaves(nest, space, field,
+                                           'action space'):
         if leaf is None:
             return sub
-        shape = tuple(sub.shape) if sub.shape is not None else None
-        if leaf.shape[1:] != shape:
-            return (f'{what} have shape {leaf.shape[1:]} per step, but the '
-                    f'action space {sub} has shape {shape}')
         if isinstance(sub, spaces.Box):
             if sub.dtype.kind == 'f' and leaf.dtype.kind != 'f':
                 return (f'{what} are {leaf.dtype}, but the action space '
