@@ -246,7 +246,11 @@ class _Steps:
 
     def gather_into(self, out):
         """:meth:`gather` written into ``out`` (plain arrays): each row
-        copied once, where gather copies the distinct steps, then rows."""
+        copied once, where gather copies the distinct steps, then rows.
+        Steps that do not fit ``out`` exactly are gathered as usual."""
+        if any(not isinstance(u, np.ndarray) or u.dtype != out.dtype or
+               u.shape[1:] != out.shape[1:] for u in self.unique):
+            return self.gather()
         out = out[:len(self._columns)]
         unique, slots, columns = self.unique, self._slots.reshape(-1), \
             self._columns
@@ -269,11 +273,15 @@ def _gather_rows(records, field, lengths, out=None):
 
 
 def _stack_into(rows, out):
-    if out is None:
-        return _nest.stack(rows)
-    out = out[:len(rows)]
-    np.stack(rows, out=out)
-    return out
+    """Rows stacked into ``out`` if given and they fit it exactly (dtype
+    and shape); otherwise as usual, so that the worker's checks say what
+    does not fit instead of numpy casting it silently."""
+    if out is not None:
+        try:
+            return np.stack(rows, out=out[:len(rows)], casting='no')
+        except (TypeError, ValueError):
+            pass
+    return _nest.stack(rows)
 
 
 def _gather_infos(records, lengths):

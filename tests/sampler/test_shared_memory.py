@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from helpers import BigObsEnv, OneStepEnv
-from sampler import LocalSampler, MultiprocessingSampler
+from sampler import LocalSampler, MultiprocessingSampler, WorkerError
 from workers import RandomAgent, VecWorker
 
 pytestmark = [pytest.mark.timeout(120),
@@ -161,3 +161,38 @@ def test_nothing_is_left_after_a_crash_a_restart_close_or_a_killed_caller(
     assert 'leaked' not in err and 'resource_tracker' not in err, err
     time.sleep(0.5)  # a killed caller's workers end within a second
     assert dev_shm() == before
+
+
+class WideFrames(BigObsEnv):
+    """64 KiB frames of the wrong dtype (``'dtype'``) or length
+    (``'shape'``) for the space it declares."""
+
+    def __init__(self, flaw):
+        super().__init__(size=1 << 16, length=7)
+        self.flaw = flaw
+
+    def step(self, action):
+        obs, *rest = super().step(action)
+        if self.flaw == 'dtype':
+            obs = obs.astype(np.int16)
+        else:
+            obs = np.concatenate([obs, obs[:8]])
+        return (obs, *rest)
+
+
+@pytest.mark.parametrize('kind', ['default', 'vec'])
+@pytest.mark.parametrize('flaw, message', [
+    ('dtype', r'observations are int16, but the space Box\(0, 255, '
+              r'\(65536,\), uint8\) is uint8'),
+    ('shape', r'the observation at step 1 of episode 0 has shape '
+              r'\(65544,\), u, but earlier ones have shape \(65536,\)')])
+def test_frames_that_do_not_fit_are_refused_on_the_shared_path_too(
+        kind, flaw, message):
+    # Stacking into shared rows must not cast them into fitting silently.
+    extra = {'worker_class': VecWorker, 'worker_args': {'n_envs': 2}} \
+        if kind == 'vec' else {}
+    with MultiprocessingSampler(RandomAgent(BigObsEnv.action_space),
+                                lambda: WideFrames(flaw), n_workers=1,
+                                seed=0, **extra) as s:
+        with pytest.raises(WorkerError, match=message):
+            s.obtain_steps(5)
