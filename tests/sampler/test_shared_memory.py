@@ -82,12 +82,16 @@ def test_small_observations_keep_the_pipe():
         assert len(batch) == 20
 
 
-def test_workers_unmap_their_rows_when_the_call_ends():
+def test_workers_keep_maps_of_the_arenas_the_caller_keeps_and_no_more():
     with MultiprocessingSampler(RandomAgent(BigObsEnv.action_space),
                                 frames, n_workers=2, seed=0) as s:
-        batch = s.obtain_steps(5)
-        assert [shared_maps(pid) for pid in s.worker_pids()] == [0, 0]
-        assert len(batch) == 10
+        held = [s.obtain_steps(5) for _ in range(4)]  # four arenas in use
+        assert [shared_maps(pid) for pid in s.worker_pids()] == [2, 2]
+        del held
+        gc.collect()
+        batch = s.obtain_steps(5)  # a kept arena, reused
+        assert [shared_maps(pid) for pid in s.worker_pids()] == [2, 2]
+        assert len(batch) == 10 and shared_maps() == 2
 
 
 SCRIPT = '''
