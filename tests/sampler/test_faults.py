@@ -311,3 +311,19 @@ def test_local_sampler_checks_data_the_same_way():
                       seed=0) as s:
         with pytest.raises(WorkerError, match='observations are float64'):
             s.obtain_steps(2)
+
+
+def test_close_from_another_thread_ends_a_waiting_stream(make_sampler):
+    s = make_sampler(ParamAgent(), lambda: SleepyEnv(0.01), n_workers=2,
+                     seed=0)
+    stream = s.stream(10 ** 6)  # never complete: next() waits
+    closer = threading.Timer(0.3, s.close)
+    closer.start()
+    started = time.monotonic()
+    with pytest.raises(SamplerClosedError, match=r'the sampler was closed '
+                                                 r'during stream\(1000000\)'):
+        next(stream)
+    closer.join()
+    assert time.monotonic() - started < 10
+    stream.close()  # nothing left to stop
+    assert s.closed
