@@ -281,8 +281,9 @@ def test_a_list_of_updates_with_none_is_refused_in_the_caller(make_sampler):
     with pytest.raises(ValueError, match=r'env_update\[0\] is None'):
         s.push_update(env_update=[None, OneStepEnv])
     assert s.version == 0
-    batch = s.obtain_samples(4, agent_update=[7, 8])
-    assert set(batch.agent_infos['p'].tolist()) == {7, 8}
+    # Exact episodes: both workers' parameters are in the batch.
+    batch = s.obtain_exact_episodes(2, agent_update=[7, 8])
+    assert batch.agent_infos['p'].tolist() == [7, 7, 8, 8]
 
 
 def test_worker_errors_pickle_with_their_call():
