@@ -216,6 +216,9 @@ class Sampler:
         env_list = self._per_worker(envs, 'envs')
         env_updates = [as_env_update(e, what=self._name('envs', envs, i))
                        for i, e in enumerate(env_list)]
+        for i, update in enumerate(env_updates):
+            worker_factory.worker_class.check_env_update(
+                update, self._name('envs', envs, i))
         agent_payloads = self._pickle_each('agents', agents, agent_list,
                                            'agent')
         env_payloads = self._pickle_each('envs', envs, env_updates, 'env',
@@ -632,6 +635,9 @@ class Sampler:
         items = self._per_worker(update, 'env_update')
         objects = [as_env_update(e, what=self._name('env_update', update, i))
                    for i, e in enumerate(items)]
+        for i, item in enumerate(objects):
+            self._factory.worker_class.check_env_update(
+                item, self._name('env_update', update, i))
         payloads = self._pickle_each('env_update', update, objects, 'env',
                                      originals=items)
         return payloads, objects

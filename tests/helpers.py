@@ -571,3 +571,84 @@ class SleepyEnv(OneStepEnv):
     def step(self, action):
         time.sleep(self.delay)
         return np.zeros(1, np.float32), 1.0, False, False, {}
+
+
+class ListPool:
+    """A pool of gymnasium envs with envpool's synchronous interface, for
+    EnvPoolWorker tests that must not need envpool: ``reset(env_id)``,
+    ``step(actions, env_id=None)`` with infos as one dict of arrays, and
+    envpool's own reset on the step after an episode ended (that step's
+    action ignored). Env ``j`` is seeded with ``seed + j`` at its first
+    reset. With ``reverse=True`` results come in the reverse order of
+    ``env_id``, as envpool's may differ from it.
+
+    ``steps[j]`` counts env ``j``'s steps; ``log[j]`` holds its
+    ``(action, observation after)`` per step, resets as ``(None, obs)``.
+    """
+
+    def __init__(self, task_id, *, num_envs, seed, reverse=False,
+                 **make_kwargs):
+        self.envs = [gym.make(task_id, **make_kwargs)
+                     for _ in range(num_envs)]
+        self.seeds = [seed + j for j in range(num_envs)]
+        self.reverse = reverse
+        self.ended = [False] * num_envs
+        self.elapsed = [0] * num_envs
+        self.steps = [0] * num_envs
+        self.log = [[] for _ in range(num_envs)]
+        self.single_observation_space = self.envs[0].observation_space
+        self.single_action_space = self.envs[0].action_space
+        self.closed = False
+
+    def _ids(self, env_id):
+        if env_id is None:
+            return list(range(len(self.envs)))
+        return [int(j) for j in env_id]
+
+    def _out(self, ids, rows):
+        if self.reverse:
+            ids, rows = ids[::-1], rows[::-1]
+        return ids, rows
+
+    def _reset_one(self, j):
+        obs, _ = self.envs[j].reset(seed=self.seeds[j])
+        self.seeds[j] = None
+        self.ended[j] = False
+        self.elapsed[j] = 0
+        self.log[j].append((None, obs))
+        return obs
+
+    def reset(self, env_id=None):
+        ids, rows = self._out(*zip(*[(j, self._reset_one(j))
+                                     for j in self._ids(env_id)]))
+        info = {'env_id': np.array(ids, dtype=np.int32),
+                'elapsed_step': np.zeros(len(ids), dtype=np.int32),
+                'players': {'env_id': np.array(ids, dtype=np.int32)}}
+        return np.stack(rows), info
+
+    def step(self, actions, env_id=None):
+        ids = self._ids(env_id)
+        rows = []
+        for action, j in zip(actions, ids):
+            if self.ended[j]:  # envpool's reset step: no transition
+                rows.append((self._reset_one(j), 0.0, False, False))
+                continue
+            obs, reward, term, trunc, _ = self.envs[j].step(action)
+            self.steps[j] += 1
+            self.elapsed[j] += 1
+            self.ended[j] = term or trunc
+            self.log[j].append((action, obs))
+            rows.append((obs, reward, term, trunc))
+        ids, rows = self._out(ids, rows)
+        obs, rewards, term, trunc = zip(*rows)
+        info = {'env_id': np.array(ids, dtype=np.int32),
+                'elapsed_step': np.array([self.elapsed[j] for j in ids],
+                                         dtype=np.int32),
+                'players': {'env_id': np.array(ids, dtype=np.int32)}}
+        return (np.stack(obs), np.array(rewards, dtype=np.float32),
+                np.array(term), np.array(trunc), info)
+
+    def close(self):
+        self.closed = True
+        for env in self.envs:
+            env.close()

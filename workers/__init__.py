@@ -7,7 +7,9 @@ where workers run.
 from workers._episode import EpisodeBuffer
 from workers.agents import CallableAgent, MLPAgent, RandomAgent
 from workers.default_worker import DefaultWorker
-from workers.env_update import EnvUpdate, NewEnvUpdate, SetTaskUpdate
+from workers.env_pool_worker import EnvPoolWorker
+from workers.env_update import EnvPool, EnvUpdate, NewEnvUpdate, \
+    SetTaskUpdate
 from workers.torch_agent import TorchAgent
 from workers.episode_batch import EpisodeBatch
 from workers.vec_worker import VecWorker
@@ -17,6 +19,8 @@ from workers.worker_factory import WorkerFactory
 __all__ = [
     'CallableAgent',
     'DefaultWorker',
+    'EnvPool',
+    'EnvPoolWorker',
     'EnvUpdate',
     'EpisodeBatch',
     'EpisodeBuffer',

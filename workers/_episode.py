@@ -29,6 +29,9 @@ def reuses_buffers(first, second):
 
 
 _BATCHED = frozenset(['observations', 'actions', 'agent_infos'])
+#: What an EnvPoolWorker records batched: its envs' infos come as one
+#: dict of arrays per step too.
+BATCHED_WITH_ENV_INFOS = _BATCHED | {'env_infos'}
 
 
 class EpisodeRecord:
@@ -46,15 +49,17 @@ class EpisodeRecord:
     row of it, ``column``: appending a shared reference costs less than
     slicing out a row, and gathering rows from a few large arrays at
     :meth:`EpisodeBuffer.to_batch` costs far less than stacking many small
-    ones scattered through memory.
+    ones scattered through memory. ``batched`` names the fields recorded
+    that way (``env_infos`` too for a pool of envs that reports them as
+    one dict of arrays).
     """
 
     __slots__ = ('observations', 'actions', 'rewards', 'env_infos',
                  'agent_infos', 'reset_info', 'column', 'episode_id',
-                 'prior_steps', 'prior_return')
+                 'prior_steps', 'prior_return', 'batched')
 
     def __init__(self, reset_info, column=None, episode_id=0, prior_steps=0,
-                 prior_return=0.0):
+                 prior_return=0.0, batched=_BATCHED):
         self.observations = []
         self.actions = []
         self.rewards = []
@@ -65,12 +70,14 @@ class EpisodeRecord:
         self.episode_id = episode_id
         self.prior_steps = prior_steps
         self.prior_return = prior_return
+        self.batched = batched
 
     def continuation(self):
         """An empty record for the next segment of the same episode."""
         return EpisodeRecord(self.reset_info, self.column, self.episode_id,
                              self.prior_steps + len(self.rewards),
-                             self.prior_return + float(sum(self.rewards)))
+                             self.prior_return + float(sum(self.rewards)),
+                             self.batched)
 
     def __len__(self):
         return len(self.rewards)
@@ -78,7 +85,7 @@ class EpisodeRecord:
     def rows(self, field):
         """The per-step values of ``field``, sliced out of batched steps."""
         steps = getattr(self, field)
-        if self.column is None or field not in _BATCHED:
+        if self.column is None or field not in self.batched:
             return steps
         return [_nest.index(step, self.column) for step in steps]
 
@@ -146,17 +153,30 @@ class EpisodeBuffer:
                 return records[0].rows(field)
             return [x for r in records for x in r.rows(field)]
 
+        like = None
         try:
             if all(r.column is not None for r in records):
-                observations = _gather_rows(records, 'observations',
-                                            lengths, observations_out)
-                actions = _gather_rows(records, 'actions', lengths)
-                agent_infos = _gather_infos(records, lengths)
+                obs_steps = _Steps(records, 'observations', lengths)
+                observations = obs_steps.gather() \
+                    if observations_out is None else \
+                    obs_steps.gather_into(observations_out)
+                # An EnvPoolWorker's records hold one object per step in
+                # every field, so the steps are told apart once.
+                like = obs_steps if all('env_infos' in r.batched
+                                        for r in records) else None
+                actions = _Steps(records, 'actions', lengths, like).gather()
+                agent_infos = _gather_infos(records, lengths, 'agent_infos',
+                                            like)
             else:
                 observations = _stack_into(steps('observations'),
                                            observations_out)
                 actions = _nest.stack(steps('actions'))
                 agent_infos = _nest.stack_infos(steps('agent_infos'))
+            if all('env_infos' in r.batched for r in records):
+                env_infos = _gather_infos(records, lengths, 'env_infos',
+                                          like)
+            else:
+                env_infos = _nest.stack_infos(steps('env_infos'))
             last_observations = _nest.stack([e[1] for e in episodes])
         except (ValueError, TypeError) as err:
             raise _unlike_steps(records, episodes) or err
@@ -168,7 +188,7 @@ class EpisodeBuffer:
             truncated=truncated,
             last_observations=last_observations,
             lengths=lengths,
-            env_infos=_nest.stack_infos(steps('env_infos')),
+            env_infos=env_infos,
             agent_infos=agent_infos,
             episode_infos=_nest.stack_infos([r.reset_info for r in records]),
             versions=np.array([e[4] for e in episodes], dtype=np.int64),
@@ -231,17 +251,29 @@ def _unlike_steps(records, episodes):
 
 class _Steps:
     """The distinct batched steps that records of one field refer to, and
-    per recorded step its row in their concatenation."""
+    per recorded step its row in their concatenation.
 
-    def __init__(self, records, field, lengths):
+    ``like``: the :class:`_Steps` of another field recorded alongside this
+    one, one object per step in both (an EnvPoolWorker's records): this
+    field's steps are then found at the same places, without telling them
+    apart again.
+    """
+
+    def __init__(self, records, field, lengths, like=None):
         flat = list(itertools.chain.from_iterable(
             getattr(r, field) for r in records))
+        if like is not None:
+            self._first, self._slots = like._first, like._slots
+            self._columns = like._columns
+            self.unique = [flat[i] for i in self._first]
+            return
         # Steps are told apart by identity: sorting the ids costs far less
         # than a dict lookup per step.
         ids = np.fromiter(map(id, flat), dtype=np.uintp, count=len(flat))
         _, first, self._slots = np.unique(ids, return_index=True,
                                           return_inverse=True)
-        self.unique = [flat[i] for i in first.tolist()]
+        self._first = first.tolist()
+        self.unique = [flat[i] for i in self._first]
         self._columns = np.repeat([r.column for r in records], lengths)
 
     def gather_into(self, out):
@@ -259,17 +291,22 @@ class _Steps:
         return out
 
     def gather(self):
-        sizes = np.fromiter(
-            (len(next(_nest.leaves(u))[1]) for u in self.unique),
-            dtype=np.int64, count=len(self.unique))
+        sizes = np.fromiter(map(_rows_of, self.unique), dtype=np.int64,
+                            count=len(self.unique))
         starts = np.cumsum(sizes) - sizes
         rows = starts[self._slots.reshape(-1)] + self._columns
         return _nest.index(_nest.concatenate(self.unique), rows)
 
 
-def _gather_rows(records, field, lengths, out=None):
-    steps = _Steps(records, field, lengths)
-    return steps.gather() if out is None else steps.gather_into(out)
+def _rows_of(step):
+    """How many rows a batched step has (its first leaf's length)."""
+    if type(step) is np.ndarray:
+        return len(step)
+    if type(step) is dict and step:
+        first = next(iter(step.values()))
+        if type(first) is np.ndarray:
+            return len(first)
+    return len(next(_nest.leaves(step))[1])
 
 
 def _stack_into(rows, out):
@@ -284,15 +321,14 @@ def _stack_into(rows, out):
     return _nest.stack(rows)
 
 
-def _gather_infos(records, lengths):
-    if not any(itertools.chain.from_iterable(r.agent_infos
+def _gather_infos(records, lengths, field, like=None):
+    if not any(itertools.chain.from_iterable(getattr(r, field)
                                              for r in records)):
         return {}
-    steps = _Steps(records, 'agent_infos', lengths)
+    steps = _Steps(records, field, lengths, like)
     keys = steps.unique[0].keys()
     if all(info.keys() == keys for info in steps.unique):
         return steps.gather()
     # Keys that differ between steps: stack per-step rows, which fills
     # the absent ones and adds their masks.
-    return _nest.stack_infos([x for r in records
-                              for x in r.rows('agent_infos')])
+    return _nest.stack_infos([x for r in records for x in r.rows(field)])

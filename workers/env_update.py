@@ -7,7 +7,9 @@ or an :class:`EnvUpdate`; :func:`as_env_update` turns any of them into an
 unknown id fails where it was written rather than inside a worker.
 """
 
+import contextlib
 import importlib
+import warnings
 
 import gymnasium
 
@@ -33,6 +35,7 @@ class EnvUpdate:
 
     replaces_env = False
     overrides = False
+    builds_pool = False  # True: a pool of envs for an EnvPoolWorker
 
     def __call__(self, old_env):
         raise NotImplementedError
@@ -161,3 +164,131 @@ def as_env_update(env, what='env'):
     msg = (f'{what} must be a gymnasium env id, a gymnasium.Env, a '
            f'zero-argument env constructor or an EnvUpdate, got {env!r}')
     raise TypeError(msg)
+
+
+@contextlib.contextmanager
+def _quiet_boxes():
+    """envpool gives its float32 Boxes float64 bounds, and gymnasium warns
+    that it casts them, which tells a user nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', '.*Box .* precision lowered')
+        yield
+
+
+class EnvPool(EnvUpdate):
+    """An envpool task for :class:`~workers.EnvPoolWorker`: each worker
+    builds a pool of its ``n_envs`` envs (envpool's C++ envs, stepped in
+    one thread of its own by default), seeded from the worker's seeds.
+
+    A pool is not one env, so no other worker takes it; and its envs are
+    seeded when it is built (env ``j`` with ``seed + j``), so the worker
+    rebuilds it where other workers would reseed their envs.
+
+    Args:
+        task_id: an envpool task id, e.g. ``'Pong-v5'`` or
+            ``'HalfCheetah-v5'`` (``envpool.list_all_envs()``).
+        make: what builds the pool, called as ``make(task_id,
+            num_envs=n, seed=s, **options)``; None means
+            ``envpool.make_gymnasium`` with ``batch_size=n`` and
+            ``num_threads=1``. Another ``make`` must return an object with
+            envpool's synchronous interface: ``reset(env_id)``,
+            ``step(actions, env_id=None)`` (results in the order of
+            ``env_id``, infos as one dict of arrays),
+            ``single_observation_space``, ``single_action_space`` and
+            ``close()``.
+        **options: envpool's options for the task (e.g. ``frame_skip=4``),
+            checked against its spec here.
+
+    Raises:
+        ImportError: envpool is not installed (and ``make`` is None).
+        ValueError: an unknown task, an option envpool's spec does not
+            take, or ``num_envs``, ``seed`` or ``batch_size`` among the
+            options (the worker sets those).
+    """
+
+    replaces_env = True
+    builds_pool = True
+
+    def __init__(self, task_id, *, make=None, **options):
+        if not isinstance(task_id, str):
+            msg = f'EnvPool takes an envpool task id (a str), got {task_id!r}'
+            raise TypeError(msg)
+        if make is not None and not callable(make):
+            msg = f'EnvPool: make must be callable, got {make!r}'
+            raise TypeError(msg)
+        taken = sorted({'num_envs', 'seed', 'batch_size'} & set(options))
+        if taken:
+            msg = (f'EnvPool: {", ".join(taken)} cannot be given: the '
+                   f'worker steps its n_envs envs (worker_args={{"n_envs": '
+                   f'N}}) together and seeds them from the sampler\'s seed')
+            raise ValueError(msg)
+        self.task_id = task_id
+        self.make = make
+        self.options = options
+        if make is None:
+            self._spec()  # an unknown task or option fails here
+
+    def _spec(self):
+        try:
+            import envpool
+        except ImportError as err:
+            msg = (f'EnvPool({self.task_id!r}) needs envpool: pip install '
+                   f'envpool (wheels for Linux x86_64 and Python 3.11+), '
+                   f'or use VecWorker with gymnasium envs')
+            raise ImportError(msg) from err
+        if self.task_id not in envpool.list_all_envs():
+            msg = (f'EnvPool: envpool has no task {self.task_id!r} (e.g. '
+                   f"'Pong-v5', 'HalfCheetah-v5', 'CartPole-v1'; see "
+                   f'envpool.list_all_envs())')
+            raise ValueError(msg)
+        spec_options = {k: v for k, v in self.options.items()
+                        if k not in ('num_threads', 'thread_affinity_offset')}
+        try:
+            with _quiet_boxes():
+                return envpool.make_spec(self.task_id, **spec_options)
+        except (TypeError, ValueError, KeyError, RuntimeError) as err:
+            msg = (f'EnvPool({self.task_id!r}): envpool does not take the '
+                   f'options {self.options!r}: {err}')
+            raise ValueError(msg) from None
+
+    def spaces(self):
+        """``(observation_space, action_space)`` of one env of the pool,
+        without building one (with ``make`` given: a pool of one env is
+        built and closed)."""
+        if self.make is None:
+            spec = self._spec()
+            with _quiet_boxes():
+                return (spec.gymnasium_observation_space,
+                        spec.gymnasium_action_space)
+        pool = self.build(1, 0)
+        try:
+            return pool.single_observation_space, pool.single_action_space
+        finally:
+            pool.close()
+
+    def build(self, num_envs, seed):
+        """A pool of ``num_envs`` envs, env ``j`` seeded with ``seed +
+        j``."""
+        if self.make is not None:
+            return self.make(self.task_id, num_envs=num_envs, seed=seed,
+                             **self.options)
+        import envpool
+        options = dict(num_threads=1)
+        options.update(self.options)
+        with _quiet_boxes():
+            pool = envpool.make_gymnasium(self.task_id, num_envs=num_envs,
+                                          batch_size=num_envs, seed=seed,
+                                          **options)
+            # Built on first use, and cached: here, with the warning off.
+            pool.observation_space, pool.action_space
+        return pool
+
+    def __call__(self, old_env):
+        msg = (f'{self!r} builds a pool of envs, which only an '
+               f'EnvPoolWorker steps: pass worker_class=EnvPoolWorker (and '
+               f'worker_args={{"n_envs": N}}) to the sampler')
+        raise TypeError(msg)
+
+    def __repr__(self):
+        options = ''.join(f', {k}={v!r}' for k, v in self.options.items())
+        return f'EnvPool({self.task_id!r}{options})'

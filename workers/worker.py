@@ -151,6 +151,18 @@ class Worker:
     def _as_env_update(env_update):
         return as_env_update(env_update, what='env_update')
 
+    @classmethod
+    def check_env_update(cls, update: Any, what: str = 'env') -> None:
+        """Raise TypeError if workers of this class cannot take
+        ``update`` (an ``EnvUpdate``); ``what`` names it in the message.
+        A sampler calls this in the caller, before any worker sees it."""
+        if getattr(update, 'builds_pool', False):
+            msg = (f'{what} is {update!r}, a pool of envs that only an '
+                   f'EnvPoolWorker steps, but the worker class is '
+                   f'{cls.__name__}: pass worker_class=EnvPoolWorker (and '
+                   f'worker_args={{"n_envs": N}})')
+            raise TypeError(msg)
+
     def _on_agent_changed(self):
         """Hook: the agent was replaced or got new parameters."""
 

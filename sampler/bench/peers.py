@@ -22,6 +22,8 @@ envpool resets an env on the step after its episode ended (that step's
 action is ignored); those steps are not counted as transitions.
 """
 
+import warnings
+
 import numpy as np
 
 from sampler.bench.rows import EpisodeRecorder, Row, Sample
@@ -32,7 +34,8 @@ ATARI_OPTIONS = dict(stack_num=4, frame_skip=4, noop_max=30, gray_scale=True,
                      reward_clip=False, use_fire_reset=False,
                      repeat_action_probability=0.25)
 
-#: envs per envpool row; the best of them is its figure.
+#: envs per envpool row (beside as many as each of our envpool rows steps
+#: in all); the best of them is its figure.
 ENVPOOL_ENVS = (8, 16)
 
 INSTALL = ('pip install "rollout-sampler[bench]" (envpool has wheels for '
@@ -57,9 +60,11 @@ def envpool_task(env_id):
     return None, f'envpool has no env {env_id}'
 
 
-def peer_rows(env_id, make_agent, seed, step_cost_us=0):
-    """envpool rows for ``env_id`` (with ``make_agent()`` giving each its
-    agent) and the lines saying what was skipped."""
+def peer_rows(env_id, make_agent, seed, step_cost_us=0,
+              env_counts=ENVPOOL_ENVS):
+    """envpool rows for ``env_id``, one per count of envs in
+    ``env_counts`` (with ``make_agent()`` giving each its agent), and the
+    lines saying what was skipped."""
     if step_cost_us:
         return [], ['envpool skipped: its C++ envs cannot burn '
                     '--step-cost-us']
@@ -67,7 +72,7 @@ def peer_rows(env_id, make_agent, seed, step_cost_us=0):
     if task is None:
         return [], [f'envpool skipped: {options}']
     return [EnvpoolRow(task, n, make_agent(), seed, options)
-            for n in ENVPOOL_ENVS], []
+            for n in sorted(set(env_counts))], []
 
 
 class EnvpoolRow(Row):
@@ -86,11 +91,16 @@ class EnvpoolRow(Row):
     def setup(self):
         import envpool
         import psutil
-        self.envs = envpool.make(
-            self.task, env_type='gymnasium', num_envs=self.n_envs,
-            batch_size=self.n_envs, seed=self.seed,
-            num_threads=len(psutil.Process().cpu_affinity()),
-            **self.options)
+        with warnings.catch_warnings():
+            # envpool's float32 Boxes have float64 bounds, which gymnasium
+            # warns of: nothing a reader of the table can act on.
+            warnings.filterwarnings('ignore', '.*Box .* precision lowered')
+            self.envs = envpool.make(
+                self.task, env_type='gymnasium', num_envs=self.n_envs,
+                batch_size=self.n_envs, seed=self.seed,
+                num_threads=len(psutil.Process().cpu_affinity()),
+                **self.options)
+            self.envs.observation_space, self.envs.action_space
         self.obs, _ = self.envs.reset()
         self.resetting = np.zeros(self.n_envs, dtype=bool)
         self.steps = []

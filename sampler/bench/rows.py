@@ -15,7 +15,8 @@ import cloudpickle
 import gymnasium
 import numpy as np
 
-from workers import DefaultWorker, EpisodeBatch, VecWorker, _nest
+from workers import DefaultWorker, EnvPoolWorker, EpisodeBatch, VecWorker, \
+    _nest
 
 
 class Sample:
@@ -73,8 +74,10 @@ class SamplerRow(Row):
 
     def __init__(self, sampler_class, agent, env_fn, *, workers,
                  envs_per_worker, seed, max_episode_length, progress,
-                 mode='episodes', train_ms=0.0, train_sleep=False):
+                 mode='episodes', train_ms=0.0, train_sleep=False,
+                 worker_class=None):
         self.mode = mode
+        self.worker_class = worker_class
         self.train_s = train_ms / 1000
         self.train_sleep = train_sleep
         self.sampler_class = sampler_class
@@ -87,7 +90,9 @@ class SamplerRow(Row):
         self.progress = progress
         backend = 'local' if sampler_class.__name__ == 'LocalSampler' \
             else 'processes'
-        envs = f' x {envs_per_worker} envs' if envs_per_worker > 1 else ''
+        kind = ' envpool' if worker_class is EnvPoolWorker else ''
+        envs = f' x {envs_per_worker}{kind} envs' \
+            if envs_per_worker > 1 or kind else ''
         steps = {'steps': ', obtain_steps', 'stream': ', stream'}.get(
             mode, '')
         self.name = (f'{sampler_class.__name__} ({workers} workers{envs}'
@@ -99,8 +104,8 @@ class SamplerRow(Row):
 
     def setup(self):
         worker_class, worker_args = DefaultWorker, None
-        if self.envs_per_worker > 1:
-            worker_class = VecWorker
+        if self.envs_per_worker > 1 or self.worker_class is not None:
+            worker_class = self.worker_class or VecWorker
             worker_args = {'n_envs': self.envs_per_worker}
         options = {} if self.backend == 'local' else \
             {'progress': self.progress}

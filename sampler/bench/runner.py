@@ -44,7 +44,7 @@ from sampler.bench.rows import (ParallelLoopsRow, PlainLoopRow, SamplerRow,
 from sampler.local_sampler import LocalSampler
 from sampler.multiprocessing_sampler import MultiprocessingSampler
 from sampler.ray_sampler import RaySampler
-from workers import MLPAgent, RandomAgent
+from workers import EnvPool, EnvPoolWorker, MLPAgent, RandomAgent
 
 BACKENDS = {'local': LocalSampler, 'multiprocessing': MultiprocessingSampler,
             'ray': RaySampler}
@@ -98,8 +98,27 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
         rows += [VectorEnvRow('async', n, copy(), env_fn, seed)
                  for n in ASYNC_ENVS]
     if compare and 'envpool' in compare_with:
-        found, notes = peers.peer_rows(env, copy, seed, step_cost_us)
+        # envpool with as many envs as each of our rows over its envs,
+        # beside its usual counts.
+        counts = set(peers.ENVPOOL_ENVS) | {
+            n * k for n in (sweep_workers or (workers,)) for k in per_worker
+            if k > 1}
+        found, notes = peers.peer_rows(env, copy, seed, step_cost_us,
+                                       counts)
         rows += found
+        if found:
+            # Ours over the same C++ envs: what the sampler adds to them.
+            task, options = peers.envpool_task(env)
+            pool = EnvPool(task, **options)
+            rows += [SamplerRow(BACKENDS[b], copy(), pool, workers=n,
+                                envs_per_worker=k, seed=seed,
+                                max_episode_length=max_episode_length,
+                                progress=progress, mode=m,
+                                train_ms=train_ms, train_sleep=train_sleep,
+                                worker_class=EnvPoolWorker)
+                     for b in backend.split(',') for m in mode.split(',')
+                     for n in (sweep_workers or (workers,))
+                     for k in per_worker if k > 1]
         if skipped is not None:
             skipped += notes
     # The limit: copies of the plain loop (and with compare of the

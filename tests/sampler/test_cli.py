@@ -210,6 +210,23 @@ def test_compare_on_real_envs_has_envpool_rows_or_says_why_not(
     assert data['rows'][0]['waste'] == 0.0
 
 
+@pytest.mark.skipif(not ENVPOOL_ROWS, reason='envpool is not installed')
+@pytest.mark.parametrize('env', ['CartPole-v1', 'ALE/Pong-v5'])
+def test_compare_times_ours_over_envpool_envs_beside_envpool(tmp_path, env):
+    _, data = bench(tmp_path, '--env', env, '--compare', '--agent',
+                    'random', '--mode', 'steps', '--samples', '64',
+                    '--iterations', '1', '--compare-with', 'envpool',
+                    '--envs-per-worker', '1,12')
+    rows = {r['name']: r for r in data['rows']}
+    ours = rows['MultiprocessingSampler (2 workers x 12 envpool envs, '
+                'obtain_steps)']
+    assert ours['calls'][0]['transitions'] >= 64
+    assert ours['waste'] == 0.0 and ours['discarded_episodes'] == 0
+    # envpool also runs as many envs as that row does in all.
+    assert {'envpool (8 envs)', 'envpool (16 envs)',
+            'envpool (24 envs)'} <= set(rows)
+
+
 def test_sweep_workers_and_step_cost(tmp_path):
     _, data = bench(tmp_path, '--sweep-workers', '1,2', '--step-cost-us',
                     '50', '--samples', '100', '--envs-per-worker', '1,4')

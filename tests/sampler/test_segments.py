@@ -8,21 +8,27 @@ import gymnasium as gym
 import numpy as np
 import pytest
 
-from helpers import TriggeredEnv, write_atomically
+from helpers import ListPool, TriggeredEnv, write_atomically
 from sampler import EpisodeBatch, LocalSampler
 from sampler._streaming import Collector
 from test_restarts import identical_pairs
-from workers import DefaultWorker, MLPAgent, RandomAgent, VecWorker
+from workers import (DefaultWorker, EnvPool, EnvPoolWorker, MLPAgent,
+                     RandomAgent, VecWorker)
 
-WORKER_KINDS = {'default': (DefaultWorker, None),
-                'vec': (VecWorker, {'n_envs': 3})}
+# (worker class, worker args, CartPole as that worker takes it); the pool
+# is CartPole behind envpool's interface, which needs no envpool.
+WORKER_KINDS = {
+    'default': (DefaultWorker, None, 'CartPole-v1'),
+    'vec': (VecWorker, {'n_envs': 3}, 'CartPole-v1'),
+    'pool': (EnvPoolWorker, {'n_envs': 3},
+             EnvPool('CartPole-v1', make=ListPool, reverse=True))}
 
 
 def cartpole_sampler(make, kind, **kwargs):
-    worker_class, args = WORKER_KINDS[kind]
+    worker_class, args, cartpole = WORKER_KINDS[kind]
     env = gym.make('CartPole-v1')
     agent = MLPAgent(env.observation_space, env.action_space, seed=0)
-    return make(agent, 'CartPole-v1', n_workers=2, seed=3,
+    return make(agent, cartpole, n_workers=2, seed=3,
                 worker_class=worker_class, worker_args=args, **kwargs), agent
 
 
@@ -77,9 +83,9 @@ def test_steps_and_exact_episodes_are_the_same_on_every_backend(
         make_sampler, kind):
     s, agent = cartpole_sampler(make_sampler, kind)
     ours = run_sequence(s, agent)
-    with LocalSampler(agent, 'CartPole-v1', n_workers=2, seed=3,
-                      worker_class=WORKER_KINDS[kind][0],
-                      worker_args=WORKER_KINDS[kind][1]) as local:
+    worker_class, args, cartpole = WORKER_KINDS[kind]
+    with LocalSampler(agent, cartpole, n_workers=2, seed=3,
+                      worker_class=worker_class, worker_args=args) as local:
         reference = run_sequence(local, agent)
     for got, expected in zip(ours, reference):
         assert got == expected
@@ -128,12 +134,14 @@ def plain_loop_mean_length():
 
 
 @pytest.mark.timeout(240)
+@pytest.mark.parametrize('kind', ['vec', 'pool'])
 @pytest.mark.parametrize('call', ['obtain_samples', 'obtain_exact_episodes'])
-def test_mean_episode_length_matches_a_plain_loop(make_sampler, call,
+def test_mean_episode_length_matches_a_plain_loop(make_sampler, call, kind,
                                                   plain_loop_mean_length):
     env = gym.make('CartPole-v1')
-    s = make_sampler(RandomAgent(env.action_space), 'CartPole-v1',
-                     n_workers=2, seed=0, worker_class=VecWorker,
+    worker_class, _, cartpole = WORKER_KINDS[kind]
+    s = make_sampler(RandomAgent(env.action_space), cartpole,
+                     n_workers=2, seed=0, worker_class=worker_class,
                      worker_args={'n_envs': 16})
     lengths = []
     while len(lengths) < 8000:

@@ -1,0 +1,428 @@
+"""EnvPoolWorker: a pool of C++ envs (envpool) stepped as one batch.
+
+Per step of the pool::
+
+    observations (n_envs, ...) --agent.get_actions--> actions
+        --pool.step(actions[, env_id])--> next observations, rewards,
+        flags, infos (one dict of arrays)
+        --> every env's record takes its row (by reference, as VecWorker's
+            do); an episode that ended goes to the buffer
+    envs whose episode ended --pool.reset(env_id)--> their first
+        observations, in the same rows, before the next step
+
+envpool itself resets an env on the step after its episode ended and
+ignores that step's action; the worker resets such envs explicitly instead,
+so every step it takes is a transition, every env steps exactly as often as
+the others, and ``obtain_steps``' "every env takes exactly n steps" holds
+as with :class:`~workers.VecWorker`.
+"""
+
+import numbers
+
+import numpy as np
+
+from workers import _nest
+from workers._episode import BATCHED_WITH_ENV_INFOS, EpisodeRecord, \
+    copy_nest
+from workers.agents import batched
+from workers.env_update import EnvPool
+from workers.spaces import check_stackable
+from workers.vec_worker import _check_rows, _mask
+from workers.worker import Worker, bad_step, unpack_reset
+
+#: envpool seeds env ``j`` of a pool with ``seed + j`` as a C++ int.
+_SEED_BOUND = 2 ** 31 - 2 ** 20
+
+
+class EnvPoolWorker(Worker):
+    """Steps a pool of ``n_envs`` envs built from an
+    :class:`~workers.EnvPool` (envpool's C++ envs) with one batched
+    ``get_actions`` call per step.
+
+    It samples as :class:`~workers.VecWorker` does (whole episodes, the
+    ones started first kept; or segments of exactly ``n`` steps per env),
+    with the pool in place of a list of gymnasium envs: the envs' stepping
+    costs C++ time alone, and a sampler with several such workers
+    overlaps one worker's agent with another's envs.
+
+    Seeding: a pool's envs are seeded when it is built, so the worker
+    builds it at its first round with that round's seed (env ``j`` gets
+    ``seed + j``), and builds it anew where other workers reseed their
+    envs (``obtain_exact_episodes``, and a replacement for a failed
+    worker) unless an episode is running. Otherwise its envs go on with
+    their own generators, so the same seed and calls give the same
+    batches.
+
+    Observations must be arrays (one per env); the envs' infos are kept
+    as ``env_infos`` (envpool's arrays per env, but its ``players`` entry),
+    and the reset infos as ``episode_infos``.
+
+    Args:
+        seed: root seed shared by the sampler's workers.
+        max_episode_length: step cap, or None for the envs' own limit.
+        worker_number: this worker's index.
+        n_envs: the envs of the pool.
+
+    Example:
+        >>> from workers import EnvPool, EnvPoolWorker, RandomAgent
+        >>> from sampler import MultiprocessingSampler
+        >>> pool = EnvPool('Pong-v5', stack_num=4, frame_skip=4)
+        >>> obs_space, action_space = pool.spaces()
+        >>> with MultiprocessingSampler(
+        ...         RandomAgent(action_space), pool, n_workers=2,
+        ...         worker_class=EnvPoolWorker,
+        ...         worker_args={'n_envs': 8}) as s:  # doctest: +SKIP
+        ...     batch = s.obtain_steps(128)        # 2 * 8 * 128 steps
+    """
+
+    def __init__(self, *, seed, max_episode_length, worker_number, n_envs=8):
+        super().__init__(seed=seed, max_episode_length=max_episode_length,
+                         worker_number=worker_number)
+        if isinstance(n_envs, bool) or not isinstance(
+                n_envs, numbers.Integral) or n_envs < 1:
+            msg = f'n_envs must be an int >= 1, got {n_envs!r}'
+            raise ValueError(msg)
+        self._n_envs = int(n_envs)
+        self.recipe = None  # the EnvPool the pool is built from
+        self.pool = None
+        self._spaces = None
+        self._build_seed = None  # not None: (re)build with it first
+        # Per env: its episode ended on the pool's terms, so the pool
+        # resets it at its next step.
+        self._pool_resets = [False] * self._n_envs
+        self._records = None  # None: every env needs a reset
+        self._observations = None  # (n_envs, ...): what the next step sees
+        self._steps = None
+
+    @property
+    def n_envs(self):
+        return self._n_envs
+
+    @property
+    def env_spaces(self):
+        """``(observation_space, action_space)`` of one env of the pool."""
+        return self._spaces
+
+    @classmethod
+    def check_env_update(cls, update, what='env'):
+        if not isinstance(update, EnvPool):
+            msg = (f'{what}: {cls.__name__} steps a pool of envs built '
+                   f'from an EnvPool (e.g. EnvPool("Pong-v5")), got '
+                   f'{update!r}; step gymnasium envs with VecWorker')
+            raise TypeError(msg)
+
+    def update_env(self, env_update):
+        update = self._as_env_update(env_update)
+        self.check_env_update(update, 'env_update')
+        self.error_site = 'env update'
+        spaces = update.spaces()
+        self.error_site = 'checking the env spaces'
+        check_stackable(spaces[0], 'observation space')
+        check_stackable(spaces[1], 'action space')
+        self._close_pool()
+        self.recipe, self._spaces = update, tuple(spaces)
+        self.error_site = None
+
+    def _close_pool(self):
+        pool, self.pool = self.pool, None
+        self._records = None
+        if pool is not None:
+            self.error_site = 'env.close'
+            pool.close()
+            self.error_site = None
+
+    def _on_agent_changed(self):
+        # As VecWorker: a segment must not mix agents.
+        if self._records is not None and any(
+                r is not None and len(r) for r in self._records):
+            self.abandon_episodes()
+
+    def _on_new_round(self, env_seeds, reseed_envs):
+        if self.pool is None or (reseed_envs and not self.in_progress):
+            self._build_seed = env_seeds[0] % _SEED_BOUND
+        else:
+            self._build_seed = None
+
+    def abandon_episodes(self):
+        records, self._records = self._records, None
+        return sum(len(r) for r in records or () if r is not None)
+
+    @property
+    def in_progress(self):
+        if self._records is None:
+            return 0
+        return sum(r is not None for r in self._records)
+
+    def rollout_into(self, buffer, max_starts=None):
+        return self._advance(buffer, None, max_starts)
+
+    def step_into(self, buffer, n_steps):
+        self._advance(buffer, n_steps, None)
+        for i, record in enumerate(self._records):
+            if record is not None and len(record):
+                buffer.add(record, self._observations[i], False, False,
+                           self.version, self._worker_number, cut=True)
+                self._records[i] = record.continuation()
+
+    def _ready_pool(self):
+        self._check_ready(self.recipe)
+        if self.pool is None or self._build_seed is not None:
+            seed = self._build_seed
+            if seed is None:  # a pool closed by shutdown, used again
+                seed = self.round_seeds(self._round, 2)[1] % _SEED_BOUND
+            self._close_pool()
+            # error_site stays set if a call raises: it says which one did.
+            self.error_site = 'building the env pool'
+            self.pool = self.recipe.build(self._n_envs, seed)
+            self._build_seed = None
+            self._pool_resets = [False] * self._n_envs
+            self.error_site = None
+        if self._records is None:
+            self._records = [None] * self._n_envs
+            self._steps = [0] * self._n_envs
+
+    def _start(self, envs, obs, info, rows=None):
+        """Records for new episodes in ``envs`` (indices), whose first
+        observations are ``obs`` (rows ``rows`` of it, default all) and
+        reset infos ``info``."""
+        infos = _kept(info, len(obs))
+        records, steps = self._records, self._steps
+        rows = range(len(envs)) if rows is None else rows
+        for row, i in zip(rows, envs):
+            records[i] = EpisodeRecord(
+                {k: v[row] for k, v in infos.items()}, column=i,
+                episode_id=self._new_episode_id(),
+                batched=BATCHED_WITH_ENV_INFOS)
+            steps[i] = 0
+            self._pool_resets[i] = False
+
+    def _reset_envs(self, envs):
+        """Reset ``envs`` (indices) now and start their episodes: their
+        rows of the observations become their first ones."""
+        ids = np.asarray(envs, dtype=np.int32)
+        obs, info = unpack_reset(self.pool.reset(ids))
+        obs, info = _in_order(ids, obs, info)
+        _check_array(obs, len(envs))
+        old = self._observations
+        if len(envs) == self._n_envs:
+            self._observations = obs
+        else:
+            if old is None or old.shape[1:] != obs.shape[1:] or \
+                    old.dtype != obs.dtype:
+                old = np.zeros((self._n_envs,) + obs.shape[1:],
+                               dtype=obs.dtype)
+            self._observations = _full(old, ids, obs)
+        self._start(envs, obs, info)
+
+    def _advance(self, buffer, n_steps, max_starts):
+        """As VecWorker's: ``n_steps`` steps of every env, or with
+        ``n_steps=None`` until an episode completes, starting at most
+        ``max_starts`` new ones. Envs with no episode and none to start
+        are not stepped. Returns how many episodes it started.
+
+        An env whose episode ended on the pool's terms is reset by the
+        pool at its next step (which is then no transition of it, and
+        costs nothing more); the others (new pools, abandoned and capped
+        episodes) are reset by a call of their own. Envs reset at a step
+        take one step more to make their ``n_steps``."""
+        self._ready_pool()
+        n = self._n_envs
+        pool, agent = self.pool, self.agent
+        get_actions = batched(agent)
+        reset = getattr(agent, 'reset', None)
+        max_length = self._max_episode_length or float('inf')
+        records, steps = self._records, self._steps
+        pool_resets = self._pool_resets
+        left = None if n_steps is None else [n_steps] * n
+        every_env = np.arange(n, dtype=np.int32)
+        all_envs = list(range(n))
+        id_bytes = every_env.tobytes()
+        check_outputs = True
+        info_keys = kept_keys = None
+        started = 0
+        self.error_site = None
+        where = 'env.reset'
+        try:
+            while True:
+                resetting = ()  # envs the pool resets at this step
+                if None in records:
+                    idle = [i for i in all_envs if records[i] is None and
+                            (left is None or left[i])]
+                    if max_starts is not None:
+                        idle = idle[:max(max_starts - started, 0)]
+                    now = [i for i in idle if not pool_resets[i]]
+                    if now:
+                        where = 'env.reset'
+                        self._reset_envs(now)
+                        started += len(now)
+                        if reset is not None:
+                            where = 'agent.reset'
+                            reset(_mask(n, now))
+                    if len(now) < len(idle):
+                        resetting = set(idle) - set(now)
+                if records.count(None) == len(resetting) and (
+                        left is None or 0 not in left):
+                    stepped = all_envs
+                else:
+                    stepped = [i for i in all_envs if i in resetting or (
+                        records[i] is not None and (left is None or
+                                                    left[i]))]
+                    if not stepped:
+                        break
+                observations = self._observations
+                where = 'agent.get_actions'
+                actions, agent_infos = get_actions(observations)
+                if isinstance(actions, list):
+                    actions = np.asarray(actions)
+                if check_outputs:
+                    where = 'agent.get_actions output'
+                    _check_rows(actions, agent_infos, n)
+                    check_outputs = False
+                # Records keep the outputs: copies keep them safe from an
+                # agent that writes each call's into the same arrays.
+                actions = copy_nest(actions)
+                agent_infos = copy_nest(agent_infos) if agent_infos else {}
+                sent = agent_infos.get('env_action', actions)
+                where = 'env.step'
+                if stepped is all_envs:
+                    ids = every_env
+                    result = pool.step(sent)
+                else:
+                    ids = np.asarray(stepped, dtype=np.int32)
+                    result = pool.step(_nest.index(sent, ids), ids)
+                try:
+                    next_obs, rewards, terminated, truncated, infos = \
+                        result
+                except (TypeError, ValueError):
+                    raise bad_step(result) from None
+                order = infos.get('env_id') if type(infos) is dict \
+                    else None
+                if not (stepped is all_envs and type(order) is np.ndarray
+                        and order.tobytes() == id_bytes):
+                    (next_obs, rewards, terminated, truncated), infos = \
+                        _in_order(ids, (next_obs, rewards, terminated,
+                                        truncated), infos)
+                if type(next_obs) is not np.ndarray or \
+                        len(next_obs) != len(stepped) or \
+                        next_obs is observations:
+                    next_obs = _checked_copy(next_obs, len(stepped))
+                if resetting:
+                    rows = [r for r, i in enumerate(stepped)
+                            if i in resetting]
+                    self._start([stepped[r] for r in rows], next_obs, infos,
+                                rows)
+                    started += len(rows)
+                if infos.keys() != info_keys:
+                    info_keys = infos.keys()
+                    kept_keys = list(_kept(infos, len(stepped)))
+                infos = {k: infos[k] for k in kept_keys}
+                if stepped is not all_envs:
+                    next_obs = _full(observations, ids, next_obs)
+                    infos = {k: _full(None, ids, v, n)
+                             for k, v in infos.items()}
+                rewards = np.asarray(rewards).tolist()
+                terminated = np.asarray(terminated).tolist()
+                truncated = np.asarray(truncated).tolist()
+                completed = 0
+                for row, i in enumerate(stepped):
+                    if resetting and i in resetting:
+                        continue
+                    record = records[i]
+                    record.observations.append(observations)
+                    record.actions.append(actions)
+                    record.rewards.append(rewards[row])
+                    record.env_infos.append(infos)
+                    record.agent_infos.append(agent_infos)
+                    steps[i] += 1
+                    if left is not None:
+                        left[i] -= 1
+                    term, trunc = terminated[row], truncated[row]
+                    if term or trunc:
+                        pool_resets[i] = True
+                    elif steps[i] >= max_length:
+                        trunc = True
+                    if term or trunc:
+                        buffer.add(record, next_obs[i], bool(term),
+                                   bool(trunc), self.version,
+                                   self._worker_number)
+                        records[i] = None
+                        completed += 1
+                self.env_steps += len(stepped) - len(resetting)
+                self._observations = next_obs
+                if resetting and reset is not None:
+                    where = 'agent.reset'
+                    reset(_mask(n, sorted(resetting)))
+                if completed and n_steps is None:
+                    break
+        except BaseException:
+            self.error_site = where
+            raise
+        return started
+
+    def shutdown(self):
+        self._close_pool()
+
+
+def _in_order(ids, arrays, infos):
+    """The pool's results put in the order of ``ids`` (by their
+    ``env_id`` info), as envpool's order can differ from it."""
+    if not isinstance(infos, dict):
+        msg = (f'the env pool returned infos of type '
+               f'{type(infos).__name__}; it must return one dict of '
+               f'arrays for the envs, as envpool does')
+        raise TypeError(msg)
+    env_id = infos.get('env_id')
+    if env_id is None or (isinstance(env_id, np.ndarray) and
+                          env_id.dtype == ids.dtype and
+                          env_id.tobytes() == ids.tobytes()):
+        return arrays, infos
+    env_id = np.asarray(env_id)
+    if sorted(env_id.tolist()) != sorted(ids.tolist()):
+        msg = (f'the env pool returned the envs {env_id.tolist()} for a '
+               f'call on {ids.tolist()}')
+        raise ValueError(msg)
+    # Row k of the result is env env_id[k]; ids are in ascending order.
+    order = np.argsort(env_id, kind='stable')
+    if isinstance(arrays, tuple):
+        arrays = tuple(np.asarray(a)[order] for a in arrays)
+    else:
+        arrays = arrays[order]
+    infos = {k: v[order] if isinstance(v, np.ndarray) and
+             len(v) == len(order) else v for k, v in infos.items()}
+    return arrays, infos
+
+
+def _kept(infos, rows):
+    """The infos kept per env: arrays with a row per env (envpool's
+    ``players`` entry and anything not per env are left out)."""
+    return {k: v for k, v in infos.items()
+            if k != 'players' and isinstance(v, np.ndarray) and v.ndim
+            and len(v) == rows}
+
+
+def _full(old, ids, rows, n=None):
+    """An array of every env's row: ``rows`` at ``ids``, the rest from
+    ``old`` (zeros without it)."""
+    if old is None:
+        out = np.zeros((n,) + rows.shape[1:], dtype=rows.dtype)
+    else:
+        out = old.copy()
+    out[ids] = rows
+    return out
+
+
+def _checked_copy(obs, rows):
+    """A copy of the observations the pool returned (it gave the array of
+    the step before again: it writes its output in place), or a
+    TypeError if they are not an array with a row per env."""
+    _check_array(obs, rows)
+    return obs.copy()
+
+
+def _check_array(obs, rows):
+    if not isinstance(obs, np.ndarray) or obs.shape[:1] != (rows,):
+        what = (f'an array of shape {obs.shape}'
+                if isinstance(obs, np.ndarray) else type(obs).__name__)
+        msg = (f'the env pool returned observations as {what} for {rows} '
+               f'envs; EnvPoolWorker needs one array with a row per env')
+        raise TypeError(msg)
