@@ -584,14 +584,17 @@ class ListPool:
 
     ``steps[j]`` counts env ``j``'s steps; ``log[j]`` holds its
     ``(action, observation after)`` per step, resets as ``(None, obs)``.
+    A step raises RuntimeError if it is the first to remove the file
+    ``trigger`` (once, whichever process's pool steps first).
     """
 
     def __init__(self, task_id, *, num_envs, seed, reverse=False,
-                 **make_kwargs):
+                 trigger=None, **make_kwargs):
         self.envs = [gym.make(task_id, **make_kwargs)
                      for _ in range(num_envs)]
         self.seeds = [seed + j for j in range(num_envs)]
         self.reverse = reverse
+        self.trigger = trigger
         self.ended = [False] * num_envs
         self.elapsed = [0] * num_envs
         self.steps = [0] * num_envs
@@ -627,6 +630,13 @@ class ListPool:
         return np.stack(rows), info
 
     def step(self, actions, env_id=None):
+        if self.trigger is not None and os.path.exists(self.trigger):
+            try:
+                os.remove(self.trigger)
+            except FileNotFoundError:
+                pass  # another pool took it
+            else:
+                raise RuntimeError('the pool failed on purpose')
         ids = self._ids(env_id)
         rows = []
         for action, j in zip(actions, ids):

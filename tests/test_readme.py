@@ -3,6 +3,7 @@
 import pathlib
 import re
 
+import numpy as np
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -17,7 +18,7 @@ def code_blocks():
 
 def test_readme_training_loop_runs_and_improves(capsys):
     blocks = code_blocks()
-    assert len(blocks) == 2
+    assert len(blocks) == 3
     namespace = {'__name__': 'readme_example'}
     exec(compile(blocks[0], 'README.rst', 'exec'), namespace)
     assert capsys.readouterr().out == ''  # guarded: nothing ran on import
@@ -52,3 +53,16 @@ def test_readme_torch_example_samples_with_the_state_dict():
     assert len(batch) == 2 * 4 * 64
     assert batch.versions.tolist() == [3] * batch.n_episodes
     assert {'log_prob', 'value'} <= set(batch.agent_infos)
+
+
+def test_readme_envpool_example_steps_every_env_exactly():
+    pytest.importorskip('envpool')
+    namespace = {'__name__': 'readme_envpool_example'}
+    exec(compile(code_blocks()[2], 'README.rst', 'exec'), namespace)
+    batch = namespace['main']()
+    assert len(batch) == 2 * 8 * 128
+    assert batch.versions.tolist() == [3] * batch.n_episodes
+    counts = [np.bincount(batch.env_infos['env_id'][
+        np.repeat(batch.worker_numbers, batch.lengths) == w]).tolist()
+        for w in (0, 1)]
+    assert counts == [[128] * 8] * 2

@@ -151,7 +151,8 @@ class EpisodeBuffer:
         def steps(field):
             if len(records) == 1:
                 return records[0].rows(field)
-            return [x for r in records for x in r.rows(field)]
+            return list(itertools.chain.from_iterable(
+                r.rows(field) for r in records))
 
         like = None
         try:

@@ -111,6 +111,25 @@ def test_a_restart_in_obtain_steps_loses_and_repeats_nothing(make_sampler,
     EpisodeBatch.concatenate(batch).check()
 
 
+def test_a_pool_worker_restart_in_obtain_steps_loses_and_repeats_nothing(
+        make_sampler, tmp_path):
+    trigger = tmp_path / 'trigger'
+    agent = RandomAgent(gym.make('CartPole-v1').action_space)
+    s = make_sampler(agent, EnvPool('CartPole-v1', make=ListPool,
+                                    trigger=str(trigger)),
+                     n_workers=2, seed=0, on_worker_error='restart',
+                     max_restarts=1, worker_class=EnvPoolWorker,
+                     worker_args={'n_envs': 2})
+    first = s.obtain_steps(20)
+    write_atomically(trigger, '')
+    batch = s.obtain_steps(40)
+    assert s.stats['worker_restarts'] == 1 and not trigger.exists()
+    assert len(batch) == s.n_envs * 40
+    assert s.stats['transitions'] == s.n_envs * 60
+    assert identical_pairs(EpisodeBatch.concatenate(first, batch)) == []
+    EpisodeBatch.concatenate(first, batch).check()
+
+
 # Whole episodes are not chosen by how soon they end --------------------------
 
 @pytest.fixture(scope='module')
