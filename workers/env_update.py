@@ -236,10 +236,13 @@ class EnvPool(EnvUpdate):
                    f'envpool (wheels for Linux x86_64 and Python 3.11+), '
                    f'or use VecWorker with gymnasium envs')
             raise ImportError(msg) from err
-        if self.task_id not in envpool.list_all_envs():
-            msg = (f'EnvPool: envpool has no task {self.task_id!r} (e.g. '
-                   f"'Pong-v5', 'HalfCheetah-v5', 'CartPole-v1'; see "
-                   f'envpool.list_all_envs())')
+        known = envpool.list_all_envs()
+        if self.task_id not in known:
+            name = self.task_id.rpartition('/')[2]
+            hint = (f"envpool names it {name!r}" if name in known else
+                    "e.g. 'Pong-v5', 'HalfCheetah-v5', 'CartPole-v1'; see "
+                    "envpool.list_all_envs()")
+            msg = f'EnvPool: envpool has no task {self.task_id!r} ({hint})'
             raise ValueError(msg)
         spec_options = {k: v for k, v in self.options.items()
                         if k not in ('num_threads', 'thread_affinity_offset')}

@@ -207,8 +207,11 @@ def test_options_the_worker_sets_are_refused(options, pattern):
 
 @needs_envpool
 def test_unknown_tasks_and_options_are_refused_where_written():
-    with pytest.raises(ValueError, match="no task 'ALE/Pong-v5'"):
+    with pytest.raises(ValueError, match="no task 'ALE/Pong-v5' "
+                       "\\(envpool names it 'Pong-v5'\\)"):
         EnvPool('ALE/Pong-v5')
+    with pytest.raises(ValueError, match="no task 'Nope-v0' \\(e.g. "):
+        EnvPool('Nope-v0')
     with pytest.raises(ValueError, match='does not take the options'):
         EnvPool('CartPole-v1', not_an_option=3)
 
