@@ -267,7 +267,9 @@ class _Steps:
             self._first, self._slots = like._first, like._slots
             self._columns = like._columns
             self.unique = [flat[i] for i in self._first]
+            self._like = like
             return
+        self._like = self._sizes = None
         # Steps are told apart by identity: sorting the ids costs far less
         # than a dict lookup per step.
         ids = np.fromiter(map(id, flat), dtype=np.uintp, count=len(flat))
@@ -291,9 +293,17 @@ class _Steps:
             out[k] = unique[slots[k]][columns[k]]
         return out
 
+    def sizes(self):
+        """The rows of each distinct step (those of ``like``'s)."""
+        if self._like is not None:
+            return self._like.sizes()
+        if self._sizes is None:
+            self._sizes = np.fromiter(map(_rows_of, self.unique),
+                                      dtype=np.int64, count=len(self.unique))
+        return self._sizes
+
     def gather(self):
-        sizes = np.fromiter(map(_rows_of, self.unique), dtype=np.int64,
-                            count=len(self.unique))
+        sizes = self.sizes()
         starts = np.cumsum(sizes) - sizes
         rows = starts[self._slots.reshape(-1)] + self._columns
         return _nest.index(_nest.concatenate(self.unique), rows)
