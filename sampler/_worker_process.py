@@ -250,11 +250,14 @@ class ProcessSetup:
             ``worker_init(worker_number)``, or None.
         caller: the process id of the sampler's process: the worker ends
             within a second of its death (:func:`watch_caller`), or None.
+        pin: pin the process to one CPU (:func:`pin_to_cpu`) before the
+            worker (and any thread it starts) is built.
     """
 
     threads: Optional[int] = None
     init: Optional[bytes] = None
     caller: Optional[int] = None
+    pin: bool = False
 
 
 #: The exit code of a worker that ended because its caller died.
@@ -324,6 +327,19 @@ def limit_threads(n):
     threadpoolctl.threadpool_limits(n)
 
 
+def pin_to_cpu(worker_number):
+    """Run this thread, and the threads it starts from now on, on one
+    CPU: the ``worker_number``-th of those it may use (modulo their
+    count). Returns the CPU, or None where affinity cannot be set."""
+    try:
+        cpus = sorted(os.sched_getaffinity(0))
+        cpu = cpus[worker_number % len(cpus)]
+        os.sched_setaffinity(0, {cpu})
+    except (AttributeError, OSError):
+        return None
+    return cpu
+
+
 def build_worker(worker_number, factory_blob, setup, payloads):
     """Set up this process as ``setup`` says, then build the worker and
     apply ``payloads`` (``(kind, blob)`` pairs) in order.
@@ -333,6 +349,8 @@ def build_worker(worker_number, factory_blob, setup, payloads):
     """
     worker, site = None, 'worker_init'
     try:
+        if setup.pin:
+            pin_to_cpu(worker_number)
         if setup.threads is not None:
             limit_threads(setup.threads)
         if setup.init is not None:

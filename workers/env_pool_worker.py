@@ -75,6 +75,9 @@ class EnvPoolWorker(Worker):
         ...     batch = s.obtain_steps(128)        # 2 * 8 * 128 steps
     """
 
+    #: envpool steps the pool in a thread of its own while this one waits.
+    threads_alternate = True
+
     def __init__(self, *, seed, max_episode_length, worker_number, n_envs=8):
         super().__init__(seed=seed, max_episode_length=max_episode_length,
                          worker_number=worker_number)

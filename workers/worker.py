@@ -53,6 +53,10 @@ class Worker:
         worker_number: this worker's index, 0 .. n_workers - 1.
 
     Attributes:
+        threads_alternate: (class) True for workers whose env steps in a
+            thread of its own while the worker's thread waits, and back
+            (:class:`~workers.EnvPoolWorker`): a process backend may pin
+            such a worker to one CPU, where the two hand over fastest.
         version: stamped on every episode this worker returns.
         error_site: after a method raised, which call failed, e.g.
             ``'env.step'`` or ``'agent.get_action'``; None otherwise.
@@ -60,6 +64,8 @@ class Worker:
             replacement for a failed worker is set past its predecessor's.
         env_steps: ``env.step`` calls made so far, returned or not.
     """
+
+    threads_alternate = False
 
     def __init__(self, *, seed: int, max_episode_length: Optional[int],
                  worker_number: int) -> None:

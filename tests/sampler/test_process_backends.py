@@ -19,13 +19,14 @@ import time
 import psutil
 import pytest
 
-from helpers import (BusyEnv, CrashEnv, FaultyEnv, FirstObsAgent,
+from helpers import (BusyEnv, CrashEnv, FaultyEnv, FirstObsAgent, ListPool,
                      OneStepEnv, ParamAgent, closing_samplers)
 from sampler import (MultiprocessingSampler, SamplerTimeoutError, WorkerError,
                      WorkerCrashedError)
 from sampler.sampler import available_cpus
 from test_failures import worker_processes
 from test_sampler_behaviour import SlowEnv, random_for
+from workers import EnvPool, EnvPoolWorker, VecWorker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -466,3 +467,35 @@ def test_result_pipes_are_widened_where_the_system_allows(mp_sampler,
         before = fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ)
         mps._widen_pipe(reader)
         assert fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ) == before
+
+
+@pytest.mark.skipif(not hasattr(os, 'sched_getaffinity') or
+                    len(os.sched_getaffinity(0)) < 2,
+                    reason='needs CPU affinity and 2 CPUs')
+@pytest.mark.parametrize('option, pool, pinned', [
+    ('auto', True, True), ('auto', False, False), (False, True, False),
+    (True, False, True)])
+def test_pin_workers_pins_pool_workers_to_a_cpu_each(mp_sampler, option,
+                                                     pool, pinned):
+    if pool:
+        env, kind = EnvPool('CartPole-v1', make=ListPool), EnvPoolWorker
+    else:
+        env, kind = 'CartPole-v1', VecWorker
+    s = mp_sampler(random_for('CartPole-v1'), env, n_workers=2,
+                   worker_class=kind, worker_args={'n_envs': 2},
+                   pin_workers=option)
+    s.obtain_steps(3)
+    cpus = sorted(os.sched_getaffinity(0))
+    masks = [sorted(psutil.Process(pid).cpu_affinity())
+             for pid in s.worker_pids()]
+    if pinned:
+        assert masks == [[cpus[0]], [cpus[1]]]
+    else:
+        assert masks == [cpus, cpus]
+
+
+def test_pin_workers_takes_auto_or_a_bool(mp_sampler):
+    with pytest.raises(ValueError, match="pin_workers must be 'auto', True "
+                       "or False, got 'yes'"):
+        mp_sampler(random_for('CartPole-v1'), 'CartPole-v1', n_workers=1,
+                   pin_workers='yes')

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from helpers import FailOnceEnv, FaultyEnv, ParamAgent
+from helpers import FailOnceEnv, FaultyEnv, ListPool, ParamAgent
 from sampler import SamplerError
-from workers import VecWorker
+from workers import EnvPool, EnvPoolWorker, VecWorker
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,10 +46,13 @@ def accounted(sampler):
         st['discarded_transitions']
 
 
+@pytest.mark.parametrize('kind', ['vec', 'pool'])
 def test_a_stream_yields_segments_and_pushes_change_the_version(
-        make_sampler):
-    s = make_sampler(ParamAgent(), 'CartPole-v1', n_workers=2, seed=0,
-                     worker_class=VecWorker, worker_args={'n_envs': 2})
+        make_sampler, kind):
+    worker_class, env = (VecWorker, 'CartPole-v1') if kind == 'vec' else \
+        (EnvPoolWorker, EnvPool('CartPole-v1', make=ListPool))
+    s = make_sampler(ParamAgent(), env, n_workers=2, seed=0,
+                     worker_class=worker_class, worker_args={'n_envs': 2})
     seen = []  # (worker, version, p) of every segment, in order
     for k, batch in enumerate(s.stream(40)):
         assert len(batch) >= 40
