@@ -204,8 +204,8 @@ class EnvPoolWorker(Worker):
         rows of the observations become their first ones."""
         ids = np.asarray(envs, dtype=np.int32)
         obs, info = unpack_reset(self.pool.reset(ids))
-        obs, info = _in_order(ids, obs, info)
         _check_array(obs, len(envs))
+        obs, info = _in_order(ids, obs, info)
         old = self._observations
         if len(envs) == self._n_envs:
             self._observations = obs
@@ -298,6 +298,10 @@ class EnvPoolWorker(Worker):
                         result
                 except (TypeError, ValueError):
                     raise bad_step(result) from None
+                if type(next_obs) is not np.ndarray or \
+                        len(next_obs) != len(stepped) or \
+                        next_obs is observations:
+                    next_obs = _checked_copy(next_obs, len(stepped))
                 order = infos.get('env_id') if type(infos) is dict \
                     else None
                 if not (stepped is all_envs and type(order) is np.ndarray
@@ -305,10 +309,6 @@ class EnvPoolWorker(Worker):
                     (next_obs, rewards, terminated, truncated), infos = \
                         _in_order(ids, (next_obs, rewards, terminated,
                                         truncated), infos)
-                if type(next_obs) is not np.ndarray or \
-                        len(next_obs) != len(stepped) or \
-                        next_obs is observations:
-                    next_obs = _checked_copy(next_obs, len(stepped))
                 if resetting:
                     rows = [r for r, i in enumerate(stepped)
                             if i in resetting]

@@ -236,3 +236,22 @@ def test_envpool_pools_give_valid_segments_of_exact_length(task, options):
         counts = np.bincount(batch.env_infos['env_id'], minlength=3)
         assert counts.tolist() == [7, 7, 7]
     worker.shutdown()
+
+
+class DictObsPool(ListPool):
+    """Observations as a dict of arrays, which EnvPoolWorker refuses."""
+
+    def reset(self, env_id=None):
+        obs, info = super().reset(env_id)
+        return {'x': obs}, info
+
+
+def test_observations_that_are_not_one_array_are_refused_by_name():
+    worker = pool_worker()
+    worker.update_env(EnvPool('CartPole-v1', make=DictObsPool))
+    with pytest.raises(TypeError, match='returned observations as dict for '
+                       '4 envs; EnvPoolWorker needs one array with a row '
+                       'per env'):
+        steps_call(worker, 2, 0)
+    assert worker.error_site == 'env.reset'
+    worker.shutdown()
