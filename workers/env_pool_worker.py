@@ -27,14 +27,14 @@ from workers._episode import BATCHED_WITH_ENV_INFOS, EpisodeRecord, \
 from workers.agents import batched
 from workers.env_update import EnvPool
 from workers.spaces import check_stackable
-from workers.vec_worker import _check_rows, _mask
-from workers.worker import Worker, bad_step, unpack_reset
+from workers.vec_worker import BatchedEnvsWorker, _check_rows, _mask
+from workers.worker import bad_step, unpack_reset
 
 #: envpool seeds env ``j`` of a pool with ``seed + j`` as a C++ int.
 _SEED_BOUND = 2 ** 31 - 2 ** 20
 
 
-class EnvPoolWorker(Worker):
+class EnvPoolWorker(BatchedEnvsWorker):
     """Steps a pool of ``n_envs`` envs built from an
     :class:`~workers.EnvPool` (envpool's C++ envs) with one batched
     ``get_actions`` call per step.
@@ -134,38 +134,11 @@ class EnvPoolWorker(Worker):
             pool.close()
             self.error_site = None
 
-    def _on_agent_changed(self):
-        # As VecWorker: a segment must not mix agents.
-        if self._records is not None and any(
-                r is not None and len(r) for r in self._records):
-            self.abandon_episodes()
-
     def _on_new_round(self, env_seeds, reseed_envs):
         if self.pool is None or (reseed_envs and not self.in_progress):
             self._build_seed = env_seeds[0] % _SEED_BOUND
         else:
             self._build_seed = None
-
-    def abandon_episodes(self):
-        records, self._records = self._records, None
-        return sum(len(r) for r in records or () if r is not None)
-
-    @property
-    def in_progress(self):
-        if self._records is None:
-            return 0
-        return sum(r is not None for r in self._records)
-
-    def rollout_into(self, buffer, max_starts=None):
-        return self._advance(buffer, None, max_starts)
-
-    def step_into(self, buffer, n_steps):
-        self._advance(buffer, n_steps, None)
-        for i, record in enumerate(self._records):
-            if record is not None and len(record):
-                buffer.add(record, self._observations[i], False, False,
-                           self.version, self._worker_number, cut=True)
-                self._records[i] = record.continuation()
 
     def _ready_pool(self):
         self._check_ready(self.recipe)

@@ -12,7 +12,50 @@ from workers.agents import batched
 from workers.worker import Worker, bad_step, unpack_reset
 
 
-class VecWorker(Worker):
+class BatchedEnvsWorker(Worker):
+    """What workers that step several envs as one batch share: a record
+    per env (``_records``, None before the first step and for an env
+    whose next step starts an episode), the observations the next step
+    acts on, row ``i`` for env ``i`` (``_observations``), and
+    ``_advance(buffer, n_steps, max_starts)``, which steps them."""
+
+    _records = None
+    _observations = None
+
+    def _advance(self, buffer, n_steps, max_starts):
+        raise NotImplementedError
+
+    def _on_agent_changed(self):
+        # An episode must not mix agents within a segment: one with steps
+        # under the old agent is abandoned. A sampler cuts segments before
+        # it updates, so running episodes then go on.
+        if self._records is not None and any(
+                r is not None and len(r) for r in self._records):
+            self.abandon_episodes()
+
+    def abandon_episodes(self):
+        records, self._records = self._records, None
+        return sum(len(r) for r in records or () if r is not None)
+
+    @property
+    def in_progress(self):
+        if self._records is None:
+            return 0
+        return sum(r is not None for r in self._records)
+
+    def rollout_into(self, buffer, max_starts=None):
+        return self._advance(buffer, None, max_starts)
+
+    def step_into(self, buffer, n_steps):
+        self._advance(buffer, n_steps, None)
+        for i, record in enumerate(self._records):
+            if record is not None and len(record):
+                buffer.add(record, self._observations[i], False, False,
+                           self.version, self._worker_number, cut=True)
+                self._records[i] = record.continuation()
+
+
+class VecWorker(BatchedEnvsWorker):
     """Steps ``n_envs`` envs with one batched ``get_actions`` call per step.
 
     :meth:`rollout` steps all envs until at least one episode completes and
@@ -82,14 +125,6 @@ class VecWorker(Worker):
             return None
         return self.envs[0].observation_space, self.envs[0].action_space
 
-    def _on_agent_changed(self):
-        # An episode must not mix agents within a segment: one with steps
-        # under the old agent is abandoned. A sampler cuts segments before
-        # it updates, so running episodes then go on.
-        if self._records is not None and any(
-                r is not None and len(r) for r in self._records):
-            self.abandon_episodes()
-
     def _n_seeds(self):
         return 1 + self._n_envs
 
@@ -97,16 +132,6 @@ class VecWorker(Worker):
         self._reset_seeds = [
             seed if reseed_envs or new else None
             for seed, new in zip(env_seeds, self._new_envs)]
-
-    def abandon_episodes(self):
-        records, self._records = self._records, None
-        return sum(len(r) for r in records or () if r is not None)
-
-    @property
-    def in_progress(self):
-        if self._records is None:
-            return 0
-        return sum(r is not None for r in self._records)
 
     def _reset_env(self, i):
         obs, info = unpack_reset(self.envs[i].reset(
@@ -118,17 +143,6 @@ class VecWorker(Worker):
         self._records[i] = EpisodeRecord(info, column=i,
                                          episode_id=self._new_episode_id())
         self._steps[i] = 0
-
-    def rollout_into(self, buffer, max_starts=None):
-        return self._advance(buffer, None, max_starts)
-
-    def step_into(self, buffer, n_steps):
-        self._advance(buffer, n_steps, None)
-        for i, record in enumerate(self._records):
-            if record is not None and len(record):
-                buffer.add(record, self._observations[i], False, False,
-                           self.version, self._worker_number, cut=True)
-                self._records[i] = record.continuation()
 
     def _advance(self, buffer, n_steps, max_starts):
         """Step the envs: ``n_steps`` times (every env, starting episodes
