@@ -4,17 +4,28 @@ Per step of the pool::
 
     observations (n_envs, ...) --agent.get_actions--> actions
         --pool.step(actions[, env_id])--> next observations, rewards,
-        flags, infos (one dict of arrays)
-        --> every env's record takes its row (by reference, as VecWorker's
-            do); an episode that ended goes to the buffer
-    envs whose episode ended --pool.reset(env_id)--> their first
-        observations, in the same rows, before the next step
+        flags, infos (one dict of arrays), put in env order by env_id
+        --> one entry of the worker's step log: the observations, actions,
+            agent infos and env infos of every env (references), and
+            the rewards
+        --> envs whose episode ended (numpy over the flags): their
+            segment becomes an EpisodeRecord, sliced out of the log, and
+            goes to the buffer
+
+An env's segment in progress is where in the log it starts: every step of
+the log from there on is a transition of that env, until the segment ends
+(its episode ends, or a call ends and cuts it). So a step costs a fixed
+amount of list appends and array operations, however many envs the pool
+has, and each episode costs one slice of the log when it ends. The log
+drops the steps no segment in progress refers to.
 
 envpool itself resets an env on the step after its episode ended and
-ignores that step's action; the worker resets such envs explicitly instead,
-so every step it takes is a transition, every env steps exactly as often as
-the others, and ``obtain_steps``' "every env takes exactly n steps" holds
-as with :class:`~workers.VecWorker`.
+ignores that step's action: the worker counts that step as the start of
+the env's next episode, not as one of its transitions, and steps that env
+once more, so every env takes exactly ``n`` transitions in
+``obtain_steps(n)`` as with :class:`~workers.VecWorker`. Envs whose
+episode was cut by ``max_episode_length`` or abandoned, and those of a new
+pool, are reset by a ``pool.reset(env_id)`` call of their own.
 """
 
 import numbers
@@ -32,6 +43,28 @@ from workers.worker import bad_step, unpack_reset
 
 #: envpool seeds env ``j`` of a pool with ``seed + j`` as a C++ int.
 _SEED_BOUND = 2 ** 31 - 2 ** 20
+#: The log is trimmed once it holds this many steps, and again each time it
+#: has doubled since.
+_TRIM_MIN = 256
+_NEVER = float('inf')
+
+
+class _Segment:
+    """An env's segment in progress: its steps are those of the worker's
+    log from step ``start`` on (up to the env's stop, see
+    ``EnvPoolWorker._stops``); the rest as in
+    :class:`~workers._episode.EpisodeRecord`."""
+
+    __slots__ = ('reset_info', 'episode_id', 'prior_steps', 'prior_return',
+                 'start')
+
+    def __init__(self, reset_info, episode_id, prior_steps, prior_return,
+                 start):
+        self.reset_info = reset_info
+        self.episode_id = episode_id
+        self.prior_steps = prior_steps
+        self.prior_return = prior_return
+        self.start = start
 
 
 class EnvPoolWorker(BatchedEnvsWorker):
@@ -88,14 +121,25 @@ class EnvPoolWorker(BatchedEnvsWorker):
         self._n_envs = int(n_envs)
         self.recipe = None  # the EnvPool the pool is built from
         self.pool = None
+        self._step_all = None  # actions of every env -> the pool's step
         self._spaces = None
         self._build_seed = None  # not None: (re)build with it first
         # Per env: its episode ended on the pool's terms, so the pool
         # resets it at its next step.
         self._pool_resets = [False] * self._n_envs
-        self._records = None  # None: every env needs a reset
+        # Per env its _Segment in progress, or None: its next step starts
+        # an episode. None instead of the list: every env needs a reset.
+        self._records = None
         self._observations = None  # (n_envs, ...): what the next step sees
-        self._steps = None
+        # Per env, the step of the log at which it stops being stepped in
+        # this call (obtain_steps' n steps taken); _NEVER if it does not.
+        self._stops = [_NEVER] * self._n_envs
+        # The step log: per step, the observations, actions, rewards (a
+        # list), env infos and agent infos of every env; entry k is step
+        # _log_base + k. A segment's steps are a run of it.
+        self._log = ([], [], [], [], [])
+        self._log_base = 0
+        self._trim_at = _TRIM_MIN
 
     @property
     def n_envs(self):
@@ -128,7 +172,7 @@ class EnvPoolWorker(BatchedEnvsWorker):
 
     def _close_pool(self):
         pool, self.pool = self.pool, None
-        self._records = None
+        self.abandon_episodes()
         if pool is not None:
             self.error_site = 'env.close'
             pool.close()
@@ -150,26 +194,91 @@ class EnvPoolWorker(BatchedEnvsWorker):
             # error_site stays set if a call raises: it says which one did.
             self.error_site = 'building the env pool'
             self.pool = self.recipe.build(self._n_envs, seed)
+            self._step_all = self.pool.step
             self._build_seed = None
             self._pool_resets = [False] * self._n_envs
             self.error_site = None
         if self._records is None:
             self._records = [None] * self._n_envs
-            self._steps = [0] * self._n_envs
+            self._stops = [_NEVER] * self._n_envs
+            self._clear_log()
 
-    def _start(self, envs, obs, info, rows=None):
-        """Records for new episodes in ``envs`` (indices), whose first
+    def _clear_log(self):
+        for steps in self._log:
+            steps.clear()
+        self._log_base = 0
+        self._trim_at = _TRIM_MIN
+
+    def _log_end(self):
+        """The number of the next step the log takes."""
+        return self._log_base + len(self._log[0])
+
+    def _trim_log(self):
+        """Drop the log's steps that no segment in progress refers to."""
+        starts = [s.start for s in self._records if s is not None]
+        first = min(starts) if starts else self._log_end()
+        drop = first - self._log_base
+        if drop:
+            for steps in self._log:
+                del steps[:drop]
+            self._log_base = first
+        self._trim_at = max(_TRIM_MIN, 2 * len(self._log[0]))
+
+    def abandon_episodes(self):
+        dropped = super().abandon_episodes()
+        self._clear_log()
+        return dropped
+
+    def _open_length(self, i):
+        segment = self._records[i]
+        if segment is None:
+            return 0
+        return min(self._log_end(), self._stops[i]) - segment.start
+
+    def _record(self, i):
+        """Env ``i``'s segment in progress as an EpisodeRecord: its run of
+        the log (references to the batched steps, with its column)."""
+        segment = self._records[i]
+        record = EpisodeRecord(
+            segment.reset_info, column=i, episode_id=segment.episode_id,
+            prior_steps=segment.prior_steps,
+            prior_return=segment.prior_return,
+            batched=BATCHED_WITH_ENV_INFOS)
+        first = segment.start - self._log_base
+        last = first + self._open_length(i)
+        observations, actions, rewards, env_infos, agent_infos = self._log
+        record.observations = observations[first:last]
+        record.actions = actions[first:last]
+        record.rewards = [step[i] for step in rewards[first:last]]
+        record.env_infos = env_infos[first:last]
+        record.agent_infos = agent_infos[first:last]
+        return record
+
+    def _cut(self, i):
+        record = self._record(i)
+        self._records[i] = _Segment(
+            record.reset_info, record.episode_id,
+            record.prior_steps + len(record),
+            record.prior_return + float(sum(record.rewards)),
+            self._log_end())
+        return record
+
+    def step_into(self, buffer, n_steps):
+        super().step_into(buffer, n_steps)
+        self._trim_log()  # every segment starts at the log's end now
+
+    def _start(self, envs, obs, info, rows=None, start=None):
+        """Segments for new episodes in ``envs`` (indices), whose first
         observations are ``obs`` (rows ``rows`` of it, default all) and
-        reset infos ``info``."""
+        reset infos ``info``, starting at step ``start`` of the log
+        (default: its next one)."""
         infos = _kept(info, len(obs))
-        records, steps = self._records, self._steps
+        records = self._records
         rows = range(len(envs)) if rows is None else rows
+        start = self._log_end() if start is None else start
         for row, i in zip(rows, envs):
-            records[i] = EpisodeRecord(
-                {k: v[row] for k, v in infos.items()}, column=i,
-                episode_id=self._new_episode_id(),
-                batched=BATCHED_WITH_ENV_INFOS)
-            steps[i] = 0
+            records[i] = _Segment({k: v[row] for k, v in infos.items()},
+                                  self._new_episode_id(), 0, 0.0, start)
             self._pool_resets[i] = False
 
     def _reset_envs(self, envs):
@@ -200,16 +309,28 @@ class EnvPoolWorker(BatchedEnvsWorker):
         pool at its next step (which is then no transition of it, and
         costs nothing more); the others (new pools, abandoned and capped
         episodes) are reset by a call of their own. Envs reset at a step
-        take one step more to make their ``n_steps``."""
+        take one step more to make their ``n_steps``.
+
+        Counting is by step numbers, not per env and step: an env with a
+        segment is stepped at every step of the log until its stop
+        (``_stops``), which ``n_steps`` sets from the first step of the
+        call and every reset step of the env pushes one further."""
         self._ready_pool()
         n = self._n_envs
-        pool, agent = self.pool, self.agent
+        pool, step_all, agent = self.pool, self._step_all, self.agent
         get_actions = batched(agent)
         reset = getattr(agent, 'reset', None)
-        max_length = self._max_episode_length or float('inf')
-        records, steps = self._records, self._steps
-        pool_resets = self._pool_resets
-        left = None if n_steps is None else [n_steps] * n
+        max_length = self._max_episode_length
+        records, pool_resets = self._records, self._pool_resets
+        log_observations, log_actions, log_rewards, log_env_infos, \
+            log_agent_infos = self._log
+        stops = self._stops
+        stops[:] = [_NEVER if n_steps is None else
+                    self._log_end() + n_steps] * n
+        first_stop = min(stops)
+        # The first step at which an episode may reach max_length (None:
+        # to be found again, as segments started or ended).
+        first_cap = None
         every_env = np.arange(n, dtype=np.int32)
         all_envs = list(range(n))
         id_bytes = every_env.tobytes()
@@ -220,10 +341,11 @@ class EnvPoolWorker(BatchedEnvsWorker):
         where = 'env.reset'
         try:
             while True:
+                step = self._log_end()
                 resetting = ()  # envs the pool resets at this step
                 if None in records:
                     idle = [i for i in all_envs if records[i] is None and
-                            (left is None or left[i])]
+                            step < stops[i]]
                     if max_starts is not None:
                         idle = idle[:max(max_starts - started, 0)]
                     now = [i for i in idle if not pool_resets[i]]
@@ -231,18 +353,24 @@ class EnvPoolWorker(BatchedEnvsWorker):
                         where = 'env.reset'
                         self._reset_envs(now)
                         started += len(now)
+                        first_cap = None
                         if reset is not None:
                             where = 'agent.reset'
                             reset(_mask(n, now))
                     if len(now) < len(idle):
                         resetting = set(idle) - set(now)
-                if records.count(None) == len(resetting) and (
-                        left is None or 0 not in left):
+                        if n_steps is not None:
+                            for i in resetting:  # a step that is no
+                                stops[i] += 1    # transition of theirs
+                            first_stop = min(stops)
+                if len(log_observations) >= self._trim_at:
+                    self._trim_log()
+                if step < first_stop and \
+                        records.count(None) == len(resetting):
                     stepped = all_envs
                 else:
-                    stepped = [i for i in all_envs if i in resetting or (
-                        records[i] is not None and (left is None or
-                                                    left[i]))]
+                    stepped = [i for i in all_envs if step < stops[i] and (
+                        i in resetting or records[i] is not None)]
                     if not stepped:
                         break
                 observations = self._observations
@@ -254,7 +382,7 @@ class EnvPoolWorker(BatchedEnvsWorker):
                     where = 'agent.get_actions output'
                     _check_rows(actions, agent_infos, n)
                     check_outputs = False
-                # Records keep the outputs: copies keep them safe from an
+                # The log keeps the outputs: copies keep them safe from an
                 # agent that writes each call's into the same arrays.
                 actions = copy_nest(actions)
                 agent_infos = copy_nest(agent_infos) if agent_infos else {}
@@ -262,7 +390,7 @@ class EnvPoolWorker(BatchedEnvsWorker):
                 where = 'env.step'
                 if stepped is all_envs:
                     ids = every_env
-                    result = pool.step(sent)
+                    result = step_all(sent)
                 else:
                     ids = np.asarray(stepped, dtype=np.int32)
                     result = pool.step(_nest.index(sent, ids), ids)
@@ -283,52 +411,68 @@ class EnvPoolWorker(BatchedEnvsWorker):
                         _in_order(ids, (next_obs, rewards, terminated,
                                         truncated), infos)
                 if resetting:
+                    # Their episodes start after this step.
                     rows = [r for r, i in enumerate(stepped)
                             if i in resetting]
                     self._start([stepped[r] for r in rows], next_obs, infos,
-                                rows)
+                                rows, step + 1)
                     started += len(rows)
+                    first_cap = None
                 if infos.keys() != info_keys:
                     info_keys = infos.keys()
                     kept_keys = list(_kept(infos, len(stepped)))
                 infos = {k: infos[k] for k in kept_keys}
+                terminated = np.asarray(terminated).tolist()
+                truncated = np.asarray(truncated).tolist()
+                rewards = np.asarray(rewards).tolist()
                 if stepped is not all_envs:
                     next_obs = _full(observations, ids, next_obs)
                     infos = {k: _full(None, ids, v, n)
                              for k, v in infos.items()}
-                rewards = np.asarray(rewards).tolist()
-                terminated = np.asarray(terminated).tolist()
-                truncated = np.asarray(truncated).tolist()
-                completed = 0
-                for row, i in enumerate(stepped):
-                    if resetting and i in resetting:
-                        continue
-                    record = records[i]
-                    record.observations.append(observations)
-                    record.actions.append(actions)
-                    record.rewards.append(rewards[row])
-                    record.env_infos.append(infos)
-                    record.agent_infos.append(agent_infos)
-                    steps[i] += 1
-                    if left is not None:
-                        left[i] -= 1
-                    term, trunc = terminated[row], truncated[row]
-                    if term or trunc:
-                        pool_resets[i] = True
-                    elif steps[i] >= max_length:
-                        trunc = True
-                    if term or trunc:
-                        buffer.add(record, next_obs[i], bool(term),
-                                   bool(trunc), self.version,
-                                   self._worker_number)
-                        records[i] = None
-                        completed += 1
+                    rewards, terminated, truncated = (
+                        _spread(stepped, values, n, zero)
+                        for values, zero in ((rewards, 0.0),
+                                             (terminated, False),
+                                             (truncated, False)))
+                log_observations.append(observations)
+                log_actions.append(actions)
+                log_rewards.append(rewards)
+                log_env_infos.append(infos)
+                log_agent_infos.append(agent_infos)
                 self.env_steps += len(stepped) - len(resetting)
+                ends = []
+                if True in terminated or True in truncated:
+                    ends = [i for i in stepped if (
+                        terminated[i] or truncated[i]) and
+                        i not in resetting]
+                if max_length is not None:
+                    if first_cap is None:
+                        first_cap = min(
+                            (s.start - s.prior_steps + max_length
+                             for s in records if s is not None),
+                            default=_NEVER)
+                    if step + 1 >= first_cap:
+                        ends += [i for i in stepped if records[i] is not None
+                                 and i not in resetting and i not in ends
+                                 and records[i].prior_steps +
+                                 self._open_length(i) >= max_length]
+                for i in ends:
+                    term = bool(terminated[i])
+                    if term or truncated[i]:
+                        trunc = bool(truncated[i])
+                        pool_resets[i] = True
+                    else:
+                        trunc = True  # capped at max_length
+                    buffer.add(self._record(i), next_obs[i], term, trunc,
+                               self.version, self._worker_number)
+                    records[i] = None
+                if ends:
+                    first_cap = None
                 self._observations = next_obs
                 if resetting and reset is not None:
                     where = 'agent.reset'
                     reset(_mask(n, sorted(resetting)))
-                if completed and n_steps is None:
+                if ends and n_steps is None:
                     break
         except BaseException:
             self.error_site = where
@@ -374,6 +518,15 @@ def _kept(infos, rows):
     return {k: v for k, v in infos.items()
             if k != 'players' and isinstance(v, np.ndarray) and v.ndim
             and len(v) == rows}
+
+
+def _spread(envs, values, n, zero):
+    """A list of every env's value: ``values`` (a list) at ``envs``,
+    ``zero`` elsewhere."""
+    out = [zero] * n
+    for i, value in zip(envs, values):
+        out[i] = value
+    return out
 
 
 def _full(old, ids, rows, n=None):

@@ -25,17 +25,33 @@ class BatchedEnvsWorker(Worker):
     def _advance(self, buffer, n_steps, max_starts):
         raise NotImplementedError
 
+    def _open_length(self, i):
+        """Steps recorded in env ``i``'s segment in progress (0: none)."""
+        record = self._records[i]
+        return 0 if record is None else len(record)
+
+    def _cut(self, i):
+        """Env ``i``'s segment in progress as a record, its episode going
+        on in a new one from here."""
+        record = self._records[i]
+        self._records[i] = record.continuation()
+        return record
+
     def _on_agent_changed(self):
         # An episode must not mix agents within a segment: one with steps
         # under the old agent is abandoned. A sampler cuts segments before
         # it updates, so running episodes then go on.
         if self._records is not None and any(
-                r is not None and len(r) for r in self._records):
+                self._open_length(i) for i in range(len(self._records))):
             self.abandon_episodes()
 
     def abandon_episodes(self):
-        records, self._records = self._records, None
-        return sum(len(r) for r in records or () if r is not None)
+        if self._records is None:
+            return 0
+        dropped = sum(self._open_length(i)
+                      for i in range(len(self._records)))
+        self._records = None
+        return dropped
 
     @property
     def in_progress(self):
@@ -48,11 +64,11 @@ class BatchedEnvsWorker(Worker):
 
     def step_into(self, buffer, n_steps):
         self._advance(buffer, n_steps, None)
-        for i, record in enumerate(self._records):
-            if record is not None and len(record):
-                buffer.add(record, self._observations[i], False, False,
-                           self.version, self._worker_number, cut=True)
-                self._records[i] = record.continuation()
+        for i in range(len(self._records)):
+            if self._open_length(i):
+                buffer.add(self._cut(i), self._observations[i], False,
+                           False, self.version, self._worker_number,
+                           cut=True)
 
 
 class VecWorker(BatchedEnvsWorker):
