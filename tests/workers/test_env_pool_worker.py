@@ -238,6 +238,67 @@ def test_envpool_pools_give_valid_segments_of_exact_length(task, options):
     worker.shutdown()
 
 
+@needs_envpool
+@pytest.mark.parametrize('task, options, agent', [
+    ('CartPole-v1', {}, 'random'),
+    ('Hopper-v5', {}, 'mlp'),
+    ('Pong-v5', {'stack_num': 4, 'img_height': 84, 'img_width': 84},
+     'random'),
+])
+def test_the_direct_step_returns_what_envpools_step_does(
+        task, options, agent, monkeypatch):
+    """The worker steps envpool's pools through their C++ send and
+    receive; batches must equal those stepped through envpool's step."""
+    import workers.env_pool_worker as module
+    real = module._direct_step
+
+    def batches(direct):
+        used = []
+
+        def direct_step(pool):
+            step = real(pool) if direct else None
+            used.append(step is not None)
+            return step
+
+        monkeypatch.setattr(module, '_direct_step', direct_step)
+        worker = pool_worker(task, n_envs=3, agent=agent, real=True,
+                             max_episode_length=40, **options)
+        out = [steps_call(worker, 25, r) for r in range(3)]
+        worker.start_round(3)
+        buffer = EpisodeBuffer()
+        worker.rollout_into(buffer)
+        out.append(buffer.to_batch())
+        worker.shutdown()
+        assert used and set(used) == {direct}
+        return out
+
+    direct, public = batches(True), batches(False)
+    assert any(b.terminated.any() or b.truncated.any() for b in direct)
+    for ours, theirs in zip(direct, public):
+        assert ours.env_infos.keys() == theirs.env_infos.keys()
+        assert ours == theirs
+
+
+def test_pools_other_than_envpools_are_stepped_by_their_step():
+    import workers.env_pool_worker as module
+    pool = EnvPool('CartPole-v1', make=ListPool).build(3, 0)
+    assert module._direct_step(pool) is None
+
+
+@needs_envpool
+def test_the_direct_step_leaves_actions_of_another_shape_to_envpool():
+    import workers.env_pool_worker as module
+    pool = EnvPool('CartPole-v1').build(3, 0)
+    step = module._direct_step(pool)
+    pool.reset()
+    # int64 actions are cast, as envpool's step casts them.
+    obs, rewards, terminated, truncated, infos = step(np.ones(3, np.int64))
+    assert obs.shape == (3, 4) and infos['env_id'].tolist() == [0, 1, 2]
+    with pytest.raises(RuntimeError, match='Expected shape'):
+        step(np.ones((3, 2), dtype=np.int32))
+    pool.close()
+
+
 class DictObsPool(ListPool):
     """Observations as a dict of arrays, which EnvPoolWorker refuses."""
 
