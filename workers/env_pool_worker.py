@@ -233,7 +233,9 @@ class EnvPoolWorker(BatchedEnvsWorker):
         segment = self._records[i]
         if segment is None:
             return 0
-        return min(self._log_end(), self._stops[i]) - segment.start
+        # A segment started at the log's end after the env's stop (cut
+        # when the call ended) has no step yet.
+        return max(min(self._log_end(), self._stops[i]) - segment.start, 0)
 
     def _record(self, i):
         """Env ``i``'s segment in progress as an EpisodeRecord: its run of
@@ -265,7 +267,10 @@ class EnvPoolWorker(BatchedEnvsWorker):
 
     def step_into(self, buffer, n_steps):
         super().step_into(buffer, n_steps)
-        self._trim_log()  # every segment starts at the log's end now
+        # Every segment starts at the log's end now, and goes on in the
+        # next call: no stop until that call sets one.
+        self._stops[:] = [_NEVER] * self._n_envs
+        self._trim_log()
 
     def _start(self, envs, obs, info, rows=None, start=None):
         """Segments for new episodes in ``envs`` (indices), whose first

@@ -42,22 +42,26 @@ def test_obtain_steps_returns_every_step_and_episodes_go_on(make_sampler,
     second = s.obtain_steps(40, agent_update=agent.get_params())
     assert len(second) == s.n_envs * 40
     assert set(second.versions.tolist()) == {2}
-    assert s.stats['env_steps'] == s.stats['transitions'] == s.n_envs * 47
-    both = EpisodeBatch.concatenate(first, second)
-    both.check()  # no segment twice, none after its episode's end
-    # Every episode cut in the first call goes on in the second: the same
-    # id, not a start, its steps counted on, from the observation it was
-    # cut at.
-    for e in np.flatnonzero(first.cut):
-        [k] = np.flatnonzero(second.episode_ids == first.episode_ids[e])
-        assert not second.starts[k]
-        assert second.prior_steps[k] == first.prior_steps[e] + \
-            first.lengths[e]
-        np.testing.assert_array_equal(
-            second.observations[second.episode_starts[k]],
-            first.last_observations[e])
+    # A third call, after one in which episodes ended (and a pool reset
+    # some envs at a step of their own).
+    third = s.obtain_steps(10, agent_update=agent.get_params())
+    assert s.stats['env_steps'] == s.stats['transitions'] == s.n_envs * 57
+    EpisodeBatch.concatenate(first, second, third).check()  # no segment
+    # twice, none after its episode's end.
+    # Every episode cut in a call goes on in the next: the same id, not a
+    # start, its steps counted on, from the observation it was cut at.
+    for before, after in ((first, second), (second, third)):
+        for e in np.flatnonzero(before.cut):
+            [k] = np.flatnonzero(after.episode_ids == before.episode_ids[e])
+            assert not after.starts[k]
+            assert after.prior_steps[k] == before.prior_steps[e] + \
+                before.lengths[e]
+            np.testing.assert_array_equal(
+                after.observations[after.episode_starts[k]],
+                before.last_observations[e])
     assert first.cut.sum() == s.n_envs  # CartPole outlives 7 steps
     assert second.episode_stats()['lengths'].min() > 7
+    assert second.terminated.any() and second.cut.sum() == s.n_envs
 
 
 def test_an_env_update_starts_new_episodes(make_sampler):

@@ -171,6 +171,23 @@ def test_agent_change_abandons_unreturned_steps_but_not_the_pool():
     worker.shutdown()
 
 
+def test_episodes_go_on_across_calls_with_new_parameters():
+    """A call ends with every env's episode cut, not ended: new parameters
+    between calls must leave them running, whichever env the pool reset
+    late in the call (and so stepped once more than the others)."""
+    worker = pool_worker(n_envs=4)
+    params = worker.agent.get_params()
+    cut, went_on = [], []
+    for r in range(12):
+        batch = steps_call(worker, 30, r)
+        cut.append(int(batch.cut.sum()))
+        went_on.append(int((~batch.starts).sum()))
+        worker.update_agent(params)
+    assert went_on == [0] + cut[:-1]
+    assert sum(cut) > 30  # most calls end with every episode running
+    worker.shutdown()
+
+
 def test_the_step_log_keeps_only_the_steps_of_running_segments():
     """Segments are runs of the worker's step log; steps no running
     segment refers to must go, or a long run would hold every frame."""
