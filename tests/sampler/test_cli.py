@@ -23,8 +23,8 @@ TINY = ['bench', '--samples', '300', '--iterations', '2', '--workers', '2',
 
 def bench(tmp_path, *args):
     path = tmp_path / 'out.json'
-    result = CliRunner().invoke(main, TINY + list(args) + ['--json',
-                                                          str(path)])
+    result = CliRunner().invoke(
+        main, TINY + list(args) + ['--json', str(path)])
     assert result.exit_code == 0, result.output
     return result.output, json.loads(path.read_text())
 

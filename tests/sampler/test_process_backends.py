@@ -70,8 +70,8 @@ def test_caller_sleeps_while_workers_sample_a_slow_env(proc_sampler):
 
 # 2. Lost control messages --------------------------------------------------
 
-def test_thousands_of_calls_with_updates_lose_no_command(proc_sampler,
-                                                        process_backend):
+def test_thousands_of_calls_with_updates_lose_no_command(
+        proc_sampler, process_backend):
     s = proc_sampler(ParamAgent(), OneStepEnv, n_workers=1)
     # A call costs about 0.5 ms on MultiprocessingSampler, several on Ray.
     calls = 5000 if process_backend is MultiprocessingSampler else 1000
