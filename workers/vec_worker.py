@@ -13,11 +13,14 @@ from workers.worker import Worker, bad_step, unpack_reset
 
 
 class BatchedEnvsWorker(Worker):
-    """What workers that step several envs as one batch share: a record
-    per env (``_records``, None before the first step and for an env
-    whose next step starts an episode), the observations the next step
-    acts on, row ``i`` for env ``i`` (``_observations``), and
-    ``_advance(buffer, n_steps, max_starts)``, which steps them."""
+    """What workers that step several envs as one batch share: a segment
+    in progress per env (``_records``, None before the first step and for
+    an env whose next step starts an episode), the observations the next
+    step acts on, row ``i`` for env ``i`` (``_observations``), and
+    ``_advance(buffer, n_steps, max_starts)``, which steps them. A segment
+    is an EpisodeRecord here; a subclass that keeps its segments another
+    way says how long one is (``_open_length``) and turns it into a record
+    whose episode goes on (``_cut``)."""
 
     _records = None
     _observations = None
