@@ -33,12 +33,11 @@ import numbers
 import numpy as np
 
 from workers import _nest
-from workers._episode import BATCHED_WITH_ENV_INFOS, EpisodeRecord, \
-    copy_nest
+from workers._episode import BATCHED_WITH_ENV_INFOS, EpisodeRecord
 from workers.agents import batched
 from workers.env_update import EnvPool
 from workers.spaces import check_stackable
-from workers.vec_worker import BatchedEnvsWorker, _check_rows, _mask
+from workers.vec_worker import BatchedEnvsWorker, _mask, owned_outputs
 from workers.worker import bad_step, unpack_reset
 
 #: envpool seeds env ``j`` of a pool with ``seed + j`` as a C++ int.
@@ -381,16 +380,10 @@ class EnvPoolWorker(BatchedEnvsWorker):
                 observations = self._observations
                 where = 'agent.get_actions'
                 actions, agent_infos = get_actions(observations)
-                if isinstance(actions, list):
-                    actions = np.asarray(actions)
-                if check_outputs:
-                    where = 'agent.get_actions output'
-                    _check_rows(actions, agent_infos, n)
-                    check_outputs = False
-                # The log keeps the outputs: copies keep them safe from an
-                # agent that writes each call's into the same arrays.
-                actions = copy_nest(actions)
-                agent_infos = copy_nest(agent_infos) if agent_infos else {}
+                where = 'agent.get_actions output'
+                actions, agent_infos = owned_outputs(
+                    actions, agent_infos, n, check_outputs)
+                check_outputs = False
                 sent = agent_infos.get('env_action', actions)
                 where = 'env.step'
                 if stepped is all_envs:

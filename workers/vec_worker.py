@@ -215,17 +215,10 @@ class VecWorker(BatchedEnvsWorker):
                 else:
                     batch = _nest.stack(observations)
                 actions, agent_infos = get_actions(batch)
-                if isinstance(actions, list):
-                    actions = np.asarray(actions)
-                if check_outputs:
-                    where = 'agent.get_actions output'
-                    _check_rows(actions, agent_infos, n_envs)
-                    check_outputs = False
-                # Records keep references to the outputs: copies cost far
-                # less than a step and keep them safe from an agent that
-                # writes each call's outputs into the same arrays.
-                actions = copy_nest(actions)
-                agent_infos = copy_nest(agent_infos)
+                where = 'agent.get_actions output'
+                actions, agent_infos = owned_outputs(
+                    actions, agent_infos, n_envs, check_outputs)
+                check_outputs = False
                 # What the envs receive: the actions, or what the agent
                 # says to send instead (e.g. a Gaussian sample clipped).
                 sent = agent_infos.get('env_action', actions)
@@ -284,6 +277,20 @@ class VecWorker(BatchedEnvsWorker):
                 env.close()
         self.envs = [None] * self._n_envs
         self._records = None
+
+
+def owned_outputs(actions, agent_infos, n_envs, check):
+    """The agent's outputs for a batch of ``n_envs`` observations as a
+    worker keeps them: actions given as a list made an array, both checked
+    for a row per env if ``check`` (a call's first step), and copied.
+    Records keep references to them, and a copy costs far less than a
+    step and keeps them safe from an agent that writes each call's outputs
+    into the same arrays."""
+    if isinstance(actions, list):
+        actions = np.asarray(actions)
+    if check:
+        _check_rows(actions, agent_infos, n_envs)
+    return copy_nest(actions), copy_nest(agent_infos) if agent_infos else {}
 
 
 def _check_rows(actions, agent_infos, n_envs):
