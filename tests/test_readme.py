@@ -16,6 +16,15 @@ def code_blocks():
     return [re.sub(r'^    ', '', b, flags=re.M) for b in blocks]
 
 
+def run_main(block, name):
+    """Code block ``block`` of the README run as module ``name`` (its
+    ``if __name__ == "__main__"`` guard keeps it from running main), then
+    its ``main()``, whose result is returned."""
+    namespace = {'__name__': name}
+    exec(compile(code_blocks()[block], 'README.rst', 'exec'), namespace)
+    return namespace['main']()
+
+
 def test_readme_training_loop_runs_and_improves(capsys):
     blocks = code_blocks()
     assert len(blocks) == 3
@@ -47,9 +56,7 @@ def test_readme_renders_without_warnings():
 
 def test_readme_torch_example_samples_with_the_state_dict():
     pytest.importorskip('torch')
-    namespace = {'__name__': 'readme_torch_example'}
-    exec(compile(code_blocks()[1], 'README.rst', 'exec'), namespace)
-    batch = namespace['main']()
+    batch = run_main(1, 'readme_torch_example')
     assert len(batch) == 2 * 4 * 64
     assert batch.versions.tolist() == [3] * batch.n_episodes
     assert {'log_prob', 'value'} <= set(batch.agent_infos)
@@ -57,9 +64,7 @@ def test_readme_torch_example_samples_with_the_state_dict():
 
 def test_readme_envpool_example_steps_every_env_exactly():
     pytest.importorskip('envpool')
-    namespace = {'__name__': 'readme_envpool_example'}
-    exec(compile(code_blocks()[2], 'README.rst', 'exec'), namespace)
-    batch = namespace['main']()
+    batch = run_main(2, 'readme_envpool_example')
     assert len(batch) == 2 * 8 * 128
     assert batch.versions.tolist() == [3] * batch.n_episodes
     counts = [np.bincount(batch.env_infos['env_id'][
