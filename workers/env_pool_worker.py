@@ -232,9 +232,7 @@ class EnvPoolWorker(BatchedEnvsWorker):
         segment = self._records[i]
         if segment is None:
             return 0
-        # A segment started at the log's end after the env's stop (cut
-        # when the call ended) has no step yet.
-        return max(min(self._log_end(), self._stops[i]) - segment.start, 0)
+        return min(self._log_end(), self._stops[i]) - segment.start
 
     def _record(self, i):
         """Env ``i``'s segment in progress as an EpisodeRecord: its run of
