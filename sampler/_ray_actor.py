@@ -5,7 +5,10 @@ method calls instead of a command pipe::
 
     ready()  -> READY(env_spaces, pid) | ERROR(...)   once, after building
     start(RoundStart, env, agent)
-             -> None | ERROR(...)                      applies updates
+             -> None | EPISODES(...) | ERROR(...)      applies updates; a
+                                                       round still running
+                                                       ends first, and its
+                                                       leftovers come back
     sample() -> EPISODES(Segments) | ERROR(...)
     finish(round) -> None                              see FINISH
     update(version, env, agent) -> None | ERROR(...)   see UPDATE
@@ -60,11 +63,20 @@ class SamplerWorker:
         return (Reply.READY, self._worker.env_spaces, os.getpid())
 
     def start(self, start, env_blob, agent_blob):
+        """Begin a round; a round still running ends first, and what it
+        leaves (a steps round's running segments, cut) is the reply, for
+        the caller to keep or discard; None if it leaves nothing."""
+        reply = None
         try:
+            if self._progress.running:
+                buffer = EpisodeBuffer()
+                self._progress.halt(buffer)
+                if buffer.n_episodes:
+                    reply = self._progress.message(buffer)
             self._progress.start(start, env_blob, agent_blob)
         except Exception:
             return error_reply(self._worker)
-        return None
+        return reply
 
     def sample(self):
         return self._progress.produce()
@@ -78,12 +90,13 @@ class SamplerWorker:
 
     def stop(self):
         """End the round (a stream's): the reply says done."""
-        self._progress.running = False
+        buffer = EpisodeBuffer()
         try:
+            self._progress.halt(buffer)
             self._progress.stop()
+            return self._progress.message(buffer)
         except Exception:
             return error_reply(self._worker)
-        return self._progress.message(EpisodeBuffer())
 
     def finish(self, round_number):
         if self._progress.running and round_number == self._progress.round:

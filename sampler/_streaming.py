@@ -256,7 +256,11 @@ class Collector:
                 self.max_staleness is None or
                 segments.version >= self.version - self.max_staleness)
         if self.kind == 'samples':
-            current = segments.version >= self.min_version
+            # Whole episodes of the current version, also from an earlier
+            # call that ended early; not the segments of a steps call.
+            current = segments.version >= self.min_version and (
+                segments.round == self.round or
+                (batch.starts.all() and not batch.cut.any()))
             if self.streaming and self.done:
                 current = False  # more than the call needs
         if not current:

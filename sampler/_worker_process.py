@@ -7,13 +7,16 @@ its command pipe and writes replies to its own result pipe::
     caller  ---- START / FINISH /  ---->  worker  ---- READY / EPISODES /
                  STOP / EXIT               process      ERROR ---->  caller
 
-States and transitions (checked between episodes, never inside one)::
+States and transitions (checked between episodes, and between pieces of
+about LOOK_EVERY_S of a steps round's steps; never inside a step)::
 
     IDLE ---START---> RUNNING ---its part of the round done---> IDLE
       ^                 |  |        (sends EPISODES with done=True)
       |                 |  +--FINISH: start no new episode, end the
       |                 |     running ones, then done
-      +-----STOP--------+  (a START while running begins the new round)
+      +-----STOP--------+  (a START while running begins the new round;
+                           a round ended early sends what it holds,
+                           a steps round's running segments cut there)
     any state ---EXIT, or the parent process died---> exit
 
 IDLE blocks on the command pipe and the parent's sentinel: no CPU at all.
@@ -58,6 +61,14 @@ MAPS_KEPT = 2
 
 #: Longest a finished episode waits in a worker before it is sent.
 FLUSH_AFTER_S = 0.05
+
+#: About how long a worker in a steps round steps before it looks at its
+#: commands again (a STOP, the START of the next call): it takes the
+#: round's steps in pieces of about this many seconds' worth.
+LOOK_EVERY_S = 0.01
+
+#: The most steps of every env in one piece.
+MAX_PIECE = 1 << 16
 
 #: A worker process's name; the caller gives it, and the worker knows
 #: itself by it before anything else of its is set up.
@@ -499,7 +510,13 @@ class _Loop:
         """Apply one command; False means exit."""
         tag, *args = message
         if tag is Command.START:
-            # Episodes still held are of the round this START ends.
+            # A round still running ends here: what it holds (with a steps
+            # round's running segments, cut) goes to the caller, which
+            # keeps or discards it, and counts what it discards.
+            if self.progress.running:
+                self.progress.halt(self.pending)
+                if self.pending.n_episodes and not self._flush():
+                    return False
             self.pending = EpisodeBuffer()
             try:
                 self.progress.start(*args, arena=self._arena(args[0]))
@@ -511,7 +528,7 @@ class _Loop:
                 self.progress.finish()
         elif tag is Command.STOP:
             was_running = self.progress.running
-            self.progress.running = False
+            self.progress.halt(self.pending)
             # Hand over what is done: the next call keeps it if its
             # version is still current.
             if was_running and not self._flush():
@@ -634,6 +651,11 @@ class Round:
         self.in_flight = 0  # stream rounds: sent, not yet credited
         self.deferred = None  # an UPDATE that waits for the round's end
         self.arena = None  # MappedRows of a steps round, or None
+        # A steps round's steps are begun and not all taken; they are
+        # taken ``piece`` steps of every env at a time (see LOOK_EVERY_S),
+        # a size learned over the rounds.
+        self.stepping = False
+        self.piece = 1
         self._steps_reported = worker.env_steps
 
     def start(self, start, env_blob=None, agent_blob=None, arena=None):
@@ -657,9 +679,14 @@ class Round:
         # every env: a replacement redoes them from the round's seeds
         # alone. Other rounds seed only envs never reset yet (a seeded
         # reset can be costly), which keeps their episodes distinct.
+        if self.stepping:  # a round not halted: its segments are lost
+            self.halt(EpisodeBuffer())
         worker.start_round(start.round, start.version, attempt=start.attempt,
                            keep_episodes=start.steps is not None,
                            reseed_envs=start.quota is not None)
+        if start.steps is not None and not start.stream:
+            worker.begin_steps(start.steps)
+            self.stepping = True
         self.round, self.version = start.round, start.version
         self.quota, self.steps, self.chunk = \
             start.quota, start.steps, start.chunk
@@ -704,6 +731,18 @@ class Round:
         self._end()
         self._drop_arena()
 
+    def halt(self, buffer):
+        """End the round now, before the worker's part of it is done (a
+        STOP, the START of another round, a caller that gave up on it):
+        a steps round's running segments are cut into ``buffer`` where
+        they are, so that no segment spans two rounds and the envs'
+        episodes go on in the next one. The round's message, sent next,
+        says done."""
+        if self.stepping:
+            self.stepping = False
+            self.worker.end_steps(buffer)
+        self.running = False
+
     def _drop_arena(self):
         """The round is done with its rows (whoever gave them keeps or
         unmaps them)."""
@@ -730,8 +769,9 @@ class Round:
             # there is of them, and an UPDATE can apply at the next step.
             worker.step_into(buffer, self.steps)
         elif self.steps is not None:
-            worker.step_into(buffer, self.steps)
-            self._end()
+            if self._step_piece(buffer):
+                self.stepping = False
+                self._end()
         elif self.quota is not None:
             # Only the episodes the quota allows are started, and all of
             # them are completed: which episodes a call returns does not
@@ -747,6 +787,22 @@ class Round:
         else:
             worker.rollout_into(buffer)
         return self.running
+
+    def _step_piece(self, buffer):
+        """Take the next piece of a steps round's steps; True once all are
+        taken. A piece is about LOOK_EVERY_S of steps: a whole round of
+        slow steps in one go would keep a worker from its commands for as
+        long (a call that timed out, or was interrupted, would hold up the
+        next one), while a look at them between every two fast steps
+        would cost more than the steps."""
+        began = time.monotonic()
+        done = self.worker.continue_steps(buffer, self.piece)
+        took = time.monotonic() - began
+        if not done and took < LOOK_EVERY_S / 2:
+            self.piece = min(2 * self.piece, MAX_PIECE)
+        elif took > 2 * LOOK_EVERY_S and self.piece > 1:
+            self.piece //= 2
+        return done
 
     def message_due(self, buffer, since):
         """Whether ``buffer`` (holding segments since ``since``) should be

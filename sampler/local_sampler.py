@@ -21,6 +21,7 @@ from sampler._worker_process import (Reply, Round, apply_update,
                                      error_reply, safe_str, safe_traceback)
 from sampler.errors import SamplerTimeoutError, WorkerError
 from sampler.sampler import Sampler
+from workers import EpisodeBuffer
 
 
 class LocalSampler(Sampler):
@@ -172,8 +173,13 @@ class LocalSampler(Sampler):
 
     def _stop(self):
         for progress in self._rounds:
-            if progress is not None:
-                progress.running = False
+            if progress is not None and progress.running:
+                # What the round leaves (a steps round's running segments,
+                # cut where they are) has no call to go to.
+                left = EpisodeBuffer()
+                progress.halt(left)
+                self._stats['discarded_episodes'] += left.n_episodes
+                self._stats['discarded_transitions'] += left.transitions
 
     def _on_failure(self, i, reply, collector):
         """Env or agent code of worker ``i`` raised (``reply`` is its ERROR

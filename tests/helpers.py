@@ -573,6 +573,33 @@ class SleepyEnv(OneStepEnv):
         return np.zeros(1, np.float32), 1.0, False, False, {}
 
 
+class CountingEnv(gym.Env):
+    """Observations count an episode's steps (0 after a reset), so that a
+    segment's first observation says how many steps of its episode came
+    before it; episodes end after ``length`` steps, and each step takes
+    ``delay`` seconds."""
+
+    observation_space = spaces.Box(0.0, np.inf, (1,), np.float32)
+    action_space = spaces.Discrete(2)
+
+    def __init__(self, delay=0.0, length=7):
+        self.delay = delay
+        self.length = length
+        self._t = 0
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        if self.delay:
+            time.sleep(self.delay)
+        self._t += 1
+        return (np.full(1, self._t, np.float32), 1.0,
+                self._t >= self.length, False, {})
+
+
 class ListPool:
     """A pool of gymnasium envs with envpool's synchronous interface, for
     EnvPoolWorker tests that must not need envpool: ``reset(env_id)``,

@@ -50,6 +50,7 @@ class DefaultWorker(Worker):
         self._obs = None
         self._t = 0
         self._first_obs = None
+        self._steps_left = 0  # of the steps begun (begin_steps)
 
     def update_env(self, env_update):
         update = self._as_env_update(env_update)
@@ -91,13 +92,26 @@ class DefaultWorker(Worker):
         self._run(buffer, None)
         return started
 
-    def step_into(self, buffer, n_steps):
+    def begin_steps(self, n_steps):
         self._check_ready(self.env)
-        left = n_steps
+        self._steps_left = int(n_steps)
+
+    def continue_steps(self, buffer, max_steps=None):
+        left = self._steps_left if max_steps is None else \
+            min(max_steps, self._steps_left)
         while left > 0:
             if self._record is None:
                 self._start_episode()
-            left -= self._run(buffer, left)
+            taken = self._run(buffer, left)
+            left -= taken
+            self._steps_left -= taken
+        if self._steps_left:
+            return False
+        self.end_steps(buffer)
+        return True
+
+    def end_steps(self, buffer):
+        self._steps_left = 0
         record = self._record
         if record is not None and len(record):
             buffer.add(record, self._obs, False, False, self.version,

@@ -262,8 +262,22 @@ class EnvPoolWorker(BatchedEnvsWorker):
             self._log_end())
         return record
 
-    def step_into(self, buffer, n_steps):
-        super().step_into(buffer, n_steps)
+    def begin_steps(self, n_steps):
+        self._ready_pool()
+        self._stops[:] = [self._log_end() + int(n_steps)] * self._n_envs
+
+    def continue_steps(self, buffer, max_steps=None):
+        # A piece is a number of the pool's steps: each env takes at most
+        # that many, and one reset by the pool at a step one more later.
+        self._advance(buffer, _NEVER if max_steps is None else max_steps,
+                      None)
+        if self._log_end() < max(self._stops):
+            return False
+        self.end_steps(buffer)
+        return True
+
+    def end_steps(self, buffer):
+        super().end_steps(buffer)
         # Every segment starts at the log's end now, and goes on in the
         # next call: no stop until that call sets one.
         self._stops[:] = [_NEVER] * self._n_envs
@@ -302,21 +316,24 @@ class EnvPoolWorker(BatchedEnvsWorker):
         self._start(envs, obs, info)
 
     def _advance(self, buffer, n_steps, max_starts):
-        """As VecWorker's: ``n_steps`` steps of every env, or with
-        ``n_steps=None`` until an episode completes, starting at most
-        ``max_starts`` new ones. Envs with no episode and none to start
-        are not stepped. Returns how many episodes it started.
+        """With ``n_steps=None``, as VecWorker's: step until an episode
+        completes, starting at most ``max_starts`` new ones (envs with no
+        episode and none to start are not stepped). Otherwise up to
+        ``n_steps`` more of the pool's steps of those :meth:`begin_steps`
+        began, every env up to its stop. Returns how many episodes it
+        started.
 
         An env whose episode ended on the pool's terms is reset by the
         pool at its next step (which is then no transition of it, and
         costs nothing more); the others (new pools, abandoned and capped
         episodes) are reset by a call of their own. Envs reset at a step
-        take one step more to make their ``n_steps``.
+        take one step more to make their steps.
 
         Counting is by step numbers, not per env and step: an env with a
         segment is stepped at every step of the log until its stop
-        (``_stops``), which ``n_steps`` sets from the first step of the
-        call and every reset step of the env pushes one further."""
+        (``_stops``), which :meth:`begin_steps` sets from the first step
+        of the steps and every reset step of the env pushes one
+        further."""
         self._ready_pool()
         n = self._n_envs
         pool, step_all, agent = self.pool, self._step_all, self.agent
@@ -327,9 +344,11 @@ class EnvPoolWorker(BatchedEnvsWorker):
         log_observations, log_actions, log_rewards, log_env_infos, \
             log_agent_infos = self._log
         stops = self._stops
-        stops[:] = [_NEVER if n_steps is None else
-                    self._log_end() + n_steps] * n
+        if n_steps is None:
+            stops[:] = [_NEVER] * n
         first_stop = min(stops)
+        # The step of the log this piece of steps ends before.
+        limit = _NEVER if n_steps is None else self._log_end() + n_steps
         # The first step at which an episode may reach max_length (None:
         # to be found again, as segments started or ended).
         first_cap = None
@@ -344,6 +363,8 @@ class EnvPoolWorker(BatchedEnvsWorker):
         try:
             while True:
                 step = self._log_end()
+                if step >= limit:
+                    break
                 resetting = ()  # envs the pool resets at this step
                 if None in records:
                     idle = [i for i in all_envs if records[i] is None and

@@ -286,7 +286,33 @@ class Worker:
         """Step every env exactly ``n_steps`` times and add the segments
         to ``buffer``: episodes that ended, and the running ones cut at the
         last step (``cut=True``; they go on at the next call). Envs whose
-        episode ends start the next one at once."""
+        episode ends start the next one at once.
+
+        The same as :meth:`begin_steps` and :meth:`continue_steps` until
+        it returns True: a caller that must look at other things between
+        steps (a sampler's worker, its commands) takes them in pieces."""
+        self.begin_steps(n_steps)
+        self.continue_steps(buffer)
+
+    def begin_steps(self, n_steps: int) -> None:
+        """Begin a call's steps: every env is to take ``n_steps`` steps,
+        taken by :meth:`continue_steps` in as many pieces as the caller
+        likes, and ended early (if at all) by :meth:`end_steps`."""
+        raise NotImplementedError
+
+    def continue_steps(self, buffer: EpisodeBuffer,
+                       max_steps: Optional[int] = None) -> bool:
+        """Take more of the steps :meth:`begin_steps` began: at most
+        ``max_steps`` steps of the envs (None: all that are left), adding
+        the episodes that end to ``buffer``. Returns True once every env
+        has taken its steps; the running episodes' segments are then cut
+        into ``buffer`` (:meth:`end_steps`)."""
+        raise NotImplementedError
+
+    def end_steps(self, buffer: EpisodeBuffer) -> None:
+        """End the steps begun where they are: the running episodes'
+        segments go to ``buffer``, cut (``cut=True``), and go on as new
+        segments at the next steps; steps not taken yet are forgotten."""
         raise NotImplementedError
 
     def shutdown(self) -> None:

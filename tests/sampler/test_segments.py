@@ -3,13 +3,17 @@ not favour short episodes; on every backend, with one set of rules."""
 
 import dataclasses
 import functools
+import os
+import signal
+import threading
+import time
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from helpers import ListPool, TriggeredEnv, write_atomically
-from sampler import EpisodeBatch, LocalSampler
+from helpers import CountingEnv, ListPool, TriggeredEnv, write_atomically
+from sampler import EpisodeBatch, LocalSampler, SamplerTimeoutError
 from sampler._streaming import Collector
 from test_restarts import identical_pairs
 from workers import (DefaultWorker, EnvPool, EnvPoolWorker, MLPAgent,
@@ -30,6 +34,54 @@ def cartpole_sampler(make, kind, **kwargs):
     agent = MLPAgent(env.observation_space, env.action_space, seed=0)
     return make(agent, cartpole, n_workers=2, seed=3,
                 worker_class=worker_class, worker_args=args, **kwargs), agent
+
+
+def abandon(sampler, how, count):
+    """Start ``obtain_steps(count)`` and give up on it after 0.5 s: by
+    its timeout, or by Ctrl-C."""
+    if how == 'timeout':
+        with pytest.raises(SamplerTimeoutError):
+            sampler.obtain_steps(count, timeout=0.5)
+        return
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    try:
+        timer.start()
+        with pytest.raises(KeyboardInterrupt):
+            sampler.obtain_steps(count)
+    finally:
+        timer.cancel()
+        signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('how', ['timeout', 'ctrl-c'])
+@pytest.mark.parametrize('kind', ['default', 'vec'])
+def test_the_call_after_an_abandoned_obtain_steps_is_not_held_up(
+        process_backend, kind, how):
+    worker_class, args = {'default': (DefaultWorker, None),
+                          'vec': (VecWorker, {'n_envs': 2})}[kind]
+    with process_backend(lambda obs: 0, functools.partial(CountingEnv, 0.01),
+                         n_workers=2, seed=0, worker_class=worker_class,
+                         worker_args=args) as s:
+        s.obtain_steps(2)
+        abandon(s, how, 1000)  # 10 s of steps, given up after 0.5 s
+        began = time.monotonic()
+        batch = s.obtain_steps(20)
+        took = time.monotonic() - began
+        # Workers that finished the abandoned call first took 10 s.
+        assert took < 1.0, f'the next call took {took:.1f} s'
+        assert len(batch) == 20 * s.n_envs
+        assert s.stats['discarded_transitions'] > 0
+        assert s.stats['env_steps'] < 1000 * s.n_envs
+        # Segments of the abandoned call were cut where it was given up,
+        # and their episodes went on: a segment's first observation counts
+        # its episode's steps before it.
+        batch.check()
+        np.testing.assert_array_equal(
+            batch.observations[batch.episode_starts, 0], batch.prior_steps)
+        again = s.obtain_steps(5)
+        EpisodeBatch.concatenate(batch, again).check()
 
 
 @pytest.mark.parametrize('kind', sorted(WORKER_KINDS))

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
-from helpers import (DictObsEnv, FaultyEnv, InPlaceEnv, TaskEnv, TextEnv,
-                     steps_of)
-from workers import (DefaultWorker, EpisodeBatch, EpisodeBuffer, MLPAgent,
-                     NewEnvUpdate, RandomAgent, SetTaskUpdate, VecWorker,
-                     WorkerFactory)
+from helpers import (DictObsEnv, FaultyEnv, InPlaceEnv, ListPool, TaskEnv,
+                     TextEnv, steps_of)
+from workers import (DefaultWorker, EnvPool, EnvPoolWorker, EpisodeBatch,
+                     EpisodeBuffer, MLPAgent, NewEnvUpdate, RandomAgent,
+                     SetTaskUpdate, VecWorker, WorkerFactory)
 
 
 def make_worker(env='CartPole-v1', agent='mlp', worker_class=DefaultWorker,
@@ -543,6 +543,70 @@ def test_step_into_takes_exactly_the_steps_and_episodes_go_on(kind):
     assert ended and ended <= set(both.episode_ids.tolist())
     for episode_id, length in zip(stats['episode_ids'], stats['lengths']):
         assert length == both.lengths[both.episode_ids == episode_id].sum()
+
+
+def piece_worker(kind, **kwargs):
+    """A segment worker, or (``'pool'``) an EnvPoolWorker of CartPole
+    behind envpool's interface, whose pool resets an env at a step of its
+    own."""
+    if kind != 'pool':
+        return segment_worker(kind, **kwargs)
+    return make_worker(EnvPool('CartPole-v1', make=ListPool, reverse=True),
+                       'mlp', EnvPoolWorker, seed=2, n_envs=3, **kwargs)
+
+
+@pytest.mark.parametrize('kind', ['default', 'pool', 'vec'])
+@pytest.mark.parametrize('max_episode_length', [None, 9])
+def test_steps_taken_in_pieces_are_the_steps_taken_at_once(
+        kind, max_episode_length):
+    whole = piece_worker(kind, max_episode_length=max_episode_length)
+    pieces = piece_worker(kind, max_episode_length=max_episode_length)
+    rng = np.random.default_rng(0)
+    for round_number, n_steps in enumerate([7, 40, 23]):
+        for w in (whole, pieces):
+            w.start_round(round_number, version=round_number,
+                          keep_episodes=True)
+        at_once, in_pieces = EpisodeBuffer(), EpisodeBuffer()
+        whole.step_into(at_once, n_steps)
+        pieces.begin_steps(n_steps)
+        taken = 1
+        while not pieces.continue_steps(in_pieces, int(rng.integers(1, 6))):
+            taken += 1
+        assert taken > 1
+        expected = at_once.to_batch()
+        assert in_pieces.to_batch() == expected
+        assert (expected.terminated | expected.truncated).any() or \
+            round_number == 0
+    assert pieces.env_steps == whole.env_steps
+    whole.shutdown()
+    pieces.shutdown()
+
+
+@pytest.mark.parametrize('kind', ['default', 'pool', 'vec'])
+def test_steps_ended_early_cut_the_segments_and_episodes_go_on(kind):
+    w = piece_worker(kind)
+    n_envs = getattr(w, 'n_envs', 1)
+    w.start_round(0, version=0, keep_episodes=True)
+    buffer = EpisodeBuffer()
+    w.begin_steps(1000)
+    assert not w.continue_steps(buffer, 5)
+    w.end_steps(buffer)
+    first = buffer.to_batch()
+    first.check()
+    assert 0 < len(first) <= 5 * n_envs
+    assert first.cut.sum() == n_envs  # no CartPole episode ends in 5 steps
+    second = step_batch(w, 30, 1)
+    assert len(second) == 30 * n_envs  # the 1000 steps are forgotten
+    EpisodeBatch.concatenate(first, second).check()
+    for e in np.flatnonzero(first.cut):
+        [k] = np.flatnonzero((second.episode_ids == first.episode_ids[e]) &
+                             ~second.starts)
+        assert second.prior_steps[k] == first.prior_steps[e] + \
+            first.lengths[e]
+        np.testing.assert_array_equal(
+            second.observations[second.episode_starts[k]],
+            first.last_observations[e])
+    w.shutdown()
 
 
 @pytest.mark.parametrize('kind', sorted(SEGMENT_WORKERS))
