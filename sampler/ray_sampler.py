@@ -39,6 +39,7 @@ a runtime it found running is never shut down.
 
 import math
 import numbers
+import os
 import re
 import threading
 import time
@@ -85,9 +86,16 @@ class _Runtime:
             if ray.is_initialized():
                 if cls.users == 0:
                     return _nothing  # the user's runtime: never ours to end
+            elif address is None and os.environ.get('RAY_ADDRESS'):
+                # Ray's own way to name the cluster to join (its jobs set
+                # it for their drivers): joined, with its own CPUs.
+                ray.init(logging_level='WARNING')
             elif address is None:
-                ray.init(num_cpus=num_cpus, include_dashboard=False,
-                         logging_level='WARNING')
+                # 'local': Ray given no address joins the cluster that its
+                # temp folder's ray_current_cluster file names, which a
+                # cluster that was killed leaves behind, naming nothing.
+                ray.init(address='local', num_cpus=num_cpus,
+                         include_dashboard=False, logging_level='WARNING')
             else:
                 ray.init(address=address, logging_level='WARNING')
             cls.users += 1
@@ -128,7 +136,9 @@ class RaySampler(Sampler):
     Args:
         address: where Ray runs when it is not initialised yet: None
             (default) starts a local runtime with this machine's CPUs (or
-            more, if the workers ask for more);
+            more, if the workers ask for more), whatever clusters ran here
+            before, unless the ``RAY_ADDRESS`` variable names a cluster
+            (as Ray's jobs do): that one is joined;
             ``'auto'`` joins the cluster started with ``ray start`` on this
             machine; ``'host:port'`` joins that one.
         num_cpus: CPUs Ray reserves for each worker (default 1).

@@ -33,7 +33,9 @@ def ray_runtime():
         path = os.environ.get('PYTHONPATH')
         os.environ['PYTHONPATH'] = os.pathsep.join(
             folders + ([path] if path else []))
-        ray.init(num_cpus=8, include_dashboard=False,
+        # 'local': never the cluster a stale ray_current_cluster file in
+        # Ray's temp folder names, nor one RAY_ADDRESS names.
+        ray.init(address='local', num_cpus=8, include_dashboard=False,
                  logging_level='WARNING')
     yield ray
     if started:

@@ -2,8 +2,11 @@
 alone, its own options, and one object-store put per update. Its share of
 the common contract runs in the backend-parametrised tests."""
 
+import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 
 import numpy as np
@@ -119,7 +122,8 @@ if __name__ == '__main__':
     b.close()
     print('own runtime: CPUs as expected:', cpus == available_cpus(),
           'ended:', not ray.is_initialized())
-    ray.init(num_cpus=3, include_dashboard=False, logging_level='WARNING')
+    ray.init(address='local', num_cpus=3, include_dashboard=False,
+             logging_level='WARNING')
     with make() as c:
         c.obtain_exact_episodes(1)
     print('user runtime left running:', ray.is_initialized())
@@ -130,12 +134,27 @@ if __name__ == '__main__':
 @pytest.mark.timeout(180)
 def test_starts_a_runtime_only_when_none_runs_and_ends_only_its_own(
         tmp_path):
+    """... also where a cluster that was killed left Ray's file naming the
+    cluster to join (``ray_current_cluster``) pointing at nothing, which
+    Ray reads when given no address."""
     pytest.importorskip('ray', reason='Ray is not installed (pip install '
                                       '"rollout-sampler[ray]")')
     path = tmp_path / 'runtime.py'
     path.write_text(textwrap.dedent(RUNTIME_SCRIPT))
-    done = subprocess.run([sys.executable, str(path)], capture_output=True,
-                          text=True, timeout=150)
+    # Ray's temp folder of its own (a short path: Ray's sockets live there),
+    # so that no other Ray on this machine sees the stale file.
+    temp = tempfile.mkdtemp(prefix='rs-', dir='/tmp')
+    os.makedirs(os.path.join(temp, 'ray'))
+    with open(os.path.join(temp, 'ray', 'ray_current_cluster'), 'w') as f:
+        f.write('127.0.0.1:9')  # the discard port: no cluster there
+    env = {k: v for k, v in os.environ.items() if k != 'RAY_ADDRESS'}
+    env['RAY_TMPDIR'] = temp
+    try:
+        done = subprocess.run([sys.executable, str(path)],
+                              capture_output=True, text=True, timeout=150,
+                              env=env)
+    finally:
+        shutil.rmtree(temp, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert 'own runtime: CPUs as expected: True ended: True' in done.stdout
     assert 'user runtime left running: True' in done.stdout
