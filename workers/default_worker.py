@@ -152,6 +152,7 @@ class DefaultWorker(Worker):
         max_length = self._max_episode_length or float('inf')
         limit = float('inf') if limit is None else limit
         copy_obs = self._copy_observations
+        refused = self._action_check(batched=False)
         obs, t, taken, ended = self._obs, self._t, 0, False
         where = 'agent.get_action'
         try:
@@ -165,8 +166,12 @@ class DefaultWorker(Worker):
                 if type(agent_info) is not dict and \
                         not isinstance(agent_info, Mapping):
                     raise bad_action(result)
+                sent = agent_info.get('env_action', action)
+                error = refused(sent)
+                if error is not None:
+                    raise error
                 where = 'env.step'
-                result = step(agent_info.get('env_action', action))
+                result = step(sent)
                 try:
                     next_obs, reward, terminated, truncated, env_info = \
                         result

@@ -356,6 +356,7 @@ class EnvPoolWorker(BatchedEnvsWorker):
         all_envs = list(range(n))
         id_bytes = every_env.tobytes()
         check_outputs = True
+        refused = self._action_check(batched=True)
         info_keys = kept_keys = None
         started = 0
         self.error_site = None
@@ -404,6 +405,10 @@ class EnvPoolWorker(BatchedEnvsWorker):
                     actions, agent_infos, n, check_outputs)
                 check_outputs = False
                 sent = agent_infos.get('env_action', actions)
+                error = refused(sent)
+                if error is not None:
+                    where = 'agent.get_actions'
+                    raise error
                 where = 'env.step'
                 if stepped is all_envs:
                     ids = every_env

@@ -10,6 +10,8 @@ in shape or type, so they are refused with a ``TypeError`` naming them.
 import numpy as np
 from gymnasium import spaces
 
+from workers import _nest
+
 STACKABLE = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete,
              spaces.MultiBinary)
 
@@ -119,6 +121,59 @@ def misfit(batch, observation_space, action_space):
     if msg:
         return 'agent.get_action', msg
     return None
+
+
+def action_check(space, batched):
+    """A function that checks the actions a worker is about to send to
+    its envs (one action; with ``batched``, a batch with one row per env)
+    against the action ``space``: it returns None if they fit, else a
+    message saying which does not and why (as :func:`misfit` words it),
+    so that an agent's bad action is refused before an env sees it.
+
+    Every step pays for it, so the common cases are quick: a Discrete
+    action is an integer within the range (a min and a max over a batch),
+    a Box action an array of the space's shape and kind of number. Other
+    spaces, and whatever fails the quick test, get the full check.
+    """
+    quick = _quick_test(space, batched)
+
+    def check(actions):
+        try:
+            if quick(actions):
+                return None
+            if not batched:
+                actions = _nest.stack([actions])
+            return _action_misfit(_nest.as_arrays(actions), space,
+                                  'actions')
+        except Exception:  # not arrays at all: the env and the batch say
+            return None
+    return check
+
+
+def _quick_test(space, batched):
+    """A test that passes most actions that fit ``space`` (and never one
+    that does not) at the cost of a few comparisons."""
+    if isinstance(space, spaces.Discrete):
+        low, high = int(space.start), int(space.start + space.n - 1)
+        if batched:
+            def discrete_rows(a):
+                if type(a) is not np.ndarray or a.ndim != 1 or \
+                        a.dtype.kind not in 'iu':
+                    return False
+                values = a.tolist()  # min / max of ints beat numpy's here
+                return low <= min(values) and max(values) <= high
+            return discrete_rows
+        return lambda a: isinstance(a, (int, np.integer)) and \
+            low <= a <= high
+    if isinstance(space, spaces.Box):
+        shape = tuple(space.shape)
+        kinds = 'f' if space.dtype.kind == 'f' else 'biuf'
+        if batched:
+            return lambda a: type(a) is np.ndarray and \
+                a.shape[1:] == shape and a.dtype.kind in kinds
+        return lambda a: type(a) is np.ndarray and a.shape == shape and \
+            a.dtype.kind in kinds
+    return lambda a: False
 
 
 def _leaf_pairs(nest, space, what):

@@ -204,6 +204,7 @@ class VecWorker(BatchedEnvsWorker):
         copy_obs = self._copy_observations
         first_observations = self._first_observations
         check_outputs = True
+        refused = self._action_check(batched=True)
         started = taken = 0
         where = 'env.reset'
         try:
@@ -240,6 +241,10 @@ class VecWorker(BatchedEnvsWorker):
                 # What the envs receive: the actions, or what the agent
                 # says to send instead (e.g. a Gaussian sample clipped).
                 sent = agent_infos.get('env_action', actions)
+                error = refused(sent)
+                if error is not None:
+                    where = 'agent.get_actions'
+                    raise error
                 if isinstance(sent, np.ndarray) and sent.ndim == 1:
                     # Discrete actions: iterating the array gives each env
                     # a numpy scalar, as SyncVectorEnv does; gymnasium's

@@ -9,7 +9,7 @@ from workers._episode import EpisodeBuffer
 from workers.agents import as_agent
 from workers.env_update import as_env_update
 from workers.episode_batch import EpisodeBatch
-from workers.spaces import check_stackable
+from workers.spaces import action_check, check_stackable
 
 #: Worker ``i`` numbers its episodes ``i * EPISODE_ID_STRIDE + 0, 1, 2,
 #: ...``: ids unique over a sampler's workers and life (2**40 episodes a
@@ -91,6 +91,7 @@ class Worker:
         self.next_episode_id = self._worker_number * EPISODE_ID_STRIDE
         self.env_steps = 0
         self._round = None
+        self._checked = None  # (action space, its action_check)
 
     @property
     def worker_number(self) -> int:
@@ -247,6 +248,25 @@ class Worker:
     def in_progress(self) -> int:
         """How many episodes are running (started, not ended)."""
         raise NotImplementedError
+
+    def _action_check(self, batched):
+        """The check of the actions this worker is about to send to its
+        envs (:func:`workers.spaces.action_check`) for their action
+        space: None, or the ValueError to raise."""
+        space = self.env_spaces[1]
+        if self._checked is None or self._checked[0] is not space:
+            check = action_check(space, batched)
+
+            def checked(actions):
+                problem = check(actions)
+                if problem is None:
+                    return None
+                return ValueError(
+                    f'{problem}; an agent must return actions that the '
+                    f"env's action space holds (the env was not stepped "
+                    f'with these)')
+            self._checked = (space, checked)
+        return self._checked[1]
 
     def _new_episode_id(self):
         episode_id = self.next_episode_id

@@ -10,6 +10,7 @@ import signal
 import threading
 import time
 
+import gymnasium as gym
 import numpy as np
 import pytest
 
@@ -151,6 +152,10 @@ def test_close_from_another_thread_raises_closed_error_in_the_call(
 
 # 7. Bad data is refused where it enters -------------------------------------
 
+def CartPole():
+    return gym.make('CartPole-v1')
+
+
 BAD_DATA = {
     # case: (worker 0's good env, worker 1's env, worker 1's agent or None
     #        for random actions, site, message)
@@ -178,6 +183,12 @@ BAD_DATA = {
         FlawedEnv, FlawedEnv, FlawedAgent('action_range'),
         'agent.get_action',
         r'actions\[0\] is 7, which the action space Discrete\(3\) does '
+        r'not hold; an agent must return actions that the env\'s action '
+        r'space holds \(the env was not stepped with these\)'),
+    # CartPole asserts its actions: ours is the message, not gymnasium's.
+    'action 5 for CartPole': (
+        CartPole, CartPole, lambda obs: 5, 'agent.get_action',
+        r'actions\[0\] is 5, which the action space Discrete\(2\) does '
         r'not hold'),
 }
 
@@ -190,6 +201,8 @@ def test_bad_data_is_refused_naming_worker_call_and_fault(make_sampler,
     extra = {}
     if kind == 'vec':
         extra = {'worker_class': VecWorker, 'worker_args': {'n_envs': 2}}
+        if site == 'agent.get_action':
+            site = 'agent.get_actions'  # a VecWorker's batched call
     agents = [RandomAgent(good().action_space),
               agent or RandomAgent(good().action_space)]
     s = make_sampler(agents, [good, bad], n_workers=2, seed=0, **extra)
