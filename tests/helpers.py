@@ -487,7 +487,8 @@ def check_big_obs(batch):
 class FlawedEnv(gym.Env):
     """A 4-step env returning one kind of bad data, named by ``flaw``:
     'reward_shape', 'reward_none', 'obs_dtype', 'obs_shape',
-    'reset_obs_only', 'obs_shape_changes', 'str_raises'; None for none."""
+    'reset_obs_only', 'step_four' (the old gym step), 'obs_shape_changes',
+    'str_raises'; None for none."""
 
     observation_space = spaces.Box(-1.0, 1.0, (2,), np.float32)
     action_space = spaces.Discrete(3)
@@ -517,6 +518,8 @@ class FlawedEnv(gym.Env):
             raise UnprintableError()
         reward = {'reward_shape': np.ones(1), 'reward_none': None}.get(
             self.flaw, 1.0)
+        if self.flaw == 'step_four':
+            return self._obs(), reward, self.t >= 4, {}
         return self._obs(), reward, self.t >= 4, False, {}
 
 

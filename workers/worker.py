@@ -373,6 +373,19 @@ def _describe(value):
     return f'{type(value).__name__} {value!r:.80}'
 
 
+def old_gym_fix():
+    """How to run an env written for gym before 0.26 (``reset`` returning
+    only an observation, ``step`` four values) with the gymnasium that is
+    installed: its own wrapper where it has one (before 1.0), else
+    shimmy's."""
+    import gymnasium
+    if hasattr(gymnasium.wrappers, 'EnvCompatibility'):
+        return 'wrap it in gymnasium.wrappers.EnvCompatibility'
+    return ('wrap it in shimmy.GymV21CompatibilityV0(env=old_env) (pip '
+            'install "shimmy[gym-v21]"), as gymnasium 1.x no longer has '
+            'its own wrapper')
+
+
 def unpack_reset(result):
     """``(observation, info)`` from what ``env.reset`` returned, or a
     TypeError saying what it returned instead."""
@@ -381,8 +394,8 @@ def unpack_reset(result):
         return result
     msg = (f'env.reset must return (observation, info), as gymnasium '
            f'envs do since 0.26, but it returned {_describe(result)}; '
-           f'return obs, {{}} (and for an old gym env, wrap it in '
-           f'gymnasium.wrappers.EnvCompatibility or update it)')
+           f'return obs, {{}} (and for an env written for gym before '
+           f'0.26, update it or {old_gym_fix()})')
     raise TypeError(msg)
 
 
@@ -391,6 +404,9 @@ def bad_step(result):
     values."""
     msg = (f'env.step must return (observation, reward, terminated, '
            f'truncated, info), but it returned {_describe(result)}')
+    if type(result) is tuple and len(result) == 4:
+        msg += (f'; four values are the old gym API (done for terminated '
+                f'and truncated): update the env or {old_gym_fix()}')
     return TypeError(msg)
 
 

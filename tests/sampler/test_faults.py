@@ -233,7 +233,20 @@ MESSAGES = {
         r'obtain_exact_episodes\(2\): '
         r'TypeError: env\.reset must return \(observation, info\), as '
         r'gymnasium envs do since 0\.26, but it returned an array of shape '
-        r'\(2,\)'),
+        r'\(2,\) and dtype float32; return obs, \{\} \(and for an env '
+        r'written for gym before 0\.26, update it or wrap it in '
+        r'shimmy\.GymV21CompatibilityV0\(env=old_env\) \(pip install '
+        r'"shimmy\[gym-v21\]"\), as gymnasium 1\.x no longer has its own '
+        r'wrapper\)$'),
+    'step returns the old four values': (
+        lambda: FlawedEnv('step_four'), None, WorkerError,
+        r'^worker 1 failed in env\.step during '
+        r'obtain_exact_episodes\(2\): '
+        r'TypeError: env\.step must return \(observation, reward, '
+        r'terminated, truncated, info\), but it returned a tuple of 4 '
+        r'\(ndarray, float, bool, dict\); four values are the old gym API '
+        r'\(done for terminated and truncated\): update the env or wrap '
+        r'it in shimmy\.GymV21CompatibilityV0'),
     'observation shape changes mid-episode': (
         lambda: FlawedEnv('obs_shape_changes'), None, WorkerError,
         r'^worker 1 failed in env\.step during '
