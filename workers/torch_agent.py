@@ -42,7 +42,16 @@ class TorchAgent:
     gradients and samples the distribution it returns. ``agent_infos``
     hold ``log_prob`` (float32; summed over the action's dimensions when
     the distribution's is per dimension, as for a ``Normal`` with a vector
-    of means) and every entry of the module's dict, as numpy arrays.
+    of means) and every entry of the module's dict, as numpy arrays. An
+    entry of shape ``(batch, 1)``, such as a value head ``self.v(obs)``
+    of ``nn.Linear(k, 1)``, is kept as ``(batch,)``: one number per step,
+    like ``rewards``, so that ``batch.agent_infos['value']`` has shape
+    ``(N,)`` and GAE arithmetic with ``batch.rewards`` cannot broadcast to
+    ``(N, N)``; entries of any other shape are kept as they are.
+
+    The distribution must give one action of the action space's shape per
+    observation; a sample of another shape is refused with both shapes
+    (a ``Normal`` over 3 numbers for a ``Box`` of 6, say).
 
     Box actions: the raw sample is what the batch records as the action
     (``log_prob`` is that sample's), and what the env receives is the
@@ -165,6 +174,7 @@ class TorchAgent:
                        f'{type(dist).__name__}')
                 raise TypeError(msg)
             sample = _sample(dist, self._generator, torch)
+            self._check_sample(sample, observations)
             log_prob = dist.log_prob(sample)
             n = len(sample)
             if log_prob.dim() > 1:
@@ -174,13 +184,35 @@ class TorchAgent:
         infos = {'log_prob': log_prob}
         for key, value in extra.items():
             infos[key] = _nest.map_nest(
-                lambda t: t.detach().cpu().numpy(), value)
+                lambda t: _per_row(t.detach().cpu().numpy(), n), value)
         if self._clip is not None:
             actions = actions.astype(self.action_space.dtype, copy=False)
             infos['env_action'] = np.clip(actions, *self._clip)
         elif self._discrete_start:
             actions = actions + self._discrete_start
         return actions, infos
+
+    def _check_sample(self, sample, observations):
+        """Refuse a sample that is not one action of the space's shape per
+        observation, before clipping or an env meets it."""
+        expected = self.action_space.shape
+        if expected is None:
+            return
+        _, first = next(_nest.leaves(observations))
+        n = len(first)
+        got = tuple(sample.shape)
+        if got == (n,) + tuple(expected):
+            return
+        if got[:1] == (n,):
+            what = f'actions of shape {got[1:]}'
+        else:
+            what = f'a batch of shape {got} for {n} observations'
+        msg = (f"the module's distribution samples {what}, but the action "
+               f'space is {self.action_space}, whose actions have shape '
+               f'{tuple(expected)}: make it a distribution over one such '
+               f'action per observation (batch_shape + event_shape == '
+               f'{(n,) + tuple(expected)})')
+        raise ValueError(msg)
 
     def get_action(self, observation):
         actions, infos = self.get_actions(_as_batch_of_one(observation))
@@ -211,6 +243,16 @@ class TorchAgent:
     def __repr__(self):
         return (f'TorchAgent({type(self.module).__name__}, '
                 f'{self.observation_space!r}, {self.action_space!r})')
+
+
+def _per_row(info, n):
+    """An info of ``n`` rows; one of shape ``(n, 1)`` (what a head such as
+    ``nn.Linear(k, 1)`` returns) as ``(n,)``: one number per step, as
+    rewards are, so that ``rewards + gamma * values`` is per step instead
+    of broadcasting to ``(n, n)``."""
+    if info.shape == (n, 1):
+        return info[:, 0]
+    return info
 
 
 def _converter(space, torch):

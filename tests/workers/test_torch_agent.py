@@ -205,3 +205,45 @@ def test_set_params_takes_another_dtype_and_device_type():
     with pytest.raises(ValueError, match='is a meta tensor, which holds no '
                                          'values'):
         agent.set_params(meta)
+
+
+def test_a_sample_of_another_shape_than_the_actions_is_refused():
+    agent = TorchAgent(Gaussian(4, 3), spaces.Box(-1, 1, (4,), np.float32),
+                       spaces.Box(-1.0, 1.0, (6,), np.float32), seed=0)
+    with pytest.raises(ValueError, match=(
+            r"^the module's distribution samples actions of shape \(3,\), "
+            r'but the action space is Box\(-1\.0, 1\.0, \(6,\), float32\), '
+            r'whose actions have shape \(6,\): make it a distribution over '
+            r'one such action per observation \(batch_shape \+ event_shape '
+            r'== \(5, 6\)\)$')):
+        agent.get_actions(np.zeros((5, 4), np.float32))
+
+
+class ValueHead(nn.Module):
+    """A value head returned as ``nn.Linear(k, 1)`` gives it, (B, 1),
+    beside an entry of two numbers per observation."""
+
+    def __init__(self):
+        super().__init__()
+        self.pi = nn.Linear(4, 2)
+        self.v = nn.Linear(4, 1)
+
+    def forward(self, x):
+        return D.Categorical(logits=self.pi(x)), {
+            'value': self.v(x), 'pair': torch.zeros(len(x), 2)}
+
+
+def test_a_value_head_of_one_column_is_one_number_per_step():
+    agent = TorchAgent(ValueHead(), spaces.Box(-1, 1, (4,), np.float32),
+                       spaces.Discrete(2), seed=0)
+    obs = np.random.default_rng(0).standard_normal((5, 4)).astype(np.float32)
+    _, infos = agent.get_actions(obs)
+    assert infos['value'].shape == (5,) and infos['pair'].shape == (5, 2)
+    with torch.no_grad():
+        expected = agent.module.v(torch.as_tensor(obs))[:, 0].numpy()
+    np.testing.assert_allclose(infos['value'], expected)
+    # So GAE-style arithmetic with rewards stays per step.
+    rewards = np.ones(5, np.float32)
+    assert (rewards + 0.99 * infos['value']).shape == (5,)
+    _, info = agent.get_action(obs[0])
+    assert np.shape(info['value']) == ()
