@@ -75,7 +75,8 @@ class NewEnvUpdate(EnvUpdate):
         if not isinstance(env, gymnasium.Env):
             msg = (f'the env constructor {self.env!r} returned '
                    f'{type(env).__name__}, not a gymnasium.Env')
-            raise TypeError(msg)
+            hint = _not_one_env(env)
+            raise TypeError(f'{msg}: {hint}' if hint else msg)
         return env
 
     def __repr__(self):
@@ -161,9 +162,37 @@ def as_env_update(env, what='env'):
         return NewEnvUpdate(env)
     if isinstance(env, gymnasium.Env) or callable(env):
         return NewEnvUpdate(env)
+    hint = _not_one_env(env)
+    if hint:
+        raise TypeError(f'{what} is {_short_repr(env)}: {hint}')
     msg = (f'{what} must be a gymnasium env id, a gymnasium.Env, a '
            f'zero-argument env constructor or an EnvUpdate, got {env!r}')
     raise TypeError(msg)
+
+
+def _short_repr(obj):
+    text = repr(obj)
+    return text if len(text) <= 80 else f'a {type(obj).__name__}'
+
+
+def _not_one_env(env):
+    """What to do instead, for a vector env or a multi-agent env given
+    where one env belongs; None for anything else."""
+    classes = type(env).__mro__
+    if isinstance(env, gymnasium.vector.VectorEnv) or any(
+            c.__module__.startswith('stable_baselines3') and
+            c.__name__ == 'VecEnv' for c in classes):
+        n = getattr(env, 'num_envs', 'N')
+        return (f'a vector env of {n} envs, but the workers step envs '
+                f'themselves: pass one env (an env id, or a zero-argument '
+                f'constructor of a single env) and worker_class=VecWorker, '
+                f'worker_args={{"n_envs": {n}}} for {n} envs per worker')
+    if any(c.__module__.split('.')[0] == 'pettingzoo' for c in classes):
+        return ('a PettingZoo multi-agent env, which the workers do not '
+                'step yet (multi-agent envs are not supported yet); give '
+                'each agent a single-agent gymnasium env, or sample it '
+                'yourself for now')
+    return None
 
 
 @contextlib.contextmanager

@@ -443,6 +443,20 @@ def test_bad_call_arguments_are_refused(make_sampler, call, error, pattern):
     assert set(s.obtain_samples(10).versions.tolist()) == {0}
 
 
+class _ParallelEnv:
+    """Stands in for PettingZoo's ParallelEnv (not installed here): what
+    gives a multi-agent env away is a base class from pettingzoo."""
+
+    __module__ = 'pettingzoo.utils.env'
+
+    def __repr__(self):
+        return 'x' * 100  # too long to quote: the class name is used
+
+
+class ParallelLike(_ParallelEnv):
+    possible_agents = ['a', 'b']
+
+
 BAD_CONSTRUCTIONS = [
     ('n_workers zero', dict(n_workers=0), ValueError,
      r'^n_workers must be an int >= 1, got 0$'),
@@ -453,6 +467,17 @@ BAD_CONSTRUCTIONS = [
     ('unknown env id', dict(envs='CartPol-v1'), ValueError,
      r"^envs: unknown env id 'CartPol-v1': Environment `CartPol` doesn't "
      r'exist. Did you mean: `CartPole`\?'),
+    ('a vector env', dict(envs=gym.vector.SyncVectorEnv(
+        [lambda: gym.make('CartPole-v1')] * 3)), TypeError,
+     r'^envs is SyncVectorEnv\(num_envs=3\): a vector env of 3 envs, but '
+     r'the workers step envs themselves: pass one env \(an env id, or a '
+     r'zero-argument constructor of a single env\) and '
+     r'worker_class=VecWorker, worker_args=\{"n_envs": 3\} for 3 envs '
+     r'per worker$'),
+    ('a PettingZoo env', dict(envs=ParallelLike()), TypeError,
+     r'^envs is a ParallelLike: a PettingZoo multi-agent env, which the '
+     r'workers do not step yet \(multi-agent envs are not supported '
+     r'yet\)'),
     ('not an agent', dict(agents=42), TypeError,
      r'^agents must have get_action\(observation\) -> \(action, info\) or '
      r'be a callable observation -> action, got 42$'),
@@ -541,3 +566,17 @@ def test_context_manager_closes(backend):
     with backend(FirstObsAgent(), 'CartPole-v1', n_workers=1, seed=0) as s:
         s.obtain_samples(5)
     assert s.closed
+
+
+def make_vector_env():
+    return gym.vector.SyncVectorEnv([lambda: gym.make('CartPole-v1')] * 2)
+
+
+def test_a_constructor_of_a_vector_env_is_named_where_it_is_built(backend):
+    with pytest.raises(WorkerError, match=(
+            r'^worker 0 failed in env update: TypeError: the env '
+            r'constructor <function make_vector_env at .*> returned '
+            r'SyncVectorEnv, not a gymnasium\.Env: a vector env of 2 envs, '
+            r'but the workers step envs themselves: pass one env .* '
+            r'worker_class=VecWorker, worker_args=\{"n_envs": 2\}')):
+        backend(FirstObsAgent(), make_vector_env, n_workers=1)
