@@ -4,11 +4,12 @@ discrete and continuous envs such as HalfCheetah-v5.
 Every iteration asks the sampler for ``--steps-per-env`` steps of every
 env with the current parameters (``obtain_steps``: the envs keep running,
 so an episode cut at the end of one batch goes on in the next), computes
-GAE advantages segment by segment, bootstrapping from
-``last_observations`` where a segment is cut or truncated and not where
-it terminated, and takes ``--epochs`` passes of clipped-surrogate updates
-with Adam. Writes a CSV of (env steps, wall time, mean return) and, with
-``--plot`` and matplotlib (the ``plot`` extra), a learning curve.
+GAE advantages segment by segment (``workers.compute_gae``),
+bootstrapping from ``last_observations`` where a segment is cut or
+truncated and not where it terminated, and takes ``--epochs`` passes of
+clipped-surrogate updates with Adam. Writes a CSV of (env steps, wall
+time, mean return) and, with ``--plot`` and matplotlib (the ``plot``
+extra), a learning curve.
 
     python scripts/train_ppo.py                         # about 20 s
     python scripts/train_ppo.py --target-return 475 --csv ppo.csv
@@ -35,7 +36,7 @@ import gymnasium as gym
 import numpy as np
 
 from sampler import MultiprocessingSampler
-from workers import VecWorker
+from workers import VecWorker, compute_gae
 
 
 def parse_args(argv=None):
@@ -203,28 +204,6 @@ def log_softmax(logits):
     return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
 
 
-def advantages_and_returns(batch, agent, gamma, lam, rewards=None):
-    """GAE over every segment of ``batch`` (with ``rewards`` instead of the
-    batch's, if given). A segment that is cut (the episode goes on in the
-    next batch) or truncated bootstraps from the value of its last
-    observation; a terminated one from 0."""
-    rewards = batch.rewards if rewards is None else rewards
-    values = batch.agent_infos['value']
-    bootstrap = agent.values(batch.last_observations)
-    bootstrap[batch.terminated[batch.episode_starts + batch.lengths - 1]] \
-        = 0.0
-    advantages = np.zeros(len(batch))
-    for e, (start, length) in enumerate(zip(batch.episode_starts,
-                                            batch.lengths)):
-        next_value, gae = bootstrap[e], 0.0
-        for t in range(start + length - 1, start - 1, -1):
-            delta = rewards[t] + gamma * next_value - values[t]
-            gae = delta + gamma * lam * gae
-            advantages[t] = gae
-            next_value = values[t]
-    return advantages, advantages + values
-
-
 class NumpyLearner:
     """The numpy actor-critic and its Adam updates (Discrete actions)."""
 
@@ -243,8 +222,10 @@ class NumpyLearner:
 
     def update(self, batch, lr_fraction):
         args, agent = self.args, self.agent
-        advantages, returns = advantages_and_returns(
-            batch, agent, args.gamma, args.gae_lambda)
+        advantages, returns = compute_gae(
+            batch, batch.agent_infos['value'],
+            agent.values(batch.last_observations), args.gamma,
+            args.gae_lambda)
         self.optimizer.lr = args.lr * lr_fraction
         obs = np.asarray(batch.observations, np.float64)
         actions = np.asarray(batch.actions)
@@ -326,9 +307,10 @@ class TorchLearner:
 
     def update(self, batch, lr_fraction):
         torch, args, model = self.torch, self.args, self.model
-        advantages, returns = advantages_and_returns(
-            batch, self, args.gamma, args.gae_lambda,
-            rewards=self.scaled_rewards(batch))
+        advantages, returns = compute_gae(
+            batch, batch.agent_infos['value'],
+            self.values(batch.last_observations), args.gamma,
+            args.gae_lambda, rewards=self.scaled_rewards(batch))
         for group in self.optimizer.param_groups:
             group['lr'] = args.lr * lr_fraction
         obs = torch.as_tensor(np.asarray(batch.observations),

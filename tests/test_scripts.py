@@ -70,28 +70,6 @@ def test_train_ppo_with_torch_learns_cartpole(capsys, tmp_path):
     assert len(curve.read_text().splitlines()) > 2
 
 
-def test_ppo_advantages_bootstrap_cut_segments_and_not_terminated_ones():
-    from workers import EpisodeBatch
-    ppo = load('train_ppo')
-
-    class Critic:
-        def values(self, observations):
-            return np.full(len(observations), 10.0)
-
-    batch = EpisodeBatch(
-        observations=np.zeros((3, 1)), actions=np.zeros(3, np.int64),
-        rewards=np.ones(3), terminated=[False, False, True],
-        truncated=[False, False, False],
-        last_observations=np.zeros((2, 1)), lengths=[2, 1],
-        cut=[True, False], agent_infos={'value': np.zeros(3)})
-    advantages, returns = ppo.advantages_and_returns(batch, Critic(),
-                                                     gamma=0.5, lam=1.0)
-    # Cut: 1 + 0.5 * 10 at the last step, then 1 + 0.5 * 5 before it;
-    # terminated: the reward alone.
-    assert advantages.tolist() == [4.0, 6.0, 1.0]
-    assert returns.tolist() == advantages.tolist()  # values are 0
-
-
 def test_dqn_transitions_take_next_observations_across_segments():
     from workers import EpisodeBatch
     pytest.importorskip('torch')

@@ -10,6 +10,7 @@ from workers.default_worker import DefaultWorker
 from workers.env_pool_worker import EnvPoolWorker
 from workers.env_update import EnvPool, EnvUpdate, NewEnvUpdate, \
     SetTaskUpdate
+from workers.gae import compute_gae
 from workers.torch_agent import TorchAgent
 from workers.episode_batch import EpisodeBatch
 from workers.vec_worker import VecWorker
@@ -32,4 +33,5 @@ __all__ = [
     'VecWorker',
     'Worker',
     'WorkerFactory',
+    'compute_gae',
 ]
