@@ -1,6 +1,7 @@
 """The ``sampler`` command line (also ``python -m sampler``)."""
 
 import click
+from click.core import ParameterSource
 
 from sampler.bench import envs as _envs, runner as _bench
 from sampler.sampler import available_cpus
@@ -67,6 +68,29 @@ def _modes(ctx, param, value):
     return ','.join(dict.fromkeys(names))
 
 
+def _comparable(mode, envs_per_worker):
+    """Ours as the alternatives run where the command line leaves it
+    open: vector envs step fixed-length segments of several envs, so the
+    fair rows of ours are obtain_steps with 1 and 8 envs per worker, not
+    whole episodes of one env. Returns them and a line saying what was
+    chosen (None if nothing was)."""
+    ctx = click.get_current_context()
+    chosen = []
+    if ctx.get_parameter_source('mode') is ParameterSource.DEFAULT:
+        mode = 'steps'
+        chosen.append('--mode steps')
+    if ctx.get_parameter_source('envs_per_worker') is \
+            ParameterSource.DEFAULT:
+        envs_per_worker = (1, 8)
+        chosen.append('--envs-per-worker 1,8')
+    if not chosen:
+        return mode, envs_per_worker, None
+    note = (f"compare: ours run with {' '.join(chosen)}, as the vector "
+            f'envs step (fixed-length segments of several envs); pass '
+            f'--mode or --envs-per-worker to choose')
+    return mode, envs_per_worker, note
+
+
 COLUMNS = """\b
 Columns:
   transitions/s  median over the calls of a row (each call collects
@@ -102,15 +126,14 @@ each call, untimed.
 @click.option('--workers', type=click.IntRange(min=1), default=None,
               help='worker count  [default: the CPUs this process may use]')
 @click.option('--envs-per-worker', callback=_counts, default='1',
-              show_default=True,
               help='1 runs DefaultWorker, more runs VecWorker; a list like '
-                   '1,8,16 times each')
+                   '1,8,16 times each  [default: 1; 1,8 with --compare]')
 @click.option('--mode', callback=_modes, default='episodes',
-              show_default=True,
               help='our rows time obtain_samples (episodes: whole episodes) '
                    'or obtain_steps (steps: envs keep running, segments), '
                    'or push_update and the next batch of a stream (stream: '
-                   'workers never wait); episodes,steps,stream times each')
+                   'workers never wait); episodes,steps,stream times each  '
+                   '[default: episodes; steps with --compare]')
 @click.option('--train-ms', type=click.FloatRange(min=0), default=0,
               show_default=True,
               help='after each of our calls, "train" this long in the '
@@ -139,7 +162,10 @@ each call, untimed.
                    'parallel processes, sending back only counts)')
 @click.option('--compare', is_flag=True,
               help='also time gymnasium SyncVectorEnv / AsyncVectorEnv and '
-                   'envpool (with the bench extra) on the same task')
+                   'envpool (with the bench extra) on the same task; ours '
+                   'then step as they do (--mode steps, 1 and 8 envs per '
+                   'worker) unless --mode or --envs-per-worker say '
+                   'otherwise')
 @click.option('--compare-with', callback=lambda ctx, p, v: _families(v),
               default='vector,envpool', show_default=True,
               help='which alternatives --compare times: vector (gymnasium '
@@ -173,6 +199,8 @@ def bench(env, backend, workers, envs_per_worker, mode, train_ms,
             raise click.UsageError(
                 '--plot needs matplotlib: pip install '
                 '"rollout-sampler[plot]"') from None
+    if compare:
+        mode, envs_per_worker, note = _comparable(mode, envs_per_worker)
     result = _bench.run(
         env=env, backend=backend, workers=workers or available_cpus(),
         envs_per_worker=envs_per_worker, agent=agent, samples=samples,
@@ -182,6 +210,8 @@ def bench(env, backend, workers, envs_per_worker, mode, train_ms,
         progress=progress, sweep_workers=sweep_workers, mode=mode,
         train_ms=train_ms, train_sleep=train_sleep,
         echo=lambda line: click.echo(line, err=True))
+    if compare and note:
+        result['note'] = note
     click.echo(_bench.format_table(result))
     if json_path:
         _bench.write_json(result, json_path)

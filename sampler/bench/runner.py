@@ -374,6 +374,8 @@ def format_table(result):
         out.append(f"limit: {limit['name'][:-len(' (limit)')]} reached "
                    f"{limit['ratio_to_best_single_process']:.2f}x; "
                    f"{best['name']} {share:.0%} of that")
+    if result.get('note'):
+        out.append(result['note'])
     for r in ours:
         memory = r['peak_memory_over_batch_bytes']
         out.append(f"{r['name']}: start-up {r['startup_s']:.2f} s, "

@@ -121,16 +121,24 @@ def test_compare_adds_every_peer_row_with_ratios(tmp_path):
     out, data = bench(tmp_path, '--compare', '--samples', '200',
                       '--iterations', '1')
     names = [r['name'] for r in data['rows']]
+    # Ours as the vector envs step: segments, of 1 and of 8 envs a worker.
     assert names == [
-        'MultiprocessingSampler (2 workers)', 'plain loop (1 process)',
+        'MultiprocessingSampler (2 workers, obtain_steps)',
+        'MultiprocessingSampler (2 workers x 8 envs, obtain_steps)',
+        'plain loop (1 process)',
         'gymnasium SyncVectorEnv (1 envs)', 'gymnasium SyncVectorEnv (4 envs)',
         'gymnasium SyncVectorEnv (8 envs)',
         'gymnasium AsyncVectorEnv (2 envs)',
         'gymnasium AsyncVectorEnv (4 envs)'] + ENVPOOL_ROWS + [
+        'MultiprocessingSampler (2 workers x 8 envpool envs, '
+        'obtain_steps)'] * bool(ENVPOOL_ROWS) + [
         'plain loop x 2 processes (limit)',
         'SyncVectorEnv (8 envs) x 2 processes (limit)']
+    assert 'compare: ours run with --mode steps --envs-per-worker 1,8, as ' \
+        'the vector envs step' in out
+    assert data['note'].startswith('compare: ours run with')
     best = data['best_single_process_row']
-    assert best in names[1:5]
+    assert best in names[2:6]
     by_name = {r['name']: r for r in data['rows']}
     assert by_name[best]['ratio_to_best_single_process'] == 1.0
     for row in data['rows']:
@@ -182,6 +190,25 @@ def test_help_explains_every_column(tmp_path):
         assert f'  {column}  ' in help_text, column
 
 
+@pytest.mark.parametrize('given, ours, note', [
+    (['--mode', 'episodes', '--envs-per-worker', '2'],
+     ['MultiprocessingSampler (2 workers x 2 envs)'], None),
+    (['--mode', 'episodes'],
+     ['MultiprocessingSampler (2 workers)',
+      'MultiprocessingSampler (2 workers x 8 envs)'],
+     'compare: ours run with --envs-per-worker 1,8, as the vector envs '
+     'step')])
+def test_compare_keeps_the_mode_and_envs_it_is_given(tmp_path, given, ours,
+                                                     note):
+    out, data = bench(tmp_path, '--compare', '--compare-with', 'vector',
+                      '--samples', '200', '--iterations', '1', *given)
+    assert [r['name'] for r in data['rows'] if 'startup_s' in r] == ours
+    if note is None:
+        assert 'note' not in data and 'compare: ours run' not in out
+    else:
+        assert note in out
+
+
 @pytest.mark.parametrize('env, needs', [
     ('CartPole-v1', None), ('Hopper-v5', 'mujoco'),
     ('ALE/Breakout-v5', 'ale_py')])
@@ -191,7 +218,8 @@ def test_compare_on_real_envs_has_envpool_rows_or_says_why_not(
         pytest.importorskip(needs)
     out, data = bench(tmp_path, '--env', env, '--compare', '--agent',
                       'random', '--mode', 'steps', '--samples', '64',
-                      '--iterations', '1', '--compare-with', 'envpool')
+                      '--iterations', '1', '--compare-with', 'envpool',
+                      '--envs-per-worker', '1')
     names = [r['name'] for r in data['rows']]
     assert names[1] == 'plain loop (1 process)'
     assert names[-1] == 'plain loop x 2 processes (limit)'
