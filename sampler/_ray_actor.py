@@ -14,6 +14,10 @@ method calls instead of a command pipe::
     update(version, env, agent) -> None | ERROR(...)   see UPDATE
     stop()   -> EPISODES(Segments, done) | ERROR(...)  ends a stream
     shutdown()                                         closes the envs
+    where()  -> str | None                             what the round's
+                                                       thread is doing (in
+                                                       a concurrency group
+                                                       of its own)
 
 ``sample`` runs the round (:class:`~sampler._worker_process.Round`) until
 a message is due or the worker's part is done, and returns what it
@@ -28,7 +32,9 @@ says which worker failed and where, as with the other backends.
 """
 
 import os
+import threading
 
+from sampler import _probe
 from sampler._worker_process import Reply, Round, build_worker, error_reply
 from workers import EpisodeBuffer
 
@@ -50,6 +56,7 @@ class SamplerWorker:
         self._worker = None
         self._progress = None
         self._failure = None
+        self._thread = threading.get_ident()
         try:
             self._worker = build_worker(worker_number, factory_blob, setup,
                                         list(zip(kinds, blobs)))
@@ -79,7 +86,14 @@ class SamplerWorker:
         return reply
 
     def sample(self):
+        self._thread = threading.get_ident()
         return self._progress.produce()
+
+    def where(self):
+        """What the thread that runs the round is doing now (see
+        :mod:`sampler._probe`); called in a concurrency group of its own,
+        so that it runs while ``sample`` does."""
+        return _probe.where_thread(self._thread)
 
     def update(self, version, env_blob, agent_blob):
         try:

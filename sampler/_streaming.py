@@ -163,6 +163,10 @@ class Collector:
         self.finished = False  # FINISH sent
         self.done_workers = set()
         self.attempts = [0] * n_workers
+        # Per worker, for a timeout's message: when the caller last heard
+        # from it, and what of this call it sent.
+        self.heard = [time.monotonic()] * n_workers
+        self.sent = [0] * n_workers
 
     def round_start(self, worker):
         """The :class:`RoundStart` that worker ``worker`` (or its
@@ -241,6 +245,7 @@ class Collector:
         return the progress it made (transitions, or episodes)."""
         stats = self.stats
         stats['env_steps'] += segments.env_steps
+        self.heard[worker] = time.monotonic()
         current = segments.round == self.round
         if segments.done and current:
             self.done_workers.add(worker)
@@ -270,9 +275,12 @@ class Collector:
         if self.kind in ('samples', 'stream'):
             self.arrived.append(batch)
             self.transitions += len(batch)
+            self.sent[worker] += len(batch)
             return len(batch)
         self.kept[worker].append(batch)
-        return batch.n_episodes if self.kind == 'episodes' else len(batch)
+        got = batch.n_episodes if self.kind == 'episodes' else len(batch)
+        self.sent[worker] += got
+        return got
 
     def restarted(self, worker):
         """Worker ``worker`` failed and is replaced; call before
@@ -305,6 +313,7 @@ class Collector:
         self.stats['discarded_transitions'] += sum(
             len(b) for b in self.kept[worker])
         self.kept[worker] = []
+        self.sent[worker] = 0
         self.done_workers.discard(worker)
         return True
 
@@ -321,19 +330,46 @@ class Collector:
             out.extend(kept)
         return out
 
-    def describe(self):
-        """What the call has so far, for a timeout's message."""
-        if self.kind in ('samples', 'stream'):
-            return (f'{self.transitions} of {self.count} transitions were '
-                    f'collected')
-        short = [i for i in range(self.n_workers)
-                 if i not in self.done_workers]
+    def holding(self):
+        """The workers the call still waits for."""
+        return [i for i in range(self.n_workers)
+                if i not in self.done_workers]
+
+    def describe(self, where=None):
+        """What the call has, and which workers held it up and how, for a
+        timeout's message (the same words for every kind of call).
+        ``where`` maps a worker to what it was doing when the time ran
+        out (``'inside env.step (File ...)'``), where a backend knows."""
+        where = where or {}
+        per_worker = self.n_envs // self.n_workers if self.n_envs else 1
         if self.kind == 'episodes':
-            got = [sum(b.n_episodes for b in self.kept[i]) for i in short]
-            return '; '.join(f'worker {i} had returned {n} of {self.count} '
-                             f'episodes' for i, n in zip(short, got))
-        return ', '.join(f'worker {i}' for i in short) + \
-            f' had not finished its {self.count} steps per env'
+            have = f'{sum(self.sent)} of {self.count * self.n_workers} ' \
+                   f'episodes were collected'
+            part = f'{{}} of {self.count} episodes'
+        elif self.kind == 'steps':
+            total = self.count * (self.n_envs or self.n_workers)
+            have = f'{sum(self.sent)} of {total} transitions were collected'
+            part = f'{{}} of {self.count * per_worker} transitions'
+        else:
+            have = f'{self.transitions} of {self.count} transitions were ' \
+                   f'collected'
+            part = '{} transitions'
+        now = time.monotonic()
+        held = []
+        for i in self.holding():
+            said = [part.format(self.sent[i])]
+            if i in where:
+                said.append(where[i])
+            said.append(f'nothing sent for {now - self.heard[i]:.1f} s')
+            held.append(f'worker {i} ({"; ".join(said)})')
+        if not held:
+            return have
+        return f'{have}; held up by {_and(held)}'
+
+
+def _and(items):
+    return items[0] if len(items) == 1 else \
+        ', '.join(items[:-1]) + f' and {items[-1]}'
 
 
 def _in_start_order(batches):

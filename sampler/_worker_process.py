@@ -52,7 +52,7 @@ from typing import Optional
 import cloudpickle
 import numpy as np
 
-from sampler import _framing
+from sampler import _framing, _probe
 from workers import EpisodeBuffer
 from workers.spaces import misfit
 
@@ -392,7 +392,7 @@ class _ParentGone(Exception):
 
 
 def run(worker_number, factory_blob, setup, payloads, commands, results,
-        handles=None):
+        handles=None, probe=None):
     """Entry point of a worker process.
 
     Args:
@@ -406,10 +406,15 @@ def run(worker_number, factory_blob, setup, payloads, commands, results,
         results: the writing end of this worker's result pipe.
         handles: this worker's end of a Unix socket pair the caller sends
             file descriptors over (a steps round's shared rows), or None.
+        probe: this worker's end of the socket pair its stacks are dumped
+            to when the caller asks where it is (:mod:`sampler._probe`),
+            or None.
     """
     # Ctrl-C in a terminal reaches the whole process group: the caller alone
     # should raise KeyboardInterrupt, not one traceback per worker.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if probe is not None:
+        _probe.listen(probe.fileno())
     if setup.caller is not None:
         watch_caller(setup.caller)
     try:
@@ -425,6 +430,9 @@ def run(worker_number, factory_blob, setup, payloads, commands, results,
         pass
     finally:
         loop.close()
+        if probe is not None:
+            _probe.stop_listening()
+            probe.close()
 
 
 class _Loop:

@@ -67,7 +67,7 @@ from multiprocessing.connection import wait
 import numpy as np
 from gymnasium import spaces
 
-from sampler import _framing, _pickling, _worker_process
+from sampler import _framing, _pickling, _probe, _worker_process
 from sampler._streaming import check_streaming_options
 from sampler._worker_process import ArenaRows, ArenaSlot, Command, Reply
 from sampler.errors import (RemoteTraceback, SamplerError,
@@ -165,10 +165,10 @@ def _use_forkserver(ctx, preload):
         _server_preload = modules
 
 
-#: File descriptors the caller holds per worker (its two pipe ends and
-#: the process sentinel, measured at 4 with the selector's share), with
-#: room for the ones a start briefly needs.
-FDS_PER_WORKER = 5
+#: File descriptors the caller holds per worker (its two pipe ends, the
+#: fd and probe sockets and the process sentinel, measured at 5 with the
+#: selector's share), with room for the ones a start briefly needs.
+FDS_PER_WORKER = 6
 
 
 def _make_room_for_descriptors(n_workers):
@@ -318,9 +318,10 @@ class _Handle:
     """The caller's view of one worker process."""
 
     __slots__ = ('number', 'process', 'commands', 'results', 'reader',
-                 'ready', 'fd_socket')
+                 'ready', 'fd_socket', 'probe')
 
-    def __init__(self, number, process, commands, results, fd_socket):
+    def __init__(self, number, process, commands, results, fd_socket,
+                 probe):
         self.number = number
         self.process = process
         self.commands = commands
@@ -328,12 +329,14 @@ class _Handle:
         self.reader = _framing.MessageReader(results.fileno())
         self.ready = False
         self.fd_socket = fd_socket
+        self.probe = probe  # the caller's end of its sampler._probe socket
 
     def close(self):
         if not self.results.closed:
             self.results.close()
         self.commands.close()
         self.fd_socket.close()
+        self.probe.close()
 
     def send(self, *message):
         self.commands.put(message)
@@ -546,6 +549,7 @@ class MultiprocessingSampler(Sampler):
         command_reader, command_writer = self._ctx.Pipe(duplex=False)
         reader, writer = self._ctx.Pipe(duplex=False)
         fds_here, fds_there = self._ctx.Pipe(duplex=True)  # a socket pair
+        probe_here, probe_there = self._ctx.Pipe(duplex=True)  # sampler._probe
         _widen_pipe(reader)
         _widen_pipe(command_writer)
         payloads = [(p.kind, p.blob) for p in self._recipes[i].payloads()]
@@ -553,7 +557,7 @@ class MultiprocessingSampler(Sampler):
             target=_worker_process.run,
             name=f'{_worker_process.NAME_PREFIX}{i}',
             args=(i, self._factory_blob, self._setup, payloads,
-                  command_reader, writer, fds_there),
+                  command_reader, writer, fds_there, probe_there),
             daemon=True)
         process.start()
         # Only the worker may hold these ends: its death then reads as
@@ -562,10 +566,13 @@ class MultiprocessingSampler(Sampler):
         writer.close()
         command_reader.close()
         fds_there.close()
+        probe_there.close()
         fd_socket = socket.socket(fileno=os.dup(fds_here.fileno()))
         fds_here.close()
+        probe = socket.socket(fileno=os.dup(probe_here.fileno()))
+        probe_here.close()
         return _Handle(i, process, _Commands(command_writer), reader,
-                       fd_socket)
+                       fd_socket, probe)
 
     def _await_ready(self, deadline, timeout):
         spaces = {}
@@ -751,7 +758,8 @@ class MultiprocessingSampler(Sampler):
             timeout = max(deadline - time.monotonic(), 0)
         events = self._events(timeout)
         if not events:
-            raise SamplerTimeoutError(collector.describe())
+            raise SamplerTimeoutError(collector.describe(self._where(
+                collector.holding())))
         for handle, exited in events:
             # Stop once the call has what it needs: what a streaming call
             # leaves unread stays in the pipe for the next call, which
@@ -769,6 +777,12 @@ class MultiprocessingSampler(Sampler):
                 self._handle_reply(handle, _receive(handle), collector, bar)
             if self._handles[handle.number] is handle:
                 self._on_failure(handle, _crash_error(handle), collector)
+
+    def _where(self, workers):
+        """What each of ``workers`` is doing now (see sampler._probe)."""
+        return _probe.ask({
+            i: (self._handles[i].process.pid, self._handles[i].probe)
+            for i in workers if self._handles[i].process.is_alive()})
 
     def _handle_reply(self, handle, reply, collector, bar):
         tag = reply[0]

@@ -59,6 +59,9 @@ DEPTH = 2
 #: Longest a waiting call takes to see ``close()`` from another thread.
 WAKE_S = 0.1
 
+#: The actors' concurrency group for ``where()`` (sampler._probe).
+_PROBE_GROUP = 'probe'
+
 _PIP_HINT = 'pip install "rollout-sampler[ray]"'
 
 
@@ -189,7 +192,10 @@ class RaySampler(Sampler):
                    f'actors itself (on_worker_error, max_restarts)')
             raise ValueError(msg)
         ray = self._ray
-        self._actor_class = ray.remote(SamplerWorker).options(
+        # where() runs in a group of its own, beside the calls that run
+        # the round one at a time.
+        self._actor_class = ray.remote(
+            concurrency_groups={_PROBE_GROUP: 1})(SamplerWorker).options(
             num_cpus=cpus, max_restarts=0, max_task_retries=0,
             **actor_options)
         # A runtime of its own gets this machine's CPUs, or more if the
@@ -342,7 +348,8 @@ class RaySampler(Sampler):
             heads.setdefault(id(handle), ref)
         ready = self._wait_one(list(heads.values()), deadline)
         if not ready:
-            raise SamplerTimeoutError(collector.describe())
+            raise SamplerTimeoutError(collector.describe(self._where(
+                collector.holding())))
         handle, what = self._pending.pop(ready[0])
         if self._handles[handle.number] is not handle:
             return  # from an actor already replaced
@@ -363,6 +370,26 @@ class RaySampler(Sampler):
                 and segments.round == collector.round:
             ref = handle.actor.sample.remote()
             self._pending[ref] = (handle, 'sample')
+
+    def _where(self, workers, timeout=0.5):
+        """What each of ``workers`` is doing now, for those whose actor
+        answers within ``timeout`` seconds (see sampler._probe)."""
+        asked = {}
+        for i in workers:
+            method = self._handles[i].actor.where.options(
+                concurrency_group=_PROBE_GROUP)
+            asked[method.remote()] = i
+        ready, _ = self._ray.wait(list(asked), num_returns=len(asked),
+                                  timeout=timeout)
+        out = {}
+        for ref in ready:
+            try:
+                where = self._ray.get(ref)
+            except Exception:
+                continue  # an actor that died: its failure says more
+            if where:
+                out[asked[ref]] = where
+        return out
 
     def _wait_one(self, refs, deadline):
         """``ray.wait`` for one of ``refs`` until ``deadline``, in slices

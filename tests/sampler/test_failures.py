@@ -87,8 +87,10 @@ CRASHES = {
     'step never returns': (
         [FaultyEnv('none'), CrashEnv('hang')], FirstObsAgent(),
         {'timeout': 0.5}, SamplerTimeoutError,
-        r'^obtain_exact_episodes\(2\) timed out after 0\.5 s: worker 1 had '
-        r'returned 0 of 2 episodes$', None, True, 0.5),
+        r'^obtain_exact_episodes\(2\) timed out after 0\.5 s: 2 of 4 '
+        r'episodes were collected; held up by worker 1 \(0 of 2 episodes; '
+        r'inside env\.step \(File ".*helpers\.py", line \d+, in step\); '
+        r'nothing sent for \d\.\d s\)$', None, True, 0.5),
 }
 
 
@@ -231,3 +233,39 @@ def test_traceback_of_an_env_in_a_main_script_names_the_script(
     assert f'File "{script}", line {line}, in step\n' \
            f"    raise ValueError('raised in the script')\n" in done.stdout
     assert '<dynamic-code>' not in done.stdout
+
+
+# A call that timed out says, in the same words whatever the call, what it
+# collected, which workers held it up, and in which call they were.
+TIMED_OUT = {
+    'obtain_samples': (
+        lambda s: s.obtain_samples(10 ** 6, timeout=0.5),
+        r'obtain_samples\(1000000\)', r'\d+ of 1000000 transitions',
+        r'\d+ transitions'),
+    'obtain_exact_episodes': (
+        lambda s: s.obtain_exact_episodes(3, timeout=0.5),
+        r'obtain_exact_episodes\(3\)', r'3 of 6 episodes',
+        r'0 of 3 episodes'),
+    'obtain_steps': (
+        lambda s: s.obtain_steps(50, timeout=0.5), r'obtain_steps\(50\)',
+        r'50 of 100 transitions', r'0 of 50 transitions'),
+    'stream': (
+        lambda s: next(s.stream(10 ** 6, timeout=0.5)), r'stream\(1000000\)',
+        r'\d+ of 1000000 transitions', r'\d+ transitions'),
+}
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize('call', sorted(TIMED_OUT))
+def test_a_timeout_names_the_workers_that_held_it_up_and_where(
+        process_backend, call):
+    run, name, collected, part = TIMED_OUT[call]
+    envs = [FaultyEnv('none'), CrashEnv('hang', after=0)]
+    with process_backend(FirstObsAgent(), envs, seed=0,
+                         shutdown_timeout=2.0) as s:
+        with pytest.raises(SamplerTimeoutError, match=(
+                rf'^{name} timed out after 0\.5 s: {collected} were '
+                rf'collected; held up by (worker 0 \(.*\) and )?worker 1 '
+                rf'\({part}; inside env\.step \(File ".*helpers\.py", line '
+                rf'\d+, in step\); nothing sent for 0\.\d s\)$')):
+            run(s)
