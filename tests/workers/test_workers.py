@@ -417,6 +417,12 @@ def test_vec_worker_copies_outputs_an_agent_overwrites_in_place():
     np.testing.assert_array_equal(batch.agent_infos['draw'], received)
 
 
+class BoxEchoEnv(ActionEchoEnv):
+    """ActionEchoEnv of one number in [0, 1] a step."""
+
+    action_space = spaces.Box(0.0, 1.0, (), np.float64)
+
+
 class ClippingAgent(BatchedAgent):
     """Draws actions in [-1, 2] and sends the env their values clipped to
     [0, 1] through ``info['env_action']``, as TorchAgent does."""
@@ -432,7 +438,7 @@ class ClippingAgent(BatchedAgent):
 @pytest.mark.parametrize('worker_class,args', [(DefaultWorker, {}),
                                                (VecWorker, {'n_envs': 3})])
 def test_an_env_action_info_is_what_the_env_receives(worker_class, args):
-    w = make_worker(ActionEchoEnv, ClippingAgent(), worker_class, **args)
+    w = make_worker(BoxEchoEnv, ClippingAgent(), worker_class, **args)
     batch = episodes(w, 6)
     received = batch.next_observations[:, 1]
     np.testing.assert_array_equal(received, np.clip(batch.actions, 0, 1))
