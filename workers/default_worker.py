@@ -50,7 +50,6 @@ class DefaultWorker(Worker):
         self._obs = None
         self._t = 0
         self._first_obs = None
-        self._steps_left = 0  # of the steps begun (begin_steps)
 
     def update_env(self, env_update):
         update = self._as_env_update(env_update)
@@ -94,21 +93,13 @@ class DefaultWorker(Worker):
 
     def begin_steps(self, n_steps):
         self._check_ready(self.env)
-        self._steps_left = int(n_steps)
+        super().begin_steps(n_steps)
 
-    def continue_steps(self, buffer, max_steps=None):
-        left = self._steps_left if max_steps is None else \
-            min(max_steps, self._steps_left)
-        while left > 0:
+    def _take_steps(self, buffer, n_steps):
+        while n_steps > 0:
             if self._record is None:
                 self._start_episode()
-            taken = self._run(buffer, left)
-            left -= taken
-            self._steps_left -= taken
-        if self._steps_left:
-            return False
-        self.end_steps(buffer)
-        return True
+            n_steps -= self._run(buffer, n_steps)
 
     def end_steps(self, buffer):
         self._steps_left = 0

@@ -24,7 +24,6 @@ class BatchedEnvsWorker(Worker):
 
     _records = None
     _observations = None
-    _steps_left = 0  # of every env, of the steps begun (begin_steps)
 
     def _advance(self, buffer, n_steps, max_starts):
         raise NotImplementedError
@@ -66,20 +65,8 @@ class BatchedEnvsWorker(Worker):
     def rollout_into(self, buffer, max_starts=None):
         return self._advance(buffer, None, max_starts)
 
-    def begin_steps(self, n_steps):
-        self._steps_left = int(n_steps)
-
-    def continue_steps(self, buffer, max_steps=None):
-        # Every env steps at every step: a piece of n steps is n of each.
-        n = self._steps_left if max_steps is None else \
-            min(max_steps, self._steps_left)
-        if n:
-            self._advance(buffer, n, None)
-            self._steps_left -= n
-        if self._steps_left:
-            return False
-        self.end_steps(buffer)
-        return True
+    def _take_steps(self, buffer, n_steps):
+        self._advance(buffer, n_steps, None)
 
     def end_steps(self, buffer):
         self._steps_left = 0

@@ -92,6 +92,7 @@ class Worker:
         self.env_steps = 0
         self._round = None
         self._checked = None  # (action space, its action_check)
+        self._steps_left = 0  # of every env, of the steps begun
 
     @property
     def worker_number(self) -> int:
@@ -318,7 +319,7 @@ class Worker:
         """Begin a call's steps: every env is to take ``n_steps`` steps,
         taken by :meth:`continue_steps` in as many pieces as the caller
         likes, and ended early (if at all) by :meth:`end_steps`."""
-        raise NotImplementedError
+        self._steps_left = int(n_steps)
 
     def continue_steps(self, buffer: EpisodeBuffer,
                        max_steps: Optional[int] = None) -> bool:
@@ -327,6 +328,20 @@ class Worker:
         the episodes that end to ``buffer``. Returns True once every env
         has taken its steps; the running episodes' segments are then cut
         into ``buffer`` (:meth:`end_steps`)."""
+        n = self._steps_left if max_steps is None else \
+            min(max_steps, self._steps_left)
+        if n:
+            self._take_steps(buffer, n)
+            self._steps_left -= n
+        if self._steps_left:
+            return False
+        self.end_steps(buffer)
+        return True
+
+    def _take_steps(self, buffer, n_steps):
+        """Step every env ``n_steps`` times (in lock-step: envs whose
+        episode ends start the next one at once), the episodes that end
+        going to ``buffer``."""
         raise NotImplementedError
 
     def end_steps(self, buffer: EpisodeBuffer) -> None:

@@ -5,37 +5,19 @@ import signal
 import threading
 import time
 
-import gymnasium as gym
-import numpy as np
 import pytest
-from gymnasium import spaces
 
-from helpers import FailOnceEnv, FaultyEnv, ListPool, ParamAgent
+from helpers import (CountingEnv, FailOnceEnv, FaultyEnv, ListPool,
+                     ParamAgent)
 from sampler import SamplerError
 from workers import EnvPool, EnvPoolWorker, VecWorker
 
 pytestmark = pytest.mark.timeout(120)
 
 
-class SlowEnv(gym.Env):
+def SlowEnv(delay=0.05):
     """Episodes of 5 steps of ``delay`` seconds each."""
-
-    observation_space = spaces.Box(-1.0, 1.0, (1,), np.float32)
-    action_space = spaces.Discrete(2)
-
-    def __init__(self, delay=0.05):
-        self.delay = delay
-        self._t = 0
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._t = 0
-        return np.zeros(1, np.float32), {}
-
-    def step(self, action):
-        time.sleep(self.delay)
-        self._t += 1
-        return np.zeros(1, np.float32), 1.0, self._t >= 5, False, {}
+    return CountingEnv(delay, length=5)
 
 
 def accounted(sampler):
