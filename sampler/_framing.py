@@ -169,12 +169,23 @@ def encode(message):
 
 
 def blobs_out_of_band(message):
-    """``message`` (a tuple) with its large ``bytes`` items (pickled
-    updates) wrapped so that :func:`encode` writes them from their own
-    memory instead of copying them into the pickle; the reader gets them
-    as memoryviews, which ``pickle.loads`` takes like bytes."""
-    return tuple(pickle.PickleBuffer(item) if isinstance(item, bytes) and
-                 len(item) >= MIN_OUT_OF_BAND else item for item in message)
+    """``message`` (a command: a NamedTuple) with the large ``bytes`` of
+    its updates (pickled agents, parameters, envs) wrapped so that
+    :func:`encode` writes them from their own memory instead of copying
+    them into the pickle; the reader gets them as memoryviews, which
+    ``pickle.loads`` takes like bytes."""
+    if not hasattr(message, '_fields'):
+        return message  # not a command: the worker says so by name
+    return type(message)(*[_out_of_band(item) for item in message])
+
+
+def _out_of_band(item):
+    if isinstance(item, bytes) and len(item) >= MIN_OUT_OF_BAND:
+        return pickle.PickleBuffer(item)
+    blob = getattr(item, 'blob', None)
+    if isinstance(item, tuple) and isinstance(blob, bytes):
+        return item._replace(blob=_out_of_band(blob))
+    return item
 
 
 def write_message(fd, message):

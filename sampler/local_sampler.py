@@ -1,30 +1,25 @@
 """LocalSampler: every worker in the calling process, one after another.
 
-Data flow of one call: the same call core as every backend (see
-:mod:`sampler.sampler`), with messages that are plain function calls::
-
-    caller: a Collector for the round (the call's rules)
-      |  Round.start(RoundStart, updates) on every worker's Round
-      v
-    while the collector is not done: the next running worker's
-      |  Round.produce() (its round run on until a message is due)
-      |  -> EPISODES(Segments) -> collector.add; Round.finish() on
-      |  every worker when the collector says
-      v
-    EpisodeBatch.concatenate(kept) --> caller
+The same call as every backend (see :mod:`sampler._protocol`), with
+messages that are plain function calls: a command is applied to the
+worker's :class:`~sampler._round.Round` at once, and its replies wait in
+the worker's inbox for the caller's next look, as they would in a pipe.
+Waiting for replies runs the next running worker's round until it has a
+message (``Round.produce``), each worker in turn.
 """
 
+import collections
+import os
 import time
 import warnings
 
-from sampler._worker_process import (Reply, Round, apply_update,
-                                     error_reply, safe_str, safe_traceback)
-from sampler.errors import SamplerTimeoutError, WorkerError
-from sampler.sampler import Sampler
-from workers import EpisodeBuffer
+from sampler._backend import Backend, WorkerHandle
+from sampler._process_setup import ProcessSetup
+from sampler._protocol import Credit, Ready
+from sampler._round import Round, build_worker, failed_reply
 
 
-class LocalSampler(Sampler):
+class LocalSampler(Backend):
     """Runs its workers in the calling process, in turn.
 
     The simplest backend and the reference for the others: no processes,
@@ -89,138 +84,85 @@ class LocalSampler(Sampler):
     _PROCESS_WORKERS = False
 
     def _start(self, options):
-        self._workers = [None] * self.n_workers
-        self._rounds = [None] * self.n_workers
+        self._handles = []
         self._turn = 0
         try:
-            for i in range(self.n_workers):
-                try:
-                    self._build_worker(i)
-                except Exception as exc:
-                    # A worker that cannot start is not restarted: the same
-                    # recipe would fail again. Say which and why.
-                    raise self._error(i, exc) from exc
-            self._check_same_spaces([w.env_spaces for w in self._workers])
+            self._start_workers(deadline=None)
         except BaseException:
             self._shutdown()
             raise
 
-    def _build_worker(self, i):
-        init = self._options['worker_init']
-        if init is not None:
-            self._workers[i] = None
-            try:
-                init(i)
-            except Exception as exc:
-                exc.build_site = 'worker_init'
-                raise
-        self._workers[i] = worker = self._factory(i)
-        for payload in self._recipes[i].payloads():
-            apply_update(worker, payload.kind, payload.blob)
-        self._rounds[i] = Round(worker)
+    def _spawn(self, i):
+        handle = _Local(i)
+        # worker_init runs as given: the workers share this process.
+        setup = ProcessSetup(init=self._options['worker_init'])
+        try:
+            handle.worker = build_worker(i, self._factory, setup,
+                                         self._recipes[i].updates())
+        except Exception as exc:
+            handle.inbox.append(failed_reply(None))
+            built = getattr(exc, 'build_worker', None)
+            if built is not None:
+                _close_quietly(built, i)
+            return handle
+        handle.round = Round(handle.worker)
+        handle.inbox.append(Ready(handle.worker.env_spaces, os.getpid()))
+        return handle
 
-    def _begin(self, collector, updates):
-        for i, (env, agent) in enumerate(updates):
-            try:
-                self._rounds[i].start(collector.round_start(i),
-                                      env and env.blob, agent and agent.blob)
-            except Exception:
-                self._on_failure(i, error_reply(self._workers[i]),
-                                 collector)
+    def _send(self, handle, command):
+        if handle.round is None:
+            return  # never built: its Failed reply waits in the inbox
+        if type(command) is Credit:
+            return  # asked for each message, a worker is never ahead
+        handle.inbox.extend(handle.round.handle(command))
 
-    def _push(self, version, updates):
-        for i, (env, agent) in enumerate(updates):
-            try:
-                self._rounds[i].update(version, env and env.blob,
-                                       agent and agent.blob)
-            except Exception:
-                self._on_failure(i, error_reply(self._workers[i]),
-                                 self._stream or _NoCall())
-
-    def _end_stream(self, collector, cleanly):
-        # Workers run only inside next(): nothing is in flight to wait for.
-        self._stop()
-        if cleanly:
-            self._held = collector.take()
-
-    def _wait_and_collect(self, collector, deadline, bar):
+    def _wait(self, collector, deadline):
         self._check_closed_during()
+        for handle in self._handles:
+            if handle.inbox:
+                return self._read(handle)
         if deadline is not None and time.monotonic() > deadline:
-            raise SamplerTimeoutError(collector.describe())
+            return None
         n = self.n_workers
         running = [(self._turn + k) % n for k in range(n)
-                   if self._rounds[(self._turn + k) % n].running]
+                   if self._handles[(self._turn + k) % n].running]
         if not running:
             msg = (f'no worker is running but the call is not done: '
                    f'{collector.describe()}')
             raise RuntimeError(msg)
-        i = running[0]
-        self._turn = (i + 1) % n
-        # A message when a chunk is full, or after FLUSH_AFTER_S, so that
-        # timeouts are checked as often as with the other backends.
-        reply = self._rounds[i].produce()
-        if reply[0] is Reply.EPISODES:
-            got = collector.add(i, reply[1])
-            if bar is not None:
-                bar.advance(got)
-        else:
-            self._on_failure(i, reply, collector)
+        handle = self._handles[running[0]]
+        self._turn = (handle.number + 1) % n
+        handle.inbox.append(handle.round.produce())
+        return self._read(handle)
 
-    def _finish(self, round_number):
-        for progress in self._rounds:
-            if progress.running and progress.round == round_number:
-                progress.finish()
+    @staticmethod
+    def _read(handle):
+        while handle.inbox:
+            yield handle, handle.inbox.popleft()
 
-    def _stop(self):
-        for progress in self._rounds:
-            if progress is not None and progress.running:
-                # What the round leaves (a steps round's running segments,
-                # cut where they are) has no call to go to.
-                left = EpisodeBuffer()
-                progress.halt(left)
-                self._stats['discarded_episodes'] += left.n_episodes
-                self._stats['discarded_transitions'] += left.transitions
-
-    def _on_failure(self, i, reply, collector):
-        """Env or agent code of worker ``i`` raised (``reply`` is its ERROR
-        reply): raise it, or rebuild the worker and go on."""
-        _, site, exc_type, message, tb = reply
-        err = WorkerError(i, site, exc_type, message, tb)
-        if not self._worker_failed(err):
-            raise err
-        while True:  # a replacement that fails to build counts again
-            old, self._workers[i] = self._workers[i], None
-            if old is not None:
-                _close_quietly(old, i)
-            try:
-                self._build_worker(i)
-                if collector.restarted(i):
-                    self._rounds[i].start(collector.round_start(i))
-                return
-            except Exception as exc:
-                err = self._error(i, exc)
-                if not self._worker_failed(err):
-                    raise err from exc
-
-    def _error(self, i, exc):
-        site = getattr(exc, 'build_site', None) or \
-            getattr(self._workers[i], 'error_site', None)
-        return WorkerError(i, site, type(exc).__name__, safe_str(exc),
-                           safe_traceback(type(exc), exc))
+    def _retire(self, handle):
+        if handle.worker is not None:
+            _close_quietly(handle.worker, handle.number)
+            handle.worker = handle.round = None
 
     def _shutdown(self):
-        workers, self._workers = getattr(self, '_workers', []), []
-        for i, worker in enumerate(workers):
-            if worker is not None:
-                _close_quietly(worker, i)
+        handles, self._handles = getattr(self, '_handles', []), []
+        for handle in handles:
+            self._retire(handle)
 
 
-class _NoCall:
-    """Stands in for a call's collector when a worker fails between
-    calls: its replacement has no round to start."""
+class _Local(WorkerHandle):
+    """A worker in this process, and the replies it has for the caller."""
 
-    def restarted(self, worker):
-        return False
+    def __init__(self, number):
+        super().__init__(number)
+        self.worker = None
+        self.round = None
+        self.inbox = collections.deque()
+
+    @property
+    def running(self):
+        return self.round is not None and self.round.running
 
 
 def _close_quietly(worker, i):

@@ -1,21 +1,8 @@
 """MultiprocessingSampler: one process per worker, streaming episodes back.
 
-Data flow of one call::
-
-    caller: obtain_samples(n) / obtain_exact_episodes(k) / obtain_steps(t)
-      |  checks and pickles the updates once; a Collector holds the
-      |  call's rules (Sampler base class, sampler._streaming)
-      |  START(RoundStart, updates) --> command pipe 0 ... k
-      v
-    worker process i (sampler._worker_process): apply updates, start the
-      |  Round; run it -> EpisodeBatch of segments ->
-      v  EPISODES(Segments: round, version, batch, done, env_steps)
-    caller: blocks in a selector on every result pipe and every process
-      |  sentinel; hands each reply to the collector, which keeps or
-      |  discards; obtain_samples: once it holds n transitions,
-      |  FINISH --> every command pipe (complete your episodes, then done)
-      v
-    every worker has said done: EpisodeBatch.concatenate(kept) --> caller
+The messages and the whole call are drawn in :mod:`sampler._protocol`;
+the rules every backend shares are :mod:`sampler._backend`'s. This module
+is how messages move between processes.
 
 The actors:
 
@@ -28,14 +15,15 @@ The actors:
   ``multiprocessing.Queue`` would do the same with three named semaphores
   per worker, which its resource tracker may report as leaked when the
   interpreter exits; pipes and threads leave nothing to report.)
-- a worker process per worker: the state machine of
-  :mod:`sampler._worker_process`, and a watchdog thread that ends the
+- a worker process per worker: the loop of
+  :mod:`sampler._worker_process` around the worker's Round, and a
+  watchdog thread that ends the
   process as soon as the caller's process is gone (a pidfd of it).
 - a wake pipe in the caller's selector: ``close()`` from another thread
   writes to it, so a waiting call wakes and raises SamplerClosedError.
 - shared rows (:class:`_Arena`) for ``obtain_steps`` with observations of
   ARENA_MIN_ROW_BYTES or more a row: a memfd sized for the call's rows,
-  sent to every worker over a socket of its own before START; each
+  sent to every worker over a socket of its own before Start; each
   worker writes its observations straight into its rows, and its
   message carries only where they are (``ArenaRows``). The batch the
   call returns has those rows as its observations: a frame is copied
@@ -68,12 +56,13 @@ import numpy as np
 from gymnasium import spaces
 
 from sampler import _framing, _pickling, _probe, _worker_process
-from sampler._streaming import check_streaming_options
-from sampler._worker_process import ArenaRows, ArenaSlot, Command, Reply
-from sampler.errors import (RemoteTraceback, SamplerError,
-                            SamplerTimeoutError, WorkerCrashedError,
-                            WorkerError)
-from sampler.sampler import Sampler, available_cpus
+from sampler._backend import Backend, WorkerHandle
+from sampler._call import check_streaming_options
+from sampler._process_setup import EXIT_MAIN_NOT_GUARDED, NAME_PREFIX
+from sampler._protocol import (ArenaRows, ArenaSlot, Exit, Gone, Push,
+                               RoundKind, Segments, Start)
+from sampler.errors import SamplerError
+from sampler.sampler import available_cpus
 from workers import EpisodeBatch
 
 
@@ -288,15 +277,6 @@ class _Arena:
         os.close(self.fd)
 
 
-def _check_startup_time(deadline, options, i):
-    if time.monotonic() > deadline:
-        msg = (f'starting worker processes 0 to {i} took longer than '
-               f'startup_timeout={options["startup_timeout"]} s; raise it '
-               f'(a machine under load, or a slow import in the main '
-               f'module that every worker repeats)')
-        raise SamplerTimeoutError(msg)
-
-
 def _pins(option, worker_class):
     """Whether the workers' processes are pinned to a CPU each, from the
     ``pin_workers`` option."""
@@ -314,20 +294,16 @@ def _default_start_method():
     return 'spawn'
 
 
-class _Handle:
+class _Process(WorkerHandle):
     """The caller's view of one worker process."""
-
-    __slots__ = ('number', 'process', 'commands', 'results', 'reader',
-                 'ready', 'fd_socket', 'probe')
 
     def __init__(self, number, process, commands, results, fd_socket,
                  probe):
-        self.number = number
+        super().__init__(number)
         self.process = process
         self.commands = commands
         self.results = results
         self.reader = _framing.MessageReader(results.fileno())
-        self.ready = False
         self.fd_socket = fd_socket
         self.probe = probe  # the caller's end of its sampler._probe socket
 
@@ -337,9 +313,6 @@ class _Handle:
         self.commands.close()
         self.fd_socket.close()
         self.probe.close()
-
-    def send(self, *message):
-        self.commands.put(message)
 
 
 class _Commands:
@@ -363,9 +336,9 @@ class _Commands:
             if self._closed:
                 msg = 'the command pipe of this worker is closed'
                 raise ValueError(msg)
-            if message[0] is Command.UPDATE:
+            if type(message) is Push:
                 message = self._supersede(message)
-            self._queued.append((message[0], message,
+            self._queued.append((type(message), message,
                                  _framing.encode(_framing.blobs_out_of_band(
                                      message))))
             self._wake.notify()
@@ -390,16 +363,13 @@ class _Commands:
         self._writer.close()
 
     def _supersede(self, message):
-        """An UPDATE last in the queue, not sent yet, is replaced by
-        ``message``: the newer agent update and env update win, and one
-        that ``message`` lacks (None) comes from the older. Returns what
-        to queue. (Called with the lock held.)"""
-        if not self._queued or self._queued[-1][0] is not Command.UPDATE:
+        """A Push last in the queue, not sent yet, is folded into
+        ``message`` (see ``Push.superseding``). Returns what to queue.
+        (Called with the lock held.)"""
+        if not self._queued or self._queued[-1][0] is not Push:
             return message
         _, older, _ = self._queued.pop()
-        _, version, env, agent = message
-        return (Command.UPDATE, version, older[2] if env is None else env,
-                older[3] if agent is None else agent)
+        return message.superseding(older)
 
     def close(self):
         """Stop after what is queued; never waits for a stuck worker."""
@@ -438,7 +408,7 @@ def _start_without_signals(thread):
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
-class MultiprocessingSampler(Sampler):
+class MultiprocessingSampler(Backend):
     """Runs each worker in a process of its own and streams episodes back.
 
     Takes every argument of :class:`~sampler.LocalSampler`, and these
@@ -487,7 +457,7 @@ class MultiprocessingSampler(Sampler):
         [0, 0, 0, 1, 1, 1]
     """
 
-    _OPTIONS = {**Sampler._OPTIONS, 'start_method': None, 'progress': None,
+    _OPTIONS = {**Backend._OPTIONS, 'start_method': None, 'progress': None,
                 'shutdown_timeout': 5.0, 'startup_timeout': 60.0,
                 'max_staleness': 0, 'preload': None, 'pin_workers': 'auto'}
 
@@ -533,10 +503,8 @@ class MultiprocessingSampler(Sampler):
         deadline = time.monotonic() + options['startup_timeout']
         try:
             with _framing.reads_finish_first():
-                for i in range(self.n_workers):
-                    self._handles.append(self._spawn(i))
-                    _check_startup_time(deadline, options, i)
-                self._await_ready(deadline, options['startup_timeout'])
+                spaces = self._start_workers(deadline)
+            self._observation_space = spaces[0][0]
         except BaseException:
             # Nothing to save from workers that never started: end them
             # in a second at most, not shutdown_timeout.
@@ -552,11 +520,10 @@ class MultiprocessingSampler(Sampler):
         probe_here, probe_there = self._ctx.Pipe(duplex=True)  # sampler._probe
         _widen_pipe(reader)
         _widen_pipe(command_writer)
-        payloads = [(p.kind, p.blob) for p in self._recipes[i].payloads()]
         process = self._ctx.Process(
-            target=_worker_process.run,
-            name=f'{_worker_process.NAME_PREFIX}{i}',
-            args=(i, self._factory_blob, self._setup, payloads,
+            target=_worker_process.run, name=f'{NAME_PREFIX}{i}',
+            args=(i, self._factory_blob, self._setup,
+                  self._recipes[i].updates(),
                   command_reader, writer, fds_there, probe_there),
             daemon=True)
         process.start()
@@ -571,59 +538,34 @@ class MultiprocessingSampler(Sampler):
         fds_here.close()
         probe = socket.socket(fileno=os.dup(probe_here.fileno()))
         probe_here.close()
-        return _Handle(i, process, _Commands(command_writer), reader,
-                       fd_socket, probe)
+        return _Process(i, process, _Commands(command_writer), reader,
+                        fd_socket, probe)
 
-    def _await_ready(self, deadline, timeout):
-        spaces = {}
-        while len(spaces) < self.n_workers:
-            waiting = [h for h in self._handles if not h.ready]
-            remaining = deadline - time.monotonic()
-            ready = wait([h.results for h in waiting] +
-                         [h.process.sentinel for h in waiting],
-                         timeout=max(remaining, 0))
-            if not ready:
-                names = ', '.join(str(h.number) for h in waiting)
-                msg = (f'worker(s) {names} did not build their env within '
-                       f'startup_timeout={timeout} s')
-                raise SamplerTimeoutError(msg)
-            for handle in waiting:
-                if handle.results in ready or \
-                        handle.process.sentinel in ready:
-                    tag, *args = self._receive_or_raise(handle)
-                    handle.ready = True
-                    spaces[handle.number] = args[0]
-        self._check_same_spaces(spaces)
-        self._observation_space = spaces[0][0]
+    def _startup_hint(self):
+        return ('raise it on a busy machine, or for an env (or a main '
+                'module, which every worker imports again) that is slow to '
+                'load')
 
-    def _receive_or_raise(self, handle):
-        """One start-up reply; a worker's error or death is raised."""
-        reply = _receive(handle)
-        if reply[0] is Reply.ERROR:
-            raise _worker_error(handle.number, *reply[1:])
-        if reply[0] is None:
-            main = getattr(sys.modules.get('__main__'), '__file__', None)
-            handle.process.join(timeout=1.0)
-            if handle.process.exitcode == \
-                    _worker_process.EXIT_MAIN_NOT_GUARDED:
-                msg = (f'worker {handle.number} could not start: the main '
-                       f'module {main} builds a sampler when it is '
-                       f'imported, and worker processes started with '
-                       f"start_method='{self._ctx.get_start_method()}' "
-                       f'import it again. Put the code that samples under '
-                       f'if __name__ == "__main__": at the end of the '
-                       f'script')
-                raise SamplerError(msg)
-            detail = (' while starting; anything it printed is on stderr '
-                      'above')
-            if self._ctx.get_start_method() != 'fork' and (
-                    main is None or not os.path.exists(main)):
-                detail += (f'. Worker processes started with '
-                           f"start_method='{self._ctx.get_start_method()}' "
-                           f're-import the main module, which a script read '
-                           f'from stdin does not allow: run it from a file')
-            raise _crash_error(handle, detail)
-        return reply
+    def _start_failure(self, handle, reply):
+        if type(reply) is not Gone:
+            return super()._start_failure(handle, reply)
+        main = getattr(sys.modules.get('__main__'), '__file__', None)
+        method = self._ctx.get_start_method()
+        if reply.exitcode == EXIT_MAIN_NOT_GUARDED:
+            msg = (f'worker {handle.number} could not start: the main '
+                   f'module {main} builds a sampler when it is imported, '
+                   f'and worker processes started with '
+                   f"start_method='{method}' import it again. Put the code "
+                   f'that samples under if __name__ == "__main__": at the '
+                   f'end of the script')
+            return SamplerError(msg)
+        detail = '; anything it printed is on stderr above'
+        if method != 'fork' and (main is None or not os.path.exists(main)):
+            detail += (f". Worker processes started with start_method="
+                       f"'{method}' re-import the main module, which a "
+                       f"script read from stdin does not allow: run it from "
+                       f"a file")
+        return super()._start_failure(handle, reply._replace(detail=detail))
 
     def worker_pids(self):
         """Process ids of the workers, in worker order."""
@@ -666,7 +608,8 @@ class MultiprocessingSampler(Sampler):
         are one array of at least ARENA_MIN_ROW_BYTES a row (Linux): a
         kept one that is free, or a new one."""
         space = getattr(self, '_observation_space', None)
-        if collector.kind != 'steps' or not hasattr(os, 'memfd_create') or \
+        if collector.kind is not RoundKind.STEPS or \
+                not hasattr(os, 'memfd_create') or \
                 type(space) is not spaces.Box or \
                 self.n_envs % self.n_workers:
             return None
@@ -696,36 +639,14 @@ class MultiprocessingSampler(Sampler):
             self._arenas.pop(0).close()
         return batch
 
-    def _begin(self, collector, updates):
-        for handle, (env, agent) in zip(self._handles, updates):
-            self._start_round(handle, collector, env and env.blob,
-                              agent and agent.blob)
-
-    def _start_round(self, handle, collector, env_blob=None,
-                     agent_blob=None):
-        start = collector.round_start(handle.number)
-        arena = self._arena if collector.kind == 'steps' else None
-        if arena is not None:
-            start = dataclasses.replace(start,
-                                        arena=arena.slot(handle.number))
-            arena.send(handle, start.round)
-        handle.send(Command.START, start, env_blob, agent_blob)
-
-    def _push(self, version, updates):
-        for handle, (env, agent) in zip(self._handles, updates):
-            handle.send(Command.UPDATE, version, env and env.blob,
-                        agent and agent.blob)
-
-    def _credit(self, worker, transitions):
-        self._handles[worker].send(Command.CREDIT, transitions)
-
-    def _finish(self, round_number):
-        for handle in self._handles:
-            handle.send(Command.FINISH, round_number)
-
-    def _stop(self):
-        for handle in self._handles:
-            handle.send(Command.STOP)
+    def _send(self, handle, command):
+        arena = self._arena
+        if type(command) is Start and arena is not None:
+            plan = dataclasses.replace(command.plan,
+                                       arena=arena.slot(handle.number))
+            arena.send(handle, plan.round)
+            command = command._replace(plan=plan)
+        handle.commands.put(command)
 
     def _events(self, timeout):
         """Block until a result pipe has data or a worker process exits.
@@ -752,56 +673,48 @@ class MultiprocessingSampler(Sampler):
             self._selector.close()
             self._selector = None
 
-    def _wait_and_collect(self, collector, deadline, bar):
+    def _wait(self, collector, deadline):
         timeout = None
         if deadline is not None:
             timeout = max(deadline - time.monotonic(), 0)
         events = self._events(timeout)
         if not events:
-            raise SamplerTimeoutError(collector.describe(self._where(
-                collector.holding())))
-        for handle, exited in events:
-            # Stop once the call has what it needs: what a streaming call
-            # leaves unread stays in the pipe for the next call, which
-            # keeps it if its version is still current.
-            if collector.done:
-                return
+            return None
+        return self._replies(events, collector)
+
+    def _replies(self, events, collector):
+        """The replies behind ``events``, each read when asked for."""
+        for event in events:
+            if event is None:
+                continue  # the wake pipe
+            handle, exited = event
             if self._handles[handle.number] is not handle:
-                continue  # replaced earlier in this loop
+                continue  # replaced since
             if not exited:
-                self._handle_reply(handle, _receive(handle), collector, bar)
+                yield handle, self._receive(handle, collector)
                 continue
             # The process is gone: read what it sent before dying.
             while self._handles[handle.number] is handle and \
                     handle.results.poll():
-                self._handle_reply(handle, _receive(handle), collector, bar)
+                yield handle, self._receive(handle, collector)
             if self._handles[handle.number] is handle:
-                self._on_failure(handle, _crash_error(handle), collector)
+                yield handle, _gone(handle)
+
+    def _receive(self, handle, collector):
+        """The next reply from a worker, Gone if its pipe ended; shared
+        rows made views of this call's arena."""
+        reply = _read(handle)
+        if reply is None:
+            return _gone(handle)
+        if type(reply) is Segments and collector is not None:
+            reply = self._arena_rows(reply, collector)
+        return reply
 
     def _where(self, workers):
         """What each of ``workers`` is doing now (see sampler._probe)."""
         return _probe.ask({
             i: (self._handles[i].process.pid, self._handles[i].probe)
             for i in workers if self._handles[i].process.is_alive()})
-
-    def _handle_reply(self, handle, reply, collector, bar):
-        tag = reply[0]
-        if tag is Reply.EPISODES:
-            got = collector.add(handle.number,
-                                self._arena_rows(reply[1], collector))
-            if bar is not None:
-                bar.advance(got)
-            return
-        if tag is Reply.READY:  # a replacement worker has started
-            return
-        if tag is Reply.ERROR:
-            err = _worker_error(handle.number, *reply[1:])
-        elif tag is None:  # end of file: the process is gone
-            err = _crash_error(handle)
-        else:
-            msg = f'worker {handle.number} sent an unknown reply {tag!r}'
-            raise RuntimeError(msg)
-        self._on_failure(handle, err, collector)
 
     def _arena_rows(self, segments, collector):
         """``segments`` with observations written to shared memory made
@@ -818,17 +731,9 @@ class MultiprocessingSampler(Sampler):
         self._stats['discarded_transitions'] += len(batch)
         return dataclasses.replace(segments, batch=None)
 
-    def _on_failure(self, handle, err, collector):
-        if not self._worker_failed(err):
-            raise err
-        i = handle.number
+    def _retire(self, handle):
         self._forget_selector()
         _stop_process(handle, timeout=1.0)
-        replacement = self._spawn(i)
-        self._handles[i] = replacement
-        # Its recipe already holds this call's updates.
-        if collector.restarted(i):
-            self._start_round(replacement, collector)
 
     # Shutdown ------------------------------------------------------------
 
@@ -842,25 +747,20 @@ class MultiprocessingSampler(Sampler):
             finalizer()
 
 
-def _receive(handle):
-    """The next reply from a worker, or ``(None,)`` if it is gone."""
+def _read(handle):
+    """The next reply from a worker, or None if its pipe ended."""
     try:
         return handle.reader.read()
     except (EOFError, OSError):
-        return (None,)
+        return None
 
 
-def _worker_error(number, site, exc_type, message, tb):
-    err = WorkerError(number, site, exc_type, message, tb)
-    err.__cause__ = RemoteTraceback(tb)
-    return err
-
-
-def _crash_error(handle, detail=''):
-    # The pipe can report end-of-file a moment before the process is
-    # reaped; wait briefly for the exit code that says what happened.
+def _gone(handle, detail=''):
+    """Gone, for a worker whose pipe ended: the pipe can report
+    end-of-file a moment before the process is reaped, so wait briefly
+    for the exit code that says what happened."""
     handle.process.join(timeout=1.0)
-    return WorkerCrashedError(handle.number, handle.process.exitcode, detail)
+    return Gone(handle.process.exitcode, detail)
 
 
 def _stop_process(handle, timeout):
@@ -911,7 +811,7 @@ def _stop_workers(handles, timeout):
     deadline = time.monotonic() + timeout
     for handle in handles:
         try:
-            handle.send(Command.EXIT)
+            handle.commands.put(Exit())
         except (OSError, ValueError):
             pass  # its command pipe is already closed
     # Graceful phase: read (and drop) what workers still send, so that one
@@ -931,7 +831,7 @@ def _stop_workers(handles, timeout):
             handle = sources[source]
             if source is handle.results:
                 try:
-                    gone = _receive(handle)[0] is None
+                    gone = _read(handle) is None
                 except ValueError:  # the pipe lost its place
                     gone = True
                 if gone:

@@ -1,34 +1,22 @@
 """RaySampler: one Ray actor per worker, for users who outgrow one machine.
 
-Data flow of one call::
-
-    caller: obtain_samples(n) / obtain_exact_episodes(k) / obtain_steps(t)
-      |  checks and pickles the updates once; a Collector holds the
-      |  call's rules (Sampler base class, sampler._streaming);
-      |  ray.put() each distinct update once per call, shared by all actors
-      |  actor.start(RoundStart, update refs)
-      |  actor.sample() x DEPTH        (queued on each actor, in order)
-      v
-    actor i (sampler._ray_actor.SamplerWorker): applies updates between
-      |  episodes; each sample() runs the Round on into one
-      |  EPISODES(Segments), returned through Ray's object store
-      v
-    caller: blocks in ray.wait() on every reference in flight; hands each
-      |  reply to the collector; sends the next sample() to that actor
-      |  until it says done; obtain_samples: actor.finish() on every
-      |  actor once the collector holds n transitions
-      v
-    every actor has said done: EpisodeBatch.concatenate(kept)
+The messages and the whole call are drawn in :mod:`sampler._protocol`;
+the rules every backend shares are :mod:`sampler._backend`'s. Here, a
+command is a method call on the worker's actor
+(:mod:`sampler._ray_actor`), its updates put in Ray's object store once
+per call and shared by every actor; replies come back as the calls'
+results, which the caller waits for with ``ray.wait``. While a worker's
+round runs, the caller keeps DEPTH ``sample()`` calls queued on its
+actor, each returning the round's next message, and asks for another
+with each message that is not the last.
 
 Keeping DEPTH calls queued on every actor means an actor never waits for
 the caller's round trip between two chunks of work, and bounds what it
 produces ahead (DEPTH chunks).
 
-Failures: env or agent exceptions come back as ERROR replies
-(``WorkerError`` with the worker's traceback); an actor whose process died
-makes its references raise ``RayActorError`` (``WorkerCrashedError``).
-A failed actor is killed and, with ``on_worker_error='restart'``, replaced
-by a new one built from its recipe, which redoes the round.
+Failures: env or agent exceptions come back as Failed replies; an actor
+whose process died makes its references raise ``RayActorError``, which
+is a Gone reply here.
 
 The runtime: a sampler uses Ray as it finds it initialised; otherwise it
 starts a local runtime sized for its workers (``address=None``) or joins
@@ -46,12 +34,12 @@ import time
 import weakref
 
 from sampler import _pickling
+from sampler._backend import Backend, WorkerHandle
+from sampler._call import check_streaming_options
+from sampler._protocol import (Credit, Failed, Gone, Push, Segments, Start,
+                               Stop)
 from sampler._ray_actor import SamplerWorker
-from sampler._streaming import check_streaming_options
-from sampler._worker_process import Reply
-from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
-                            WorkerCrashedError, WorkerError)
-from sampler.sampler import Sampler, available_cpus
+from sampler.sampler import available_cpus
 
 #: ``sample()`` calls kept queued on each actor during a call.
 DEPTH = 2
@@ -116,19 +104,16 @@ def _nothing(ray):
     pass
 
 
-class _Handle:
+class _Actor(WorkerHandle):
     """The caller's view of one actor."""
 
-    __slots__ = ('number', 'actor', 'pid', 'running')
-
     def __init__(self, number, actor):
-        self.number = number
+        super().__init__(number)
         self.actor = actor
-        self.pid = None
-        self.running = False
+        self.running = False  # sample() calls are asked for
 
 
-class RaySampler(Sampler):
+class RaySampler(Backend):
     """Runs each worker in a Ray actor and streams episodes back.
 
     Takes every argument of :class:`~sampler.LocalSampler`, the options of
@@ -159,7 +144,7 @@ class RaySampler(Sampler):
     reported instead.
     """
 
-    _OPTIONS = {**Sampler._OPTIONS, 'progress': None,
+    _OPTIONS = {**Backend._OPTIONS, 'progress': None,
                 'shutdown_timeout': 5.0, 'startup_timeout': 60.0,
                 'max_staleness': 0, 'address': None, 'num_cpus': 1,
                 'actor_options': None}
@@ -204,58 +189,34 @@ class RaySampler(Sampler):
             ray, address, max(available_cpus(),
                               math.ceil(cpus * self.n_workers)))
         self._handles = []
-        self._pending = {}  # object ref -> (handle, 'ready'|'start'|'sample')
+        self._pending = {}  # object ref -> (handle, 'sample' or another)
+        self._shared = {}  # id(blob) -> its ref, while a call starts
         self._finalizer = weakref.finalize(
             self, _shutdown, ray, self._handles, self._pending,
             options['shutdown_timeout'], release)
         try:
             self._factory_ref = ray.put(_pickling.dumps(self._factory))
             self._setup = self._process_setup()
-            for i in range(self.n_workers):
-                self._handles.append(self._spawn(i))
-            self._await_ready(options['startup_timeout'])
+            self._start_workers(time.monotonic() +
+                                options['startup_timeout'])
         except BaseException:
             self._finalizer()
             raise
 
     def _spawn(self, i):
-        payloads = self._recipes[i].payloads()
+        updates = self._recipes[i].updates()
         refs = {}
-        for payload in payloads:
-            if id(payload.blob) not in refs:
-                refs[id(payload.blob)] = self._ray.put(payload.blob)
+        for update in updates:
+            if id(update.blob) not in refs:
+                refs[id(update.blob)] = self._ray.put(update)
         actor = self._actor_class.remote(
-            i, self._factory_ref, self._setup, [p.kind for p in payloads],
-            *[refs[id(p.blob)] for p in payloads])
-        handle = _Handle(i, actor)
+            i, self._factory_ref, self._setup,
+            *[refs[id(u.blob)] for u in updates])
+        handle = _Actor(i, actor)
         self._pending[actor.ready.remote()] = (handle, 'ready')
         return handle
 
-    def _await_ready(self, timeout):
-        deadline = time.monotonic() + timeout
-        spaces = {}
-        while len(spaces) < self.n_workers:
-            refs = [r for r, (_, what) in self._pending.items()
-                    if what == 'ready']
-            ready, _ = self._ray.wait(
-                refs, num_returns=1,
-                timeout=max(deadline - time.monotonic(), 0))
-            if not ready:
-                names = ', '.join(str(self._pending[r][0].number)
-                                  for r in refs)
-                msg = (f'worker(s) {names} did not start within '
-                       f'startup_timeout={timeout} s; '
-                       f'{self._cpu_report()}')
-                raise SamplerTimeoutError(msg)
-            handle, _ = self._pending.pop(ready[0])
-            reply = self._get(handle, ready[0])
-            if reply[0] is not Reply.READY:
-                raise self._failure(handle, reply, ' while starting')
-            spaces[handle.number] = reply[1]
-            handle.pid = reply[2]
-        self._check_same_spaces(spaces)
-
-    def _cpu_report(self):
+    def _startup_hint(self):
         ray = self._ray
         total = ray.cluster_resources().get('CPU', 0)
         free = ray.available_resources().get('CPU', 0)
@@ -271,74 +232,65 @@ class RaySampler(Sampler):
     # Sampling ------------------------------------------------------------
 
     def _begin(self, collector, updates):
-        for handle, refs in zip(self._handles, self._put(updates)):
-            self._begin_one(handle, collector, *refs)
-
-    def _put(self, updates):
-        """Per worker, object refs of its (env, agent) payloads (None
-        where there is none); each payload object goes into the store
-        once, shared by every actor."""
-        refs, out = {}, []
-        for env, agent in updates:
-            blobs = []
-            for payload in (env, agent):
-                if payload is None:
-                    blobs.append(None)
-                    continue
-                if id(payload.blob) not in refs:
-                    refs[id(payload.blob)] = self._ray.put(payload.blob)
-                blobs.append(refs[id(payload.blob)])
-            out.append(blobs)
-        return out
-
-    def _begin_one(self, handle, collector, env_ref=None, agent_ref=None):
-        start = handle.actor.start.remote(
-            collector.round_start(handle.number), env_ref, agent_ref)
-        self._pending[start] = (handle, 'start')
-        handle.running = True
-        # sample() calls left from the last call run first; their replies
-        # are kept or discarded like any other, and only replies of this
-        # round ask for more, so DEPTH calls of this round stay queued.
-        for _ in range(DEPTH):
-            self._pending[handle.actor.sample.remote()] = (handle, 'sample')
+        try:
+            super()._begin(collector, updates)
+        finally:
+            self._shared = {}
 
     def _push(self, version, updates):
-        for handle, refs in zip(self._handles, self._put(updates)):
-            self._pending[handle.actor.update.remote(version, *refs)] = \
-                (handle, 'update')
+        try:
+            super()._push(version, updates)
+        finally:
+            self._shared = {}
+
+    def _ref(self, update):
+        """An object ref of ``update`` (None for None): put in the store
+        once while a call's commands go out, shared by every actor."""
+        if update is None:
+            return None
+        key = id(update.blob)
+        if key not in self._shared:
+            self._shared[key] = self._ray.put(update)
+        return self._shared[key]
+
+    def _send(self, handle, command):
+        kind = type(command)
+        if kind is Credit:
+            return  # asked for each message, an actor is never ahead
+        actor = handle.actor
+        if kind is Start or kind is Push:
+            ref = actor.command.remote(
+                command._replace(env=None, agent=None),
+                self._ref(command.env), self._ref(command.agent))
+        else:
+            ref = actor.command.remote(command)
+        self._pending[ref] = (handle, 'command')
+        if kind is Start:
+            # sample() calls left from the last call run first; their
+            # replies are kept or discarded like any other, and only
+            # replies of this round ask for more, so DEPTH calls of this
+            # round stay queued.
+            handle.running = True
+            self._ask(handle, DEPTH)
+        elif kind is Stop:
+            # No more sample() calls. The ones queued (DEPTH at most, each
+            # a chunk of work) still run before the Stop. (Cancelling
+            # queued actor calls is not safe: Ray may then wait 30 s for
+            # the missing call and fail the actor's later ones.)
+            handle.running = False
+
+    def _ask(self, handle, n=1):
+        for _ in range(n):
+            self._pending[handle.actor.sample.remote()] = (handle, 'sample')
 
     def _resume(self, collector):
         asked = {id(h) for h, what in self._pending.values()
                  if what == 'sample'}
         for handle in self._handles:
             if handle.running and id(handle) not in asked:
-                for _ in range(DEPTH):
-                    self._pending[handle.actor.sample.remote()] = \
-                        (handle, 'sample')
+                self._ask(handle, DEPTH)
 
-    def _end_stream(self, collector, cleanly):
-        self._stop()
-        if not cleanly:
-            return
-        for handle in self._handles:
-            self._pending[handle.actor.stop.remote()] = (handle, 'stop')
-        super()._end_stream(collector, cleanly)
-
-    def _stop(self):
-        """Workers go idle: no more sample() calls are sent. The ones
-        queued (DEPTH at most, each a chunk of work) still run; the next
-        call uses their episodes if their version is still current.
-        (Cancelling queued actor calls is not safe: Ray may then wait 30 s
-        for the missing call and fail the actor's later ones.)"""
-        for handle in self._handles:
-            handle.running = False
-
-    def _finish(self, round_number):
-        for handle in self._handles:
-            self._pending[handle.actor.finish.remote(round_number)] = \
-                (handle, 'finish')
-
-    def _wait_and_collect(self, collector, deadline, bar):
+    def _wait(self, collector, deadline):
         # Each actor's replies in the order its calls were sent (Ray runs
         # them in that order, but ray.wait may report two ready ones in
         # either): an empty "done" read before the episodes sent ahead of
@@ -348,28 +300,20 @@ class RaySampler(Sampler):
             heads.setdefault(id(handle), ref)
         ready = self._wait_one(list(heads.values()), deadline)
         if not ready:
-            raise SamplerTimeoutError(collector.describe(self._where(
-                collector.holding())))
-        handle, what = self._pending.pop(ready[0])
+            return None
+        return self._replies(ready[0], collector)
+
+    def _replies(self, ref, collector):
+        handle, _ = self._pending.pop(ref)
         if self._handles[handle.number] is not handle:
             return  # from an actor already replaced
-        reply = self._get(handle, ready[0])
-        if reply is None:  # a start() or finish() that succeeded
-            return
-        if reply[0] is Reply.READY:  # a replacement actor has started
-            handle.pid = reply[2]
-            return
-        if reply[0] is not Reply.EPISODES:
-            self._on_failure(handle, self._failure(handle, reply), collector)
-            return
-        segments = reply[1]
-        got = collector.add(handle.number, segments)
-        if bar is not None:
-            bar.advance(got)
-        if handle.running and not collector.done and not segments.done \
-                and segments.round == collector.round:
-            ref = handle.actor.sample.remote()
-            self._pending[ref] = (handle, 'sample')
+        for reply in self._get(ref):
+            yield handle, reply
+            if type(reply) is Segments and handle.running and \
+                    self._handles[handle.number] is handle and \
+                    not collector.done and not reply.done and \
+                    reply.round == collector.round:
+                self._ask(handle)
 
     def _where(self, workers, timeout=0.5):
         """What each of ``workers`` is doing now, for those whose actor
@@ -407,39 +351,20 @@ class RaySampler(Sampler):
     def _forked(self):
         self._finalizer.detach()
 
-    def _get(self, handle, ref):
-        """A reply; a dead actor or a task Ray could not run as a reply
-        shaped like the others."""
+    def _get(self, ref):
+        """The replies a call returned; a dead actor, or a task Ray could
+        not run, as a reply like the others."""
         ray = self._ray
         try:
             return ray.get(ref)
         except ray.exceptions.RayActorError as err:
-            return (None, err)
+            return [Gone(None, _ray_report(err))]
         except ray.exceptions.RayTaskError as err:
             cause = getattr(err, 'cause', None) or err
-            return (Reply.ERROR, 'returning the episodes',
-                    type(cause).__name__, str(cause), str(err))
+            return [Failed('returning the episodes', type(cause).__name__,
+                           str(cause), str(err))]
 
-    def _failure(self, handle, reply, detail=''):
-        if reply[0] is Reply.ERROR:
-            err = WorkerError(handle.number, *reply[1:])
-            err.__cause__ = RemoteTraceback(reply[4])
-            return err
-        return WorkerCrashedError(handle.number, None,
-                                  detail + _ray_report(reply[1]))
-
-    def _on_failure(self, handle, err, collector):
-        if not self._worker_failed(err):
-            raise err
-        i = handle.number
-        self._forget(handle)
-        replacement = self._spawn(i)
-        self._handles[i] = replacement
-        # Its recipe already holds this call's updates.
-        if collector.restarted(i):
-            self._begin_one(replacement, collector)
-
-    def _forget(self, handle):
+    def _retire(self, handle):
         for ref, (owner, _) in list(self._pending.items()):
             if owner is handle:
                 del self._pending[ref]

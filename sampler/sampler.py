@@ -1,22 +1,6 @@
-"""Sampler: the base class every backend shares.
-
-A call, whatever the backend::
-
-    obtain_samples(n) / obtain_exact_episodes(k) / obtain_steps(t),
-    with agent_update, env_update, timeout
-      |  in the calling thread: check the count and the updates (list
-      |  lengths, env ids, picklability); pickle each distinct update
-      |  once; version += 1 if anything was updated; a Collector (the
-      |  call's rules, sampler._streaming) for this round
-      v
-    backend._sample(collector, updates, deadline): only moves messages
-      |  START(RoundStart, updates) -> every worker's Round
-      |  (sampler._worker_process): apply updates, start the round,
-      |  run it, send EPISODES(Segments) ... done
-      |  EPISODES -> collector.add; FINISH when the collector says;
-      |  a failed worker replaced, and collector.restarted
-      v
-    EpisodeBatch.concatenate(what the collector kept)  -> caller
+"""Sampler: the public calls every backend shares (the whole call is
+drawn in :mod:`sampler._protocol`; what backends share below the calls is
+:mod:`sampler._backend`).
 
 The base class owns everything that must behave the same on every backend:
 argument checks and their messages, versions and rounds, statistics,
@@ -47,11 +31,12 @@ from typing import Any, Dict, Iterator, Optional
 import numpy as np
 
 from sampler import _pickling
-from sampler._worker_process import ProcessSetup, exit_if_importing_main
+from sampler._call import Collector
+from sampler._process_setup import ProcessSetup, exit_if_importing_main
+from sampler._protocol import RoundKind, Update, UpdateKind
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
                             SamplerError, SamplerTimeoutError,
                             WorkerCrashedError, WorkerError)
-from sampler._streaming import Collector
 from workers import DefaultWorker
 from workers import WorkerFactory, _nest
 from workers.worker import EPISODE_ID_STRIDE
@@ -89,20 +74,6 @@ def available_cpus() -> int:
     return os.cpu_count() or 1
 
 
-class Payload:
-    """One worker's share of an update: the pickled object and what it is.
-
-    ``kind`` is ``'agent'`` (replaces the agent), ``'params'`` (for
-    ``set_params``) or ``'env'`` (an EnvUpdate).
-    """
-
-    __slots__ = ('blob', 'kind')
-
-    def __init__(self, blob, kind):
-        self.blob = blob
-        self.kind = kind
-
-
 class WorkerRecipe:
     """What rebuilds a worker as it is now: its agent, the last parameters
     sent since, and the env updates since its last new env.
@@ -126,7 +97,7 @@ class WorkerRecipe:
 
     def record(self, agent, env, env_update):
         if agent is not None:
-            if agent.kind == 'agent':
+            if agent.kind is UpdateKind.AGENT:
                 self.agent, self.params = agent, None
             else:
                 self.params = agent
@@ -148,7 +119,7 @@ class WorkerRecipe:
                        f'before it irrelevant, and only the last is kept')
                 warnings.warn(msg, ResourceWarning, stacklevel=4)
 
-    def payloads(self):
+    def updates(self):
         """Env updates then agent (and parameters), in the order to apply."""
         out = list(self.envs) + [self.agent]
         if self.params is not None:
@@ -160,9 +131,10 @@ class Sampler:
     """Base class of the samplers; see :class:`LocalSampler` for the
     arguments, which every backend shares.
 
-    Subclasses implement ``_start(options)``, ``_sample(collector,
-    updates, deadline)`` and ``_shutdown()``, and list their options in
-    ``_OPTIONS`` (name -> default).
+    Backends build on :class:`sampler._backend.Backend`, which fills in
+    the messages of a call; each implements ``_start(options)`` and
+    ``_shutdown()`` and lists its options in ``_OPTIONS`` (name ->
+    default).
     """
 
     _OPTIONS = {'on_worker_error': 'raise', 'max_restarts': 10,
@@ -219,13 +191,13 @@ class Sampler:
         for i, update in enumerate(env_updates):
             worker_factory.worker_class.check_env_update(
                 update, self._name('envs', envs, i))
-        agent_payloads = self._pickle_each('agents', agents, agent_list,
-                                           'agent')
-        env_payloads = self._pickle_each('envs', envs, env_updates, 'env',
-                                         originals=env_list)
+        agent_blobs = self._pickle_each('agents', agents, agent_list,
+                                        UpdateKind.AGENT)
+        env_blobs = self._pickle_each('envs', envs, env_updates,
+                                      UpdateKind.ENV, originals=env_list)
         self._can_set_params = [hasattr(a, 'set_params') for a in agent_list]
         self._recipes = [WorkerRecipe(a, e)
-                         for a, e in zip(agent_payloads, env_payloads)]
+                         for a, e in zip(agent_blobs, env_blobs)]
         self._options = options
         self._version = 0
         self._calls = 0
@@ -240,7 +212,9 @@ class Sampler:
         self._pid = os.getpid()
         self._lock = threading.Condition()
         self._running = None  # (what, thread) of the call running
+        self._serving = False  # until the workers have started
         self._start(options)
+        self._serving = True
         self._closed = False
         _open_samplers.add(self)
 
@@ -342,7 +316,7 @@ class Sampler:
             SamplerClosedError, BrokenSamplerError: the sampler cannot run.
         """
         count = _check_count(num_samples, 'num_samples')
-        return self._call(('samples', count), agent_update, env_update,
+        return self._call((RoundKind.SAMPLES, count), agent_update, env_update,
                           timeout, f'obtain_samples({count})')
 
     def obtain_exact_episodes(self, n_eps_per_worker: int,
@@ -358,8 +332,9 @@ class Sampler:
         :meth:`obtain_samples`.
         """
         count = _check_count(n_eps_per_worker, 'n_eps_per_worker')
-        return self._call(('episodes', count), agent_update, env_update,
-                          timeout, f'obtain_exact_episodes({count})')
+        return self._call((RoundKind.EPISODES, count), agent_update,
+                          env_update, timeout,
+                          f'obtain_exact_episodes({count})')
 
     def obtain_steps(self, steps_per_env: int, agent_update: Any = None,
                      env_update: Any = None, *,
@@ -383,7 +358,7 @@ class Sampler:
             segments first, all of the current version.
         """
         count = _check_count(steps_per_env, 'steps_per_env')
-        return self._call(('steps', count), agent_update, env_update,
+        return self._call((RoundKind.STEPS, count), agent_update, env_update,
                           timeout, f'obtain_steps({count})')
 
     def _call(self, goal, agent_update, env_update, timeout, what):
@@ -419,8 +394,8 @@ class Sampler:
 
     def _take_updates(self, agent_update, env_update):
         """Check and pickle a call's (or push's) updates, record them for
-        restarts, and count the new version; per worker, ``(env payload,
-        agent payload)``, each None if not updated."""
+        restarts, and count the new version; per worker, ``(env Update,
+        agent Update)``, each None if not updated."""
         agents, can_set_params = self._prepare_agent_update(agent_update)
         envs, env_objects = self._prepare_env_update(env_update)
         # Every argument is accepted: only now may the sampler's state change.
@@ -534,7 +509,7 @@ class Sampler:
         self._calls += 1
         self._stats['calls'] += 1
         collector = Collector(
-            kind='stream', count=count, round_number=round_number,
+            kind=RoundKind.STREAM, count=count, round_number=round_number,
             version=self._version, n_workers=self.n_workers,
             n_envs=self.n_envs, max_staleness=max_staleness,
             stats=self._stats, next_episode_ids=self._next_episode_ids,
@@ -613,9 +588,9 @@ class Sampler:
         kinds = []
         for i, item in enumerate(items):
             if hasattr(item, 'get_action'):
-                kinds.append('agent')
+                kinds.append(UpdateKind.AGENT)
             elif self._can_set_params[i]:
-                kinds.append('params')
+                kinds.append(UpdateKind.PARAMS)
             else:
                 msg = (f'{self._name("agent_update", update, i)} is not an '
                        f'agent (it has no get_action), so it would be '
@@ -623,11 +598,12 @@ class Sampler:
                        f'set_params; send an agent object to replace the '
                        f'agent, or give the agent set_params(params)')
                 raise TypeError(msg)
-        payloads = self._pickle_each('agent_update', update, items, kinds)
-        can_set_params = [hasattr(item, 'set_params') if kind == 'agent'
+        pickled = self._pickle_each('agent_update', update, items, kinds)
+        can_set_params = [hasattr(item, 'set_params')
+                          if kind is UpdateKind.AGENT
                           else old for item, kind, old in
                           zip(items, kinds, self._can_set_params)]
-        return payloads, can_set_params
+        return pickled, can_set_params
 
     def _prepare_env_update(self, update):
         if update is None:
@@ -638,9 +614,9 @@ class Sampler:
         for i, item in enumerate(objects):
             self._factory.worker_class.check_env_update(
                 item, self._name('env_update', update, i))
-        payloads = self._pickle_each('env_update', update, objects, 'env',
-                                     originals=items)
-        return payloads, objects
+        pickled = self._pickle_each('env_update', update, objects,
+                                    UpdateKind.ENV, originals=items)
+        return pickled, objects
 
     def _per_worker(self, value, name):
         n = self.n_workers
@@ -666,11 +642,11 @@ class Sampler:
         return f'{name}[{i}]' if isinstance(given, list) else name
 
     def _pickle_each(self, name, given, items, kinds, originals=None):
-        """Pickle each distinct object once; the same object given to every
-        worker is pickled a single time."""
+        """Pickle each distinct object once (the same object given to every
+        worker is pickled a single time); per worker, an Update."""
         originals = items if originals is None else originals
         blobs = {}
-        payloads = []
+        updates = []
         for i, (item, original) in enumerate(zip(items, originals)):
             key = id(original)
             if key not in blobs:
@@ -683,9 +659,9 @@ class Sampler:
                            f'{type(err).__name__}: {err}. '
                            f'{_PICKLE_HINTS[name]}')
                     raise TypeError(msg) from err
-            kind = kinds if isinstance(kinds, str) else kinds[i]
-            payloads.append(Payload(blobs[key], kind))
-        return payloads
+            kind = kinds if isinstance(kinds, UpdateKind) else kinds[i]
+            updates.append(Update(kind, blobs[key]))
+        return updates
 
     def _concatenate(self, batches):
         try:
@@ -762,8 +738,8 @@ class Sampler:
 
     def _check_closed_during(self, collector=None):
         """Raise SamplerClosedError if ``close()`` ran meanwhile (backends
-        call it when a wait wakes)."""
-        if self._closed:
+        call it when a wait wakes); never while the workers start."""
+        if self._closed and self._serving:
             what = self._running[0] if self._running else 'the call'
             msg = (f'the sampler was closed during {what} (close() was '
                    f'called from another thread)')
@@ -934,36 +910,9 @@ class Sampler:
         self._begin(collector, updates)
         return self._run_collector(collector, deadline)
 
-    def _begin(self, collector, updates):
-        """Start ``collector``'s round on every worker with ``updates``
-        (per worker: (env payload or None, agent payload or None))."""
-        raise NotImplementedError
-
-    def _push(self, version, updates):
-        """Send every worker its update of ``version`` (see push_update);
-        never waits for a worker."""
-        raise NotImplementedError
-
-    def _credit(self, worker, transitions):
-        """Tell a stream's worker the learner read ``transitions`` of its
-        (backends whose workers run ahead on their own)."""
-
     def _resume(self, collector):
         """Before a stream waits for its next batch: have its workers
         sampling (backends that ask for each message)."""
-
-    def _wait_and_collect(self, collector, deadline, bar):
-        """Wait for the next replies and hand them to ``collector``."""
-        raise NotImplementedError
-
-    def _finish(self, round_number):
-        """Tell every worker to finish its part of round
-        ``round_number``."""
-        raise NotImplementedError
-
-    def _stop(self):
-        """Every worker goes idle at once."""
-        raise NotImplementedError
 
     def _shutdown(self):
         raise NotImplementedError

@@ -112,22 +112,34 @@ class Worker:
         """Replace the agent, or load parameters into it.
 
         An object with ``get_action`` (or any callable, while the worker has
-        no agent yet) becomes the agent; anything else is passed to
-        ``agent.set_params``. The caller must not share the object with
-        other workers: each worker needs its own copy.
+        no agent yet) becomes the agent (:meth:`set_agent`); anything else
+        is passed to ``agent.set_params`` (:meth:`set_agent_params`). The
+        caller must not share the object with other workers: each worker
+        needs its own copy.
         """
         if self.agent is None or hasattr(agent_update, 'get_action'):
-            self.error_site = 'setting the agent'
-            self.agent = as_agent(agent_update)
+            self.set_agent(agent_update)
         else:
-            self.error_site = 'agent.set_params'
-            set_params = getattr(self.agent, 'set_params', None)
-            if set_params is None:
-                msg = (f'the agent {self.agent!r} has no set_params, so it '
-                       f'cannot take parameters; send an agent (an object '
-                       f'with get_action) to replace it instead')
-                raise TypeError(msg)
-            set_params(agent_update)
+            self.set_agent_params(agent_update)
+
+    def set_agent(self, agent: Any) -> None:
+        """Make ``agent`` (an agent, or a callable ``obs -> action``) the
+        worker's agent."""
+        self.error_site = 'setting the agent'
+        self.agent = as_agent(agent)
+        self.error_site = None
+        self._on_agent_changed()
+
+    def set_agent_params(self, params: Any) -> None:
+        """Load ``params`` into the agent (``agent.set_params``)."""
+        self.error_site = 'agent.set_params'
+        set_params = getattr(self.agent, 'set_params', None)
+        if set_params is None:
+            msg = (f'the agent {self.agent!r} has no set_params, so it '
+                   f'cannot take parameters; send an agent (an object '
+                   f'with get_action) to replace it instead')
+            raise TypeError(msg)
+        set_params(params)
         self.error_site = None
         self._on_agent_changed()
 
@@ -303,23 +315,23 @@ class Worker:
         """
         raise NotImplementedError
 
-    def step_into(self, buffer: EpisodeBuffer, n_steps: int) -> None:
-        """Step every env exactly ``n_steps`` times and add the segments
-        to ``buffer``: episodes that ended, and the running ones cut at the
-        last step (``cut=True``; they go on at the next call). Envs whose
-        episode ends start the next one at once.
+    def step_into(self, buffer: EpisodeBuffer, steps_per_env: int) -> None:
+        """Step every env exactly ``steps_per_env`` times and add the
+        segments to ``buffer``: episodes that ended, and the running ones
+        cut at the last step (``cut=True``; they go on at the next call).
+        Envs whose episode ends start the next one at once.
 
         The same as :meth:`begin_steps` and :meth:`continue_steps` until
         it returns True: a caller that must look at other things between
         steps (a sampler's worker, its commands) takes them in pieces."""
-        self.begin_steps(n_steps)
+        self.begin_steps(steps_per_env)
         self.continue_steps(buffer)
 
-    def begin_steps(self, n_steps: int) -> None:
-        """Begin a call's steps: every env is to take ``n_steps`` steps,
-        taken by :meth:`continue_steps` in as many pieces as the caller
-        likes, and ended early (if at all) by :meth:`end_steps`."""
-        self._steps_left = int(n_steps)
+    def begin_steps(self, steps_per_env: int) -> None:
+        """Begin a call's steps: every env is to take ``steps_per_env``
+        steps, taken by :meth:`continue_steps` in as many pieces as the
+        caller likes, and ended early (if at all) by :meth:`end_steps`."""
+        self._steps_left = int(steps_per_env)
 
     def continue_steps(self, buffer: EpisodeBuffer,
                        max_steps: Optional[int] = None) -> bool:

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 
 from sampler import _framing
+from sampler._protocol import Push, Update, UpdateKind
 from workers import DefaultWorker, EpisodeBatch, RandomAgent
 
 pytestmark = pytest.mark.timeout(60)
@@ -132,12 +133,15 @@ def test_a_closed_pipe_is_end_of_file(pipe):
 def test_pickled_updates_in_commands_travel_out_of_band(pipe):
     r, w = pipe
     blob = bytes(range(256)) * 400  # a pickled state dict, say
-    message = ('start', 7, blob, b'small', None)
+    message = Push(7, env=Update(UpdateKind.ENV, b'small'),
+                   agent=Update(UpdateKind.AGENT, blob))
     pieces = _framing.encode(_framing.blobs_out_of_band(message))
     sizes = [memoryview(p).nbytes for p in pieces]
     assert len(blob) in sizes and sum(sizes) < len(blob) + 1024
     thread = send_in_thread(w, [_framing.blobs_out_of_band(message)])
     got = _framing.MessageReader(r).read()
     thread.join()
-    assert got[:2] == ('start', 7) and got[3:] == (b'small', None)
-    assert bytes(got[2]) == blob  # a view, which pickle.loads takes
+    assert type(got) is Push and got.version == 7
+    assert got.env == Update(UpdateKind.ENV, b'small')
+    assert got.agent.kind is UpdateKind.AGENT
+    assert bytes(got.agent.blob) == blob  # a view, which pickle.loads takes

@@ -86,7 +86,7 @@ def test_thousands_of_calls_with_updates_lose_no_command(
 
 def test_workers_are_idle_from_the_moment_a_call_returns(proc_sampler):
     # Episodes that cost 5 ms of CPU but only a few hundred bytes: without a
-    # STOP, workers would go on for many of them before their pipes fill.
+    # Stop, workers would go on for many of them before their pipes fill.
     s = proc_sampler(FirstObsAgent(), BusyEnv, n_workers=2)
     workers = worker_processes_of(s)
     assert len(workers) == 2
@@ -383,9 +383,10 @@ def test_startup_timeout_names_the_worker(tmp_path):
         import threading
         threading.Event().wait()
     started = time.monotonic()
-    with pytest.raises(SamplerTimeoutError, match=r'^worker\(s\) 1 did not '
-                                                  r'build their env within '
-                                                  r'startup_timeout=0\.5 s$'):
+    with pytest.raises(SamplerTimeoutError, match=(
+            r'^worker\(s\) 1 did not start within startup_timeout=0\.5 s; '
+            r'raise it on a busy machine, or for an env \(or a main module, '
+            r'which every worker imports again\) that is slow to load$')):
         MultiprocessingSampler(FirstObsAgent(), ['CartPole-v1', never_built],
                                seed=0, startup_timeout=0.5,
                                shutdown_timeout=1.0)
@@ -441,7 +442,8 @@ def test_progress_bar_on_stderr_when_asked(mp_sampler, capsys, progress):
 
 def test_an_unknown_command_is_reported_by_name(mp_sampler):
     s = mp_sampler(FirstObsAgent(), OneStepEnv, n_workers=1)
-    s._handles[0].send('teleport')  # the protocol, not the public API
+    # The protocol, not the public API.
+    s._handles[0].commands.put('teleport')
     with pytest.raises(WorkerError, match="^worker 0 failed.*ValueError: "
                                           "worker 0 got unknown command "
                                           "'teleport'$"):

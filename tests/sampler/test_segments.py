@@ -14,7 +14,7 @@ import pytest
 
 from helpers import CountingEnv, ListPool, TriggeredEnv, write_atomically
 from sampler import EpisodeBatch, LocalSampler, SamplerTimeoutError
-from sampler._streaming import Collector
+from sampler._call import Collector
 from test_restarts import identical_pairs
 from workers import (DefaultWorker, EnvPool, EnvPoolWorker, MLPAgent,
                      RandomAgent, VecWorker)
@@ -237,7 +237,7 @@ def test_every_backend_follows_the_one_set_of_call_rules(make_sampler,
     # backend must follow, on the caller's side and in its workers.
     asked = Collector.round_start
     monkeypatch.setattr(Collector, 'round_start', lambda self, worker:
-                        dataclasses.replace(asked(self, worker), quota=1))
+                        dataclasses.replace(asked(self, worker), episodes=1))
     kept = Collector.batches
     monkeypatch.setattr(Collector, 'batches', lambda self: [
         b for b in kept(self) if set(b.worker_numbers.tolist()) == {1}])

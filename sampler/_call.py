@@ -1,7 +1,8 @@
-"""The call core every backend drives: the :class:`Collector` (the rules
-of a call on the caller's side; :class:`~sampler._worker_process.Round`
-holds them on the worker's side), the options of a call, and the
-caller's progress bar."""
+"""The caller's side of a call: the :class:`Collector` (the rules of a
+call, the same for every backend; :class:`~sampler._round.Round` holds
+them on the worker's side; the whole call is drawn in
+:mod:`sampler._protocol`), the options every streaming backend takes, and
+the caller's progress bar."""
 
 import sys
 import time
@@ -9,12 +10,13 @@ import time
 import click
 import numpy as np
 
-from sampler._worker_process import RoundStart
+from sampler._protocol import RoundKind, RoundStart
 from workers import EpisodeBatch
 
 
 def check_streaming_options(options):
-    """Refuse bad values of the options every streaming backend takes."""
+    """Refuse bad values of the options every streaming backend takes
+    (``Sampler`` checks the options every backend takes)."""
     for name in ('shutdown_timeout', 'startup_timeout'):
         value = options[name]
         if isinstance(value, bool) or not isinstance(
@@ -26,10 +28,6 @@ def check_streaming_options(options):
             or staleness < 0:
         msg = f'max_staleness must be an int >= 0, got {staleness!r}'
         raise ValueError(msg)
-    if options['progress'] not in (None, True, False):
-        msg = (f'progress must be None, True or False, got '
-               f'{options["progress"]!r}')
-        raise ValueError(msg)
 
 
 def progress_bar(show, kind, count, n_workers, n_envs=None):
@@ -39,9 +37,9 @@ def progress_bar(show, kind, count, n_workers, n_envs=None):
         show = sys.stderr.isatty()
     if not show:
         return _NoBar()
-    total = {'episodes': count * n_workers,
-             'steps': count * (n_envs or n_workers)}.get(kind, count)
-    label = 'episodes' if kind == 'episodes' else 'transitions'
+    total = {RoundKind.EPISODES: count * n_workers,
+             RoundKind.STEPS: count * (n_envs or n_workers)}.get(kind, count)
+    label = 'episodes' if kind is RoundKind.EPISODES else 'transitions'
     return _Bar(click.progressbar(length=total, label=f'sampling {label}',
                                   file=sys.stderr))
 
@@ -91,23 +89,25 @@ class Collector:
     segments the call keeps, when it is done, what a failed worker's
     replacement does, and the statistics.
 
-    A backend only moves messages: it starts the round on every worker,
-    hands each EPISODES reply to :meth:`add`, tells the workers to finish
-    when :meth:`finish_due` says so, and replaces a failed worker, calling
-    :meth:`restarted` before it starts the replacement.
+    The backend skeleton (:mod:`sampler._backend`) drives it: it starts
+    the round on every worker, hands each Segments reply to :meth:`add`,
+    tells the workers to finish when :meth:`finish_due` says so, and
+    replaces a failed worker, calling :meth:`restarted` before it starts
+    the replacement.
 
     Whole-episode calls never choose episodes by how soon they end:
     ``obtain_exact_episodes`` starts exactly the quota on every worker and
     completes them all; ``obtain_samples`` lets every env start episodes
-    until the call holds ``count`` transitions, then FINISH has every
+    until the call holds ``count`` transitions, then Finish has every
     worker complete the episodes it started and start no more, and the
     call returns them all (more than ``count``, never fewer). Steps calls
     return every step of every env. Each ends when every worker has said
     its part is done, so no segment of it is left in a pipe.
 
     Args:
-        kind: ``'samples'``, ``'episodes'`` or ``'steps'``.
-        count: transitions, episodes per worker, or steps per env.
+        kind: a :class:`~sampler._protocol.RoundKind`.
+        count: SAMPLES and STREAM: transitions (per batch of a stream);
+            EPISODES: episodes per worker; STEPS: steps of every env.
         round_number, version: of this call.
         n_workers: how many workers take part.
         n_envs: envs over all workers (for the progress of steps calls).
@@ -131,21 +131,21 @@ class Collector:
         self.n_workers = n_workers
         self.stats = stats
         self.next_episode_ids = next_episode_ids
-        self.quota = count if kind == 'episodes' else None
-        self.steps = count if kind == 'steps' else None
-        self.stream = kind == 'stream'
+        self.episodes = count if kind is RoundKind.EPISODES else None
+        self.steps_per_env = count if kind is RoundKind.STEPS else None
+        self.stream = kind is RoundKind.STREAM
         self.max_staleness = max_staleness
         self.budget = budget
-        self.draining = False  # a stream after STOP: until all say done
+        self.draining = False  # a stream after Stop: until all say done
         self.credits = [0] * n_workers  # stream transitions read, per worker
         if self.stream:
             # Messages of about count / n_workers transitions from each
             # worker; its envs step STREAM_STEPS at a time at most (each
-            # piece cut there), so that it sees commands (an UPDATE,
-            # STOP) that often however large the batches.
+            # piece cut there), so that it sees commands (a Push,
+            # Stop) that often however large the batches.
             envs = max(1, n_envs or n_workers)
-            self.steps = max(1, min(count // envs, STREAM_STEPS))
-            self.chunk = max(self.steps * max(1, envs // n_workers),
+            self.steps_per_env = max(1, min(count // envs, STREAM_STEPS))
+            self.chunk = max(self.steps_per_env * max(1, envs // n_workers),
                              count // n_workers)
             self.budget = budget or 4 * self.chunk
         # Transitions per message: enough to make per-message costs
@@ -153,14 +153,15 @@ class Collector:
         # done (or after FLUSH_AFTER_S).
         if not self.stream:
             self.chunk = max(1, count // (16 * n_workers)) \
-                if kind == 'samples' else None
-        self.streaming = kind == 'samples' and max_staleness > 0
+                if kind is RoundKind.SAMPLES else None
+        # An obtain_samples call whose workers sample on after it.
+        self.keeps_sampling = kind is RoundKind.SAMPLES and max_staleness > 0
         self.min_version = version - (max_staleness
-                                      if kind == 'samples' else 0)
+                                      if kind is RoundKind.SAMPLES else 0)
         self.kept = [[] for _ in range(n_workers)]
         self.arrived = []  # samples, in the order they arrived
         self.transitions = 0
-        self.finished = False  # FINISH sent
+        self.finished = False  # Finish sent
         self.done_workers = set()
         self.attempts = [0] * n_workers
         # Per worker, for a timeout's message: when the caller last heard
@@ -174,10 +175,11 @@ class Collector:
         # Past every episode id the worker returned: a no-op for a worker
         # that has run all along, where a replacement's ids start (also
         # one started after the call that replaced it).
-        return RoundStart(self.round, self.version, quota=self.quota,
-                          steps=self.steps, chunk=self.chunk,
+        return RoundStart(self.kind, self.round, self.version,
+                          episodes=self.episodes,
+                          steps_per_env=self.steps_per_env, chunk=self.chunk,
                           first_episode_id=self.next_episode_ids[worker],
-                          attempt=self.attempts[worker], stream=self.stream,
+                          attempt=self.attempts[worker],
                           budget=self.budget)
 
     def run(self, wait_and_collect, deadline, stop_workers, finish_workers,
@@ -208,7 +210,7 @@ class Collector:
     def done(self):
         if self.stream and not self.draining:
             return self.transitions >= self.count
-        if self.streaming:
+        if self.keeps_sampling:
             return self.transitions >= self.count
         return len(self.done_workers) == self.n_workers
 
@@ -226,7 +228,7 @@ class Collector:
 
     def take_credits(self):
         """``(worker, transitions)`` read from each worker since the last
-        call, for CREDIT."""
+        call, for Credit."""
         out = [(i, n) for i, n in enumerate(self.credits) if n]
         self.credits = [0] * self.n_workers
         return out
@@ -234,8 +236,8 @@ class Collector:
     def finish_due(self):
         """True once, when an ``obtain_samples`` call holds ``count``
         transitions: the workers are then to complete their episodes."""
-        if self.kind != 'samples' or self.streaming or self.finished or \
-                self.transitions < self.count:
+        if self.kind is not RoundKind.SAMPLES or self.keeps_sampling or \
+                self.finished or self.transitions < self.count:
             return False
         self.finished = True
         return True
@@ -260,25 +262,26 @@ class Collector:
             current = segments.round == self.round and (
                 self.max_staleness is None or
                 segments.version >= self.version - self.max_staleness)
-        if self.kind == 'samples':
+        if self.kind is RoundKind.SAMPLES:
             # Whole episodes of the current version, also from an earlier
             # call that ended early; not the segments of a steps call.
             current = segments.version >= self.min_version and (
                 segments.round == self.round or
                 (batch.starts.all() and not batch.cut.any()))
-            if self.streaming and self.done:
+            if self.keeps_sampling and self.done:
                 current = False  # more than the call needs
         if not current:
             stats['discarded_episodes'] += batch.n_episodes
             stats['discarded_transitions'] += len(batch)
             return 0
-        if self.kind in ('samples', 'stream'):
+        if self.kind in (RoundKind.SAMPLES, RoundKind.STREAM):
             self.arrived.append(batch)
             self.transitions += len(batch)
             self.sent[worker] += len(batch)
             return len(batch)
         self.kept[worker].append(batch)
-        got = batch.n_episodes if self.kind == 'episodes' else len(batch)
+        got = batch.n_episodes if self.kind is RoundKind.EPISODES \
+            else len(batch)
         self.sent[worker] += got
         return got
 
@@ -295,7 +298,7 @@ class Collector:
                 self.done_workers.add(worker)
                 return False
             return True
-        if self.kind == 'samples':
+        if self.kind is RoundKind.SAMPLES:
             # What the failed worker sent is kept; the replacement draws
             # seeds of its own so that it cannot send those episodes again.
             self.attempts[worker] += 1
@@ -321,11 +324,11 @@ class Collector:
         """What the call returns: samples in the order they arrived;
         exact episodes and steps worker by worker, exact episodes in the
         order they started."""
-        if self.kind == 'samples':
+        if self.kind is RoundKind.SAMPLES:
             return self.arrived
         out = []
         for kept in self.kept:
-            if self.kind == 'episodes' and len(kept) > 1:
+            if self.kind is RoundKind.EPISODES and len(kept) > 1:
                 kept = [_in_start_order(kept)]
             out.extend(kept)
         return out
@@ -342,11 +345,11 @@ class Collector:
         out (``'inside env.step (File ...)'``), where a backend knows."""
         where = where or {}
         per_worker = self.n_envs // self.n_workers if self.n_envs else 1
-        if self.kind == 'episodes':
+        if self.kind is RoundKind.EPISODES:
             have = f'{sum(self.sent)} of {self.count * self.n_workers} ' \
                    f'episodes were collected'
             part = f'{{}} of {self.count} episodes'
-        elif self.kind == 'steps':
+        elif self.kind is RoundKind.STEPS:
             total = self.count * (self.n_envs or self.n_workers)
             have = f'{sum(self.sent)} of {total} transitions were collected'
             part = f'{{}} of {self.count * per_worker} transitions'

@@ -1,0 +1,205 @@
+"""What every backend shares: the rules around moving messages (see
+:mod:`sampler._protocol` for the messages and the whole call).
+
+:class:`Backend` owns, for every backend alike:
+
+- start-up: spawn every worker, wait for each Ready, refuse a worker that
+  failed or died while starting (never restarted: the same recipe would
+  fail again), check that all workers share their spaces;
+- a call's commands: Start on every worker with its updates, Finish,
+  Stop, Push and Credit;
+- the replies: Segments to the call's Collector and the progress bar,
+  Ready of a replacement, Failed as a ``WorkerError`` carrying the
+  worker's traceback, Gone as a ``WorkerCrashedError``;
+- a failure: break the sampler, or retire the worker, spawn its
+  replacement from its recipe, and start the call's round on it;
+- a timeout: say what the call holds and where each worker it waits
+  for is.
+
+A backend keeps only what is its own (all of it in its module):
+
+=================================  ========================================
+``_spawn(i) -> WorkerHandle``      start worker ``i`` from its recipe,
+                                   without waiting for it
+``_send(handle, command)``         deliver a command; never waits for the
+                                   worker
+``_wait(collector, deadline)``     the replies that came, as ``(handle,
+                                   reply)`` pairs read one at a time
+                                   (what is not asked for stays unread);
+                                   None if ``deadline`` came first
+``_retire(handle)``                end a failed worker, let go of it
+``_where(numbers)``                what those workers are doing now
+``_shutdown()``                    end every worker
+=================================  ========================================
+"""
+
+import time
+
+from sampler._protocol import (Credit, Failed, Finish, Gone, Push, Ready,
+                               Segments, Start, Stop)
+from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
+                            WorkerCrashedError, WorkerError)
+from sampler.sampler import Sampler
+
+
+class WorkerHandle:
+    """The caller's view of one worker, whatever runs it.
+
+    Attributes:
+        number: the worker's number.
+        pid: its process, once it said Ready (None before).
+    """
+
+    def __init__(self, number):
+        self.number = number
+        self.pid = None
+
+
+def worker_error(number, reply):
+    """The exception for a Failed or Gone reply of worker ``number``."""
+    if type(reply) is Failed:
+        err = WorkerError(number, reply.site, reply.exc_type, reply.message,
+                          reply.traceback)
+        err.__cause__ = RemoteTraceback(reply.traceback)
+        return err
+    return WorkerCrashedError(number, reply.exitcode, reply.detail)
+
+
+class Backend(Sampler):
+    """The skeleton every backend fills in (see the module's docstring);
+    the public calls and their rules are :class:`~sampler.Sampler`'s."""
+
+    # Start-up ------------------------------------------------------------
+
+    def _start_workers(self, deadline):
+        """Spawn every worker and wait until each says Ready (until
+        ``deadline``, or for ever if None); a worker that fails to start
+        is an error here. The backend made ``self._handles``, a list."""
+        for i in range(self.n_workers):
+            self._handles.append(self._spawn(i))
+            if deadline is not None and time.monotonic() > deadline:
+                raise self._startup_timed_out(range(i + 1))
+        spaces = {}
+        while len(spaces) < self.n_workers:
+            replies = self._wait(None, deadline)
+            if replies is None:
+                raise self._startup_timed_out(
+                    [i for i in range(self.n_workers) if i not in spaces])
+            for handle, reply in replies:
+                if type(reply) is not Ready:
+                    raise self._start_failure(handle, reply)
+                handle.pid = reply.pid
+                spaces[handle.number] = reply.spaces
+        self._check_same_spaces([spaces[i] for i in range(self.n_workers)])
+        return spaces
+
+    def _startup_timed_out(self, numbers):
+        names = ', '.join(str(i) for i in numbers)
+        msg = (f'worker(s) {names} did not start within startup_timeout='
+               f'{self._options["startup_timeout"]} s; '
+               f'{self._startup_hint()}')
+        return SamplerTimeoutError(msg)
+
+    def _startup_hint(self):
+        """What to do about workers that start too slowly."""
+        return 'raise it, or find what makes building the env slow'
+
+    def _start_failure(self, handle, reply):
+        """The error for a worker that failed or died while starting."""
+        if type(reply) is Gone:
+            reply = reply._replace(detail=' while starting' + reply.detail)
+        return worker_error(handle.number, reply)
+
+    # A call's commands ---------------------------------------------------
+
+    def _begin(self, collector, updates):
+        """Start ``collector``'s round on every worker with ``updates``
+        (per worker: env Update or None, agent Update or None)."""
+        for handle, (env, agent) in zip(list(self._handles), updates):
+            self._send(handle, Start(collector.round_start(handle.number),
+                                     env, agent))
+
+    def _finish(self, round_number):
+        """Every worker is to finish its part of round ``round_number``."""
+        for handle in list(self._handles):
+            self._send(handle, Finish(round_number))
+
+    def _stop(self):
+        """Every worker halts its round at once (what it held follows)."""
+        for handle in list(self._handles):
+            self._send(handle, Stop())
+
+    def _push(self, version, updates):
+        """Send every worker its updates of ``version`` (push_update)."""
+        for handle, (env, agent) in zip(list(self._handles), updates):
+            self._send(handle, Push(version, env, agent))
+
+    def _credit(self, worker, transitions):
+        """The learner read ``transitions`` of worker ``worker``'s."""
+        self._send(self._handles[worker], Credit(transitions))
+
+    # Replies -------------------------------------------------------------
+
+    def _wait_and_collect(self, collector, deadline, bar):
+        """Wait for the next replies and hand them on; past ``deadline``
+        (``time.monotonic()``, or None), SamplerTimeoutError."""
+        replies = self._wait(collector, deadline)
+        if replies is None:
+            raise SamplerTimeoutError(collector.describe(self._where(
+                collector.holding())))
+        for handle, reply in replies:
+            self._dispatch(handle, reply, collector, bar)
+            # Stop once the call has what it needs: what a streaming call
+            # leaves unread stays for the next call, which keeps it if its
+            # version is still current.
+            if collector.done:
+                return
+
+    def _dispatch(self, handle, reply, collector, bar):
+        """Hand one reply of ``handle``'s worker to where it goes."""
+        if self._handles[handle.number] is not handle:
+            return  # from a worker replaced since
+        kind = type(reply)
+        if kind is Segments:
+            got = collector.add(handle.number, reply)
+            if bar is not None:
+                bar.advance(got)
+        elif kind is Ready:  # a replacement has started
+            handle.pid = reply.pid
+        elif kind is Failed or kind is Gone:
+            self._on_failure(handle, worker_error(handle.number, reply),
+                             collector)
+        else:
+            msg = f'worker {handle.number} sent an unknown reply {reply!r}'
+            raise RuntimeError(msg)
+
+    def _on_failure(self, handle, err, collector):
+        """Worker ``handle`` failed with ``err``: raise it (the sampler is
+        broken), or replace the worker and go on with the call."""
+        if not self._worker_failed(err):
+            raise err
+        i = handle.number
+        self._retire(handle)
+        # Its recipe already holds this call's updates.
+        self._handles[i] = replacement = self._spawn(i)
+        if collector.restarted(i):
+            self._send(replacement, Start(collector.round_start(i)))
+
+    # Backend hooks -------------------------------------------------------
+
+    def _spawn(self, i):
+        raise NotImplementedError
+
+    def _send(self, handle, command):
+        raise NotImplementedError
+
+    def _wait(self, collector, deadline):
+        raise NotImplementedError
+
+    def _retire(self, handle):
+        raise NotImplementedError
+
+    def _where(self, numbers):
+        """What each of workers ``numbers`` is doing now, where the
+        backend can tell (see :mod:`sampler._probe`)."""
+        return {}
