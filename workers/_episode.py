@@ -1,6 +1,7 @@
 """Collecting one episode's steps and turning them into an EpisodeBatch."""
 
 import itertools
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -90,6 +91,18 @@ class EpisodeRecord:
         return [_nest.index(step, self.column) for step in steps]
 
 
+class _Segment(NamedTuple):
+    """One segment an :class:`EpisodeBuffer` holds."""
+
+    record: Any  # its steps, as recorded
+    last_observation: Any
+    terminated: bool
+    truncated: bool
+    version: int
+    worker_number: int
+    cut: bool
+
+
 class EpisodeBuffer:
     """Completed segments (whole episodes, or the part of a running one a
     call ends), kept as the lists their steps were recorded in until
@@ -110,8 +123,9 @@ class EpisodeBuffer:
             worker_number, cut=False):
         """Add a segment (``record`` is not copied): a whole episode, the
         end of one, or with ``cut=True`` a part after which it goes on."""
-        self._episodes.append((record, last_observation, terminated,
-                               truncated, version, worker_number, cut))
+        self._episodes.append(_Segment(record, last_observation, terminated,
+                                       truncated, version, worker_number,
+                                       cut))
         self.transitions += len(record)
 
     @property
@@ -122,7 +136,7 @@ class EpisodeBuffer:
         """Drop all but the first ``n_episodes``; return how many went."""
         dropped = self._episodes[n_episodes:]
         del self._episodes[n_episodes:]
-        self.transitions -= sum(len(e[0]) for e in dropped)
+        self.transitions -= sum(len(e.record) for e in dropped)
         return len(dropped)
 
     def to_batch(self, observations_out=None):
@@ -139,14 +153,14 @@ class EpisodeBuffer:
         if not episodes:
             msg = 'EpisodeBuffer.to_batch: the buffer holds no episode'
             raise ValueError(msg)
-        records = [e[0] for e in episodes]
+        records = [e.record for e in episodes]
         lengths = np.array([len(r) for r in records], dtype=np.int64)
         n = int(lengths.sum())
         ends = np.cumsum(lengths) - 1
         terminated = np.zeros(n, dtype=bool)
         truncated = np.zeros(n, dtype=bool)
-        terminated[ends] = [e[2] for e in episodes]
-        truncated[ends] = [e[3] for e in episodes]
+        terminated[ends] = [e.terminated for e in episodes]
+        truncated[ends] = [e.truncated for e in episodes]
 
         def steps(field):
             if len(records) == 1:
@@ -178,7 +192,8 @@ class EpisodeBuffer:
                                           like)
             else:
                 env_infos = _nest.stack_infos(steps('env_infos'))
-            last_observations = _nest.stack([e[1] for e in episodes])
+            last_observations = _nest.stack(
+                [e.last_observation for e in episodes])
         except (ValueError, TypeError) as err:
             raise _unlike_steps(records, episodes) or err
         return EpisodeBatch._unchecked(
@@ -192,14 +207,15 @@ class EpisodeBuffer:
             env_infos=env_infos,
             agent_infos=agent_infos,
             episode_infos=_nest.stack_infos([r.reset_info for r in records]),
-            versions=np.array([e[4] for e in episodes], dtype=np.int64),
-            worker_numbers=np.array([e[5] for e in episodes],
+            versions=np.array([e.version for e in episodes],
+                              dtype=np.int64),
+            worker_numbers=np.array([e.worker_number for e in episodes],
                                     dtype=np.int64),
             episode_ids=np.array([r.episode_id for r in records],
                                  dtype=np.int64),
             starts=np.array([r.prior_steps == 0 for r in records],
                             dtype=bool),
-            cut=np.array([e[6] for e in episodes], dtype=bool),
+            cut=np.array([e.cut for e in episodes], dtype=bool),
             prior_steps=np.array([r.prior_steps for r in records],
                                  dtype=np.int64),
             prior_returns=np.array([r.prior_return for r in records],
@@ -240,9 +256,10 @@ def _unlike_steps(records, episodes):
                     return err
     first = _structure(records[0].rows('observations')[0])
     for record, episode in zip(records, episodes):
-        if _structure(episode[1]) != first:
+        if _structure(episode.last_observation) != first:
             msg = (f'the last observation of episode {record.episode_id} '
-                   f'has {_structure(episode[1])}, but its steps have '
+                   f'has {_structure(episode.last_observation)}, but its '
+                   f'steps have '
                    f'{first}')
             err = ValueError(msg)
             err.site = 'env.step'

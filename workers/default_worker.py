@@ -91,9 +91,9 @@ class DefaultWorker(Worker):
         self._run(buffer, None)
         return started
 
-    def begin_steps(self, n_steps):
+    def begin_steps(self, steps_per_env):
         self._check_ready(self.env)
-        super().begin_steps(n_steps)
+        super().begin_steps(steps_per_env)
 
     def _take_steps(self, buffer, n_steps):
         while n_steps > 0:

@@ -262,9 +262,10 @@ class EnvPoolWorker(BatchedEnvsWorker):
             self._log_end())
         return record
 
-    def begin_steps(self, n_steps):
+    def begin_steps(self, steps_per_env):
         self._ready_pool()
-        self._stops[:] = [self._log_end() + int(n_steps)] * self._n_envs
+        self._stops[:] = [self._log_end() + int(steps_per_env)] * \
+            self._n_envs
 
     def continue_steps(self, buffer, max_steps=None):
         # A piece is a number of the pool's steps: each env takes at most
