@@ -33,11 +33,10 @@ import numbers
 import numpy as np
 
 from workers import _nest
+from workers._batched import BatchedEnvsWorker, BatchedStep
 from workers._episode import BATCHED_WITH_ENV_INFOS, EpisodeRecord
-from workers.agents import batched
 from workers.env_update import EnvPool
 from workers.spaces import check_stackable
-from workers.vec_worker import BatchedEnvsWorker, _mask, owned_outputs
 from workers.worker import bad_step, unpack_reset
 
 #: envpool seeds env ``j`` of a pool with ``seed + j`` as a C++ int.
@@ -64,6 +63,18 @@ class _Segment:
         self.prior_steps = prior_steps
         self.prior_return = prior_return
         self.start = start
+
+
+class _PoolStep(BatchedStep):
+    """A call of the pool's step loop: also the step of the log it is at,
+    the step it ends before, the envs the pool resets at this step, and
+    the first step at which an episode may reach max_episode_length
+    (None: to be found again, as segments started or ended)."""
+
+    step = limit = first_stop = first_cap = None
+    resetting = ()
+    info_keys = kept_keys = None
+    every_env = all_envs = id_bytes = None
 
 
 class EnvPoolWorker(BatchedEnvsWorker):
@@ -234,7 +245,7 @@ class EnvPoolWorker(BatchedEnvsWorker):
             return 0
         return min(self._log_end(), self._stops[i]) - segment.start
 
-    def _record(self, i):
+    def _record_of(self, i):
         """Env ``i``'s segment in progress as an EpisodeRecord: its run of
         the log (references to the batched steps, with its column)."""
         segment = self._records[i]
@@ -254,7 +265,7 @@ class EnvPoolWorker(BatchedEnvsWorker):
         return record
 
     def _cut(self, i):
-        record = self._record(i)
+        record = self._record_of(i)
         self._records[i] = _Segment(
             record.reset_info, record.episode_id,
             record.prior_steps + len(record),
@@ -316,191 +327,164 @@ class EnvPoolWorker(BatchedEnvsWorker):
             self._observations = _full(old, ids, obs)
         self._start(envs, obs, info)
 
-    def _advance(self, buffer, n_steps, max_starts):
-        """With ``n_steps=None``, as VecWorker's: step until an episode
-        completes, starting at most ``max_starts`` new ones (envs with no
-        episode and none to start are not stepped). Otherwise up to
-        ``n_steps`` more of the pool's steps of those :meth:`begin_steps`
-        began, every env up to its stop. Returns how many episodes it
-        started.
+    # The phases of the step loop (workers._batched) --------------------
+    #
+    # With ``n_steps=None``, as VecWorker's: step until an episode
+    # completes, starting at most ``max_starts`` new ones (envs with no
+    # episode and none to start are not stepped). Otherwise up to
+    # ``n_steps`` more of the pool's steps of those begin_steps began,
+    # every env up to its stop.
+    #
+    # An env whose episode ended on the pool's terms is reset by the pool
+    # at its next step (which is then no transition of it, and costs
+    # nothing more); the others (new pools, abandoned and capped episodes)
+    # are reset by a call of their own. Envs reset at a step take one step
+    # more to make their steps.
+    #
+    # Counting is by step numbers, not per env and step: an env with a
+    # segment is stepped at every step of the log until its stop
+    # (``_stops``), which begin_steps sets from the first step of the
+    # steps and every reset step of the env pushes one further.
 
-        An env whose episode ended on the pool's terms is reset by the
-        pool at its next step (which is then no transition of it, and
-        costs nothing more); the others (new pools, abandoned and capped
-        episodes) are reset by a call of their own. Envs reset at a step
-        take one step more to make their steps.
-
-        Counting is by step numbers, not per env and step: an env with a
-        segment is stepped at every step of the log until its stop
-        (``_stops``), which :meth:`begin_steps` sets from the first step
-        of the steps and every reset step of the env pushes one
-        further."""
+    def _begin(self, buffer, n_steps, max_starts):
         self._ready_pool()
+        run = _PoolStep(self, buffer, n_steps, max_starts)
+        if n_steps is None:
+            self._stops[:] = [_NEVER] * self._n_envs
+        run.first_stop = min(self._stops)
+        # The step of the log this piece of steps ends before.
+        run.limit = _NEVER if n_steps is None else self._log_end() + n_steps
+        run.every_env = np.arange(self._n_envs, dtype=np.int32)
+        run.id_bytes = run.every_env.tobytes()
+        run.all_envs = list(range(self._n_envs))
+        return run
+
+    def _more(self, run):
+        run.step = self._log_end()
+        return run.step < run.limit
+
+    def _start_idle(self, run):
+        records, stops, step = self._records, self._stops, run.step
+        run.resetting = ()  # envs the pool resets at this step
+        if None in records:
+            idle = run.allowed_starts(
+                [i for i in run.all_envs if records[i] is None and
+                 step < stops[i]])
+            now = [i for i in idle if not self._pool_resets[i]]
+            if now:
+                run.where = 'env.reset'
+                self._reset_envs(now)
+                run.started += len(now)
+                run.first_cap = None
+                self._reset_agent(run, now)
+            if len(now) < len(idle):
+                run.resetting = set(idle) - set(now)
+                if run.n_steps is not None:
+                    for i in run.resetting:  # a step that is no
+                        stops[i] += 1        # transition of theirs
+                    run.first_stop = min(stops)
+        if len(self._log[0]) >= self._trim_at:
+            self._trim_log()
+        if step < run.first_stop and records.count(None) == \
+                len(run.resetting):
+            return run.all_envs
+        return [i for i in run.all_envs if step < stops[i] and (
+            i in run.resetting or records[i] is not None)]
+
+    def _observe(self, run, stepped):
+        return self._observations
+
+    def _step(self, run, stepped, sent):
+        """The pool's step, its results in env order, every env's row."""
         n = self._n_envs
-        pool, step_all, agent = self.pool, self._step_all, self.agent
-        get_actions = batched(agent)
-        reset = getattr(agent, 'reset', None)
-        max_length = self._max_episode_length
-        records, pool_resets = self._records, self._pool_resets
+        if stepped is run.all_envs:
+            ids = run.every_env
+            result = self._step_all(sent)
+        else:
+            ids = np.asarray(stepped, dtype=np.int32)
+            result = self.pool.step(_nest.index(sent, ids), ids)
+        try:
+            next_obs, rewards, terminated, truncated, infos = result
+        except (TypeError, ValueError):
+            raise bad_step(result) from None
+        if type(next_obs) is not np.ndarray or \
+                len(next_obs) != len(stepped) or \
+                next_obs is self._observations:
+            next_obs = _checked_copy(next_obs, len(stepped))
+        order = infos.get('env_id') if type(infos) is dict else None
+        if not (stepped is run.all_envs and type(order) is np.ndarray
+                and order.tobytes() == run.id_bytes):
+            (next_obs, rewards, terminated, truncated), infos = \
+                _in_order(ids, (next_obs, rewards, terminated, truncated),
+                          infos)
+        if infos.keys() != run.info_keys:
+            run.info_keys = infos.keys()
+            run.kept_keys = list(_kept(infos, len(stepped)))
+        infos = {k: infos[k] for k in run.kept_keys}
+        terminated = np.asarray(terminated).tolist()
+        truncated = np.asarray(truncated).tolist()
+        rewards = np.asarray(rewards).tolist()
+        if stepped is not run.all_envs:
+            next_obs = _full(self._observations, ids, next_obs)
+            infos = {k: _full(None, ids, v, n) for k, v in infos.items()}
+            rewards, terminated, truncated = (
+                _spread(stepped, values, n, zero)
+                for values, zero in ((rewards, 0.0), (terminated, False),
+                                     (truncated, False)))
+        return next_obs, rewards, terminated, truncated, infos
+
+    def _record(self, run, stepped, batch, actions, agent_infos, result):
+        next_obs, rewards, _, _, infos = result
+        if run.resetting:
+            # Their episodes start after this step.
+            envs = sorted(run.resetting)
+            self._start(envs, next_obs, infos, envs, run.step + 1)
+            run.started += len(envs)
+            run.first_cap = None
         log_observations, log_actions, log_rewards, log_env_infos, \
             log_agent_infos = self._log
-        stops = self._stops
-        if n_steps is None:
-            stops[:] = [_NEVER] * n
-        first_stop = min(stops)
-        # The step of the log this piece of steps ends before.
-        limit = _NEVER if n_steps is None else self._log_end() + n_steps
-        # The first step at which an episode may reach max_length (None:
-        # to be found again, as segments started or ended).
-        first_cap = None
-        every_env = np.arange(n, dtype=np.int32)
-        all_envs = list(range(n))
-        id_bytes = every_env.tobytes()
-        check_outputs = True
-        refused = self._action_check(batched=True)
-        info_keys = kept_keys = None
-        started = 0
-        self.error_site = None
-        where = 'env.reset'
-        try:
-            while True:
-                step = self._log_end()
-                if step >= limit:
-                    break
-                resetting = ()  # envs the pool resets at this step
-                if None in records:
-                    idle = [i for i in all_envs if records[i] is None and
-                            step < stops[i]]
-                    if max_starts is not None:
-                        idle = idle[:max(max_starts - started, 0)]
-                    now = [i for i in idle if not pool_resets[i]]
-                    if now:
-                        where = 'env.reset'
-                        self._reset_envs(now)
-                        started += len(now)
-                        first_cap = None
-                        if reset is not None:
-                            where = 'agent.reset'
-                            reset(_mask(n, now))
-                    if len(now) < len(idle):
-                        resetting = set(idle) - set(now)
-                        if n_steps is not None:
-                            for i in resetting:  # a step that is no
-                                stops[i] += 1    # transition of theirs
-                            first_stop = min(stops)
-                if len(log_observations) >= self._trim_at:
-                    self._trim_log()
-                if step < first_stop and \
-                        records.count(None) == len(resetting):
-                    stepped = all_envs
-                else:
-                    stepped = [i for i in all_envs if step < stops[i] and (
-                        i in resetting or records[i] is not None)]
-                    if not stepped:
-                        break
-                observations = self._observations
-                where = 'agent.get_actions'
-                actions, agent_infos = get_actions(observations)
-                where = 'agent.get_actions output'
-                actions, agent_infos = owned_outputs(
-                    actions, agent_infos, n, check_outputs)
-                check_outputs = False
-                sent = agent_infos.get('env_action', actions)
-                error = refused(sent)
-                if error is not None:
-                    where = 'agent.get_actions'
-                    raise error
-                where = 'env.step'
-                if stepped is all_envs:
-                    ids = every_env
-                    result = step_all(sent)
-                else:
-                    ids = np.asarray(stepped, dtype=np.int32)
-                    result = pool.step(_nest.index(sent, ids), ids)
-                try:
-                    next_obs, rewards, terminated, truncated, infos = \
-                        result
-                except (TypeError, ValueError):
-                    raise bad_step(result) from None
-                if type(next_obs) is not np.ndarray or \
-                        len(next_obs) != len(stepped) or \
-                        next_obs is observations:
-                    next_obs = _checked_copy(next_obs, len(stepped))
-                order = infos.get('env_id') if type(infos) is dict \
-                    else None
-                if not (stepped is all_envs and type(order) is np.ndarray
-                        and order.tobytes() == id_bytes):
-                    (next_obs, rewards, terminated, truncated), infos = \
-                        _in_order(ids, (next_obs, rewards, terminated,
-                                        truncated), infos)
-                if resetting:
-                    # Their episodes start after this step.
-                    rows = [r for r, i in enumerate(stepped)
-                            if i in resetting]
-                    self._start([stepped[r] for r in rows], next_obs, infos,
-                                rows, step + 1)
-                    started += len(rows)
-                    first_cap = None
-                if infos.keys() != info_keys:
-                    info_keys = infos.keys()
-                    kept_keys = list(_kept(infos, len(stepped)))
-                infos = {k: infos[k] for k in kept_keys}
-                terminated = np.asarray(terminated).tolist()
-                truncated = np.asarray(truncated).tolist()
-                rewards = np.asarray(rewards).tolist()
-                if stepped is not all_envs:
-                    next_obs = _full(observations, ids, next_obs)
-                    infos = {k: _full(None, ids, v, n)
-                             for k, v in infos.items()}
-                    rewards, terminated, truncated = (
-                        _spread(stepped, values, n, zero)
-                        for values, zero in ((rewards, 0.0),
-                                             (terminated, False),
-                                             (truncated, False)))
-                log_observations.append(observations)
-                log_actions.append(actions)
-                log_rewards.append(rewards)
-                log_env_infos.append(infos)
-                log_agent_infos.append(agent_infos)
-                self.env_steps += len(stepped) - len(resetting)
-                ends = []
-                if True in terminated or True in truncated:
-                    ends = [i for i in stepped if (
-                        terminated[i] or truncated[i]) and
-                        i not in resetting]
-                if max_length is not None:
-                    if first_cap is None:
-                        first_cap = min(
-                            (s.start - s.prior_steps + max_length
-                             for s in records if s is not None),
-                            default=_NEVER)
-                    if step + 1 >= first_cap:
-                        ends += [i for i in stepped if records[i] is not None
-                                 and i not in resetting and i not in ends
-                                 and records[i].prior_steps +
-                                 self._open_length(i) >= max_length]
-                for i in ends:
-                    term = bool(terminated[i])
-                    if term or truncated[i]:
-                        trunc = bool(truncated[i])
-                        pool_resets[i] = True
-                    else:
-                        trunc = True  # capped at max_length
-                    buffer.add(self._record(i), next_obs[i], term, trunc,
-                               self.version, self._worker_number)
-                    records[i] = None
-                if ends:
-                    first_cap = None
-                self._observations = next_obs
-                if resetting and reset is not None:
-                    where = 'agent.reset'
-                    reset(_mask(n, sorted(resetting)))
-                if ends and n_steps is None:
-                    break
-        except BaseException:
-            self.error_site = where
-            raise
-        return started
+        log_observations.append(batch)
+        log_actions.append(actions)
+        log_rewards.append(rewards)
+        log_env_infos.append(infos)
+        log_agent_infos.append(agent_infos)
+        self.env_steps += len(stepped) - len(run.resetting)
+
+    def _end(self, run, stepped, result):
+        next_obs, _, terminated, truncated, _ = result
+        records, resetting = self._records, run.resetting
+        max_length = self._max_episode_length
+        ends = []
+        if True in terminated or True in truncated:
+            ends = [i for i in stepped if (terminated[i] or truncated[i])
+                    and i not in resetting]
+        if max_length is not None:
+            if run.first_cap is None:
+                # The first step at which an episode may reach max_length.
+                run.first_cap = min(
+                    (s.start - s.prior_steps + max_length
+                     for s in records if s is not None), default=_NEVER)
+            if run.step + 1 >= run.first_cap:
+                ends += [i for i in stepped if records[i] is not None
+                         and i not in resetting and i not in ends
+                         and records[i].prior_steps +
+                         self._open_length(i) >= max_length]
+        for i in ends:
+            term = bool(terminated[i])
+            if term or truncated[i]:
+                trunc = bool(truncated[i])
+                self._pool_resets[i] = True
+            else:
+                trunc = True  # capped at max_length
+            run.buffer.add(self._record_of(i), next_obs[i], term, trunc,
+                           self.version, self._worker_number)
+            records[i] = None
+        if ends:
+            run.first_cap = None
+        self._observations = next_obs
+        if resetting:
+            self._reset_agent(run, sorted(resetting))
+        return len(ends)
 
     def shutdown(self):
         self._close_pool()

@@ -7,76 +7,9 @@ import cloudpickle
 import numpy as np
 
 from workers import _nest
+from workers._batched import BatchedEnvsWorker, BatchedStep
 from workers._episode import EpisodeRecord, copy_nest, reuses_buffers
-from workers.agents import batched
-from workers.worker import Worker, bad_step, unpack_reset
-
-
-class BatchedEnvsWorker(Worker):
-    """What workers that step several envs as one batch share: a segment
-    in progress per env (``_records``, None before the first step and for
-    an env whose next step starts an episode), the observations the next
-    step acts on, row ``i`` for env ``i`` (``_observations``), and
-    ``_advance(buffer, n_steps, max_starts)``, which steps them. A segment
-    is an EpisodeRecord here; a subclass that keeps its segments another
-    way says how long one is (``_open_length``) and turns it into a record
-    whose episode goes on (``_cut``)."""
-
-    _records = None
-    _observations = None
-
-    def _advance(self, buffer, n_steps, max_starts):
-        raise NotImplementedError
-
-    def _open_length(self, i):
-        """Steps recorded in env ``i``'s segment in progress (0: none)."""
-        record = self._records[i]
-        return 0 if record is None else len(record)
-
-    def _cut(self, i):
-        """Env ``i``'s segment in progress as a record, its episode going
-        on in a new one from here."""
-        record = self._records[i]
-        self._records[i] = record.continuation()
-        return record
-
-    def _on_agent_changed(self):
-        # An episode must not mix agents within a segment: one with steps
-        # under the old agent is abandoned. A sampler cuts segments before
-        # it updates, so running episodes then go on.
-        if self._records is not None and any(
-                self._open_length(i) for i in range(len(self._records))):
-            self.abandon_episodes()
-
-    def abandon_episodes(self):
-        if self._records is None:
-            return 0
-        dropped = sum(self._open_length(i)
-                      for i in range(len(self._records)))
-        self._records = None
-        return dropped
-
-    @property
-    def in_progress(self):
-        if self._records is None:
-            return 0
-        return sum(r is not None for r in self._records)
-
-    def rollout_into(self, buffer, max_starts=None):
-        return self._advance(buffer, None, max_starts)
-
-    def _take_steps(self, buffer, n_steps):
-        self._advance(buffer, n_steps, None)
-
-    def end_steps(self, buffer):
-        self._steps_left = 0
-        if self._records is None:
-            return
-        for i in range(len(self._records)):
-            if self._open_length(i):
-                buffer.add(self._cut(i), self._observations[i], False,
-                           False, self.version, self._worker_number,
-                           cut=True)
+from workers.worker import bad_step, unpack_reset
 
 
 class VecWorker(BatchedEnvsWorker):
@@ -168,118 +101,96 @@ class VecWorker(BatchedEnvsWorker):
                                          episode_id=self._new_episode_id())
         self._steps[i] = 0
 
-    def _advance(self, buffer, n_steps, max_starts):
-        """Step the envs: ``n_steps`` times (every env, starting episodes
-        as they end), or with ``n_steps=None`` until an episode completes,
-        starting at most ``max_starts`` new ones (None: no limit). Envs
-        with no episode and none to start stay idle. Returns how many
-        episodes it started."""
+    # The phases of the step loop (workers._batched) --------------------
+
+    def _begin(self, buffer, n_steps, max_starts):
         self._check_ready(self.envs[0])
-        n_envs = self._n_envs
         if self._records is None:
             # None marks an env whose next step starts with a reset.
-            self._records = [None] * n_envs
-            self._observations = [None] * n_envs
-            self._first_observations = [None] * n_envs
-            self._steps = [0] * n_envs
-        agent = self.agent
-        get_actions = batched(agent)
-        reset = getattr(agent, 'reset', None)
-        max_length = self._max_episode_length or float('inf')
+            n = self._n_envs
+            self._records = [None] * n
+            self._observations = [None] * n
+            self._first_observations = [None] * n
+            self._steps = [0] * n
+        return BatchedStep(self, buffer, n_steps, max_starts)
+
+    def _start_idle(self, run):
+        records = self._records
+        idle = run.allowed_starts(
+            [i for i in range(self._n_envs) if records[i] is None])
+        if idle:
+            run.where = 'env.reset'
+            for i in idle:
+                self._reset_env(i)
+            run.started += len(idle)
+            self._reset_agent(run, idle)
+        return [i for i in range(self._n_envs) if records[i] is not None]
+
+    def _observe(self, run, stepped):
+        observations = self._observations
+        if len(stepped) == self._n_envs:
+            return _nest.stack(observations)
+        # Idle envs (no episode, none to start) are not stepped; their
+        # rows of the agent's batch hold a placeholder.
+        stand_in = observations[stepped[0]]
+        records = self._records
+        return _nest.stack([stand_in if records[i] is None
+                            else observations[i]
+                            for i in range(self._n_envs)])
+
+    def _step(self, run, stepped, sent):
+        if isinstance(sent, np.ndarray) and sent.ndim == 1:
+            # Discrete actions: iterating the array gives each env a numpy
+            # scalar, as SyncVectorEnv does; gymnasium's Discrete.contains
+            # (asserted by most envs' step) checks those ~1.3 us faster
+            # than a Python int.
+            action_of = list(sent).__getitem__
+        else:
+            action_of = functools.partial(_nest.index, sent)
+        envs = self.envs
+        results = []
+        for i in stepped:
+            result = envs[i].step(action_of(i))
+            try:
+                next_obs, reward, terminated, truncated, info = result
+            except (TypeError, ValueError):
+                raise bad_step(result) from None
+            self.env_steps += 1
+            results.append((next_obs, reward, terminated, truncated, info))
+        return results
+
+    def _record(self, run, stepped, batch, actions, agent_infos, results):
         records, observations = self._records, self._observations
-        steps, envs = self._steps, self.envs
-        copy_obs = self._copy_observations
-        first_observations = self._first_observations
-        check_outputs = True
-        refused = self._action_check(batched=True)
-        started = taken = 0
-        where = 'env.reset'
-        try:
-            while n_steps is None or taken < n_steps:
-                to_reset = [i for i in range(n_envs) if records[i] is None]
-                if max_starts is not None:
-                    to_reset = to_reset[:max(max_starts - started, 0)]
-                if to_reset:
-                    where = 'env.reset'
-                    for i in to_reset:
-                        self._reset_env(i)
-                    started += len(to_reset)
-                    if reset is not None:
-                        where = 'agent.reset'
-                        reset(_mask(n_envs, to_reset))
-                active = [i for i in range(n_envs) if records[i] is not None]
-                if not active:
-                    break
-                where = 'agent.get_actions'
-                if len(active) < n_envs:
-                    # Idle envs (no episode, none to start) are not stepped;
-                    # their rows of the agent's batch hold a placeholder.
-                    stand_in = observations[active[0]]
-                    batch = _nest.stack([stand_in if records[i] is None
-                                         else observations[i]
-                                         for i in range(n_envs)])
-                else:
-                    batch = _nest.stack(observations)
-                actions, agent_infos = get_actions(batch)
-                where = 'agent.get_actions output'
-                actions, agent_infos = owned_outputs(
-                    actions, agent_infos, n_envs, check_outputs)
-                check_outputs = False
-                # What the envs receive: the actions, or what the agent
-                # says to send instead (e.g. a Gaussian sample clipped).
-                sent = agent_infos.get('env_action', actions)
-                error = refused(sent)
-                if error is not None:
-                    where = 'agent.get_actions'
-                    raise error
-                if isinstance(sent, np.ndarray) and sent.ndim == 1:
-                    # Discrete actions: iterating the array gives each env
-                    # a numpy scalar, as SyncVectorEnv does; gymnasium's
-                    # Discrete.contains (asserted by most envs' step)
-                    # checks those ~1.3 us faster than a Python int.
-                    action_of = list(sent).__getitem__
-                else:
-                    action_of = functools.partial(_nest.index, sent)
-                completed = 0
-                for i in active:
-                    where = 'env.step'
-                    result = envs[i].step(action_of(i))
-                    try:
-                        next_obs, reward, terminated, truncated, \
-                            env_info = result
-                    except (TypeError, ValueError):
-                        raise bad_step(result) from None
-                    self.env_steps += 1
-                    if steps[i] == 0 and not copy_obs[i] and \
-                            reuses_buffers(first_observations[i], next_obs):
-                        copy_obs[i] = True
-                    if copy_obs[i]:
-                        next_obs = copy_nest(next_obs)
-                    record = records[i]
-                    record.observations.append(batch)
-                    record.actions.append(actions)
-                    record.rewards.append(reward)
-                    record.env_infos.append(env_info)
-                    record.agent_infos.append(agent_infos)
-                    observations[i] = next_obs
-                    steps[i] += 1
-                    if steps[i] >= max_length and not (terminated or
-                                                       truncated):
-                        truncated = True
-                    if terminated or truncated:
-                        buffer.add(record, next_obs, bool(terminated),
-                                   bool(truncated), self.version,
-                                   self._worker_number)
-                        records[i] = None
-                        completed += 1
-                taken += 1
-                if completed and n_steps is None:
-                    break
-        except BaseException:
-            self.error_site = where
-            raise
-        self.error_site = None
-        return started
+        steps, copy_obs = self._steps, self._copy_observations
+        for i, (next_obs, reward, _, _, info) in zip(stepped, results):
+            if steps[i] == 0 and not copy_obs[i] and \
+                    reuses_buffers(self._first_observations[i], next_obs):
+                copy_obs[i] = True
+            if copy_obs[i]:
+                next_obs = copy_nest(next_obs)
+            record = records[i]
+            record.observations.append(batch)
+            record.actions.append(actions)
+            record.rewards.append(reward)
+            record.env_infos.append(info)
+            record.agent_infos.append(agent_infos)
+            observations[i] = next_obs
+            steps[i] += 1
+
+    def _end(self, run, stepped, results):
+        records, steps = self._records, self._steps
+        max_length = self._max_episode_length or float('inf')
+        ended = 0
+        for i, (_, _, terminated, truncated, _) in zip(stepped, results):
+            if steps[i] >= max_length and not (terminated or truncated):
+                truncated = True
+            if terminated or truncated:
+                run.buffer.add(records[i], self._observations[i],
+                               bool(terminated), bool(truncated),
+                               self.version, self._worker_number)
+                records[i] = None
+                ended += 1
+        return ended
 
     def shutdown(self):
         for env in self.envs:
@@ -287,40 +198,3 @@ class VecWorker(BatchedEnvsWorker):
                 env.close()
         self.envs = [None] * self._n_envs
         self._records = None
-
-
-def owned_outputs(actions, agent_infos, n_envs, check):
-    """The agent's outputs for a batch of ``n_envs`` observations as a
-    worker keeps them: actions given as a list made an array, both checked
-    for a row per env if ``check`` (a call's first step), and copied.
-    Records keep references to them, and a copy costs far less than a
-    step and keeps them safe from an agent that writes each call's outputs
-    into the same arrays."""
-    if isinstance(actions, list):
-        actions = np.asarray(actions)
-    if check:
-        _check_rows(actions, agent_infos, n_envs)
-    return copy_nest(actions), copy_nest(agent_infos) if agent_infos else {}
-
-
-def _check_rows(actions, agent_infos, n_envs):
-    if not isinstance(agent_infos, dict):
-        msg = (f'get_actions must return (actions, agent_infos) with '
-               f'agent_infos a dict, got {type(agent_infos).__name__}')
-        raise TypeError(msg)
-    named = [(f'actions{path}', leaf)
-             for path, leaf in _nest.leaves(actions)]
-    named += [(f'agent_infos{path}', leaf)
-              for path, leaf in _nest.leaves(agent_infos)]
-    for name, leaf in named:
-        if np.shape(leaf)[:1] != (n_envs,):
-            msg = (f'get_actions returned {name} with shape '
-                   f'{np.shape(leaf)} for {n_envs} observations; it must '
-                   f'return one row per observation')
-            raise ValueError(msg)
-
-
-def _mask(n, indices):
-    mask = np.zeros(n, dtype=bool)
-    mask[indices] = True
-    return mask
