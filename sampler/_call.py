@@ -11,23 +11,8 @@ import click
 import numpy as np
 
 from sampler._protocol import RoundKind, RoundStart
-from workers import EpisodeBatch
-
-
-def check_streaming_options(options):
-    """Refuse bad values of the options every streaming backend takes
-    (``Sampler`` checks the options every backend takes)."""
-    for name in ('shutdown_timeout', 'startup_timeout'):
-        value = options[name]
-        if isinstance(value, bool) or not isinstance(
-                value, (int, float)) or not value > 0:
-            msg = f'{name} must be a number of seconds > 0, got {value!r}'
-            raise ValueError(msg)
-    staleness = options['max_staleness']
-    if isinstance(staleness, bool) or not isinstance(staleness, int) \
-            or staleness < 0:
-        msg = f'max_staleness must be an int >= 0, got {staleness!r}'
-        raise ValueError(msg)
+from sampler.errors import SamplerError
+from workers import EpisodeBatch, _nest
 
 
 def progress_bar(show, kind, count, n_workers, n_envs=None):
@@ -384,3 +369,41 @@ def _in_start_order(batches):
         return batch
     return EpisodeBatch.concatenate(
         *[batch.episode(int(i)) for i in order], missing_infos='mask')
+
+
+def join_batches(batches):
+    """One EpisodeBatch of what a call kept; batches whose workers' data
+    do not fit each other are named, with where they differ."""
+    try:
+        return EpisodeBatch.concatenate(*batches, missing_infos='mask')
+    except (ValueError, TypeError) as err:
+        first = batches[0]
+        for batch in batches[1:]:
+            try:
+                EpisodeBatch.concatenate(first, batch,
+                                         missing_infos='mask')
+            except (ValueError, TypeError) as why:
+                a, b = (int(x.worker_numbers[0]) for x in (first, batch))
+                msg = (f"worker {b}'s episodes do not fit worker {a}'s, "
+                       f'so they cannot make one batch: '
+                       f'{_difference(first, batch, a, b) or why}. '
+                       f'Every worker must return the same structure '
+                       f'(keys, shapes and dtypes of observations, '
+                       f'actions and infos)')
+                raise SamplerError(msg) from err
+        raise
+
+
+def _difference(first, other, a, b):
+    """Where two batches' arrays differ in shape per step, or None."""
+    for field in ('observations', 'actions', 'last_observations',
+                  'env_infos', 'agent_infos', 'episode_infos'):
+        mine = dict(_nest.leaves(getattr(first, field)))
+        theirs = dict(_nest.leaves(getattr(other, field)))
+        for path in mine.keys() & theirs.keys():
+            x, y = mine[path], theirs[path]
+            if np.shape(x)[1:] != np.shape(y)[1:]:
+                return (f"{field}{path} has shape {np.shape(x)[1:]} per "
+                        f"step in worker {a}'s and {np.shape(y)[1:]} in "
+                        f"worker {b}'s")
+    return None

@@ -57,7 +57,7 @@ from gymnasium import spaces
 
 from sampler import _framing, _pickling, _probe, _worker_process
 from sampler._backend import Backend, WorkerHandle
-from sampler._call import check_streaming_options
+from sampler._options import check_streaming_options, process_setup
 from sampler._process_setup import EXIT_MAIN_NOT_GUARDED, NAME_PREFIX
 from sampler._protocol import (ArenaRows, ArenaSlot, Exit, Gone, Push,
                                RoundKind, Segments, Start)
@@ -486,7 +486,7 @@ class MultiprocessingSampler(Backend):
         self._factory_blob = _pickling.dumps(self._factory)
         # Workers end themselves when this process dies, whatever they do.
         self._setup = dataclasses.replace(
-            self._process_setup(), caller=os.getpid(),
+            process_setup(options), caller=os.getpid(),
             pin=_pins(options['pin_workers'], self._factory.worker_class))
         self._handles = []
         self._selector = None

@@ -35,7 +35,7 @@ import weakref
 
 from sampler import _pickling
 from sampler._backend import Backend, WorkerHandle
-from sampler._call import check_streaming_options
+from sampler._options import check_streaming_options, process_setup
 from sampler._protocol import (Credit, Failed, Gone, Push, Segments, Start,
                                Stop)
 from sampler._ray_actor import SamplerWorker
@@ -196,7 +196,7 @@ class RaySampler(Backend):
             options['shutdown_timeout'], release)
         try:
             self._factory_ref = ray.put(_pickling.dumps(self._factory))
-            self._setup = self._process_setup()
+            self._setup = process_setup(options)
             self._start_workers(time.monotonic() +
                                 options['startup_timeout'])
         except BaseException:
