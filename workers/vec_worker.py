@@ -112,10 +112,14 @@ class VecWorker(BatchedEnvsWorker):
             self._observations = [None] * n
             self._first_observations = [None] * n
             self._steps = [0] * n
-        return BatchedStep(self, buffer, n_steps, max_starts)
+        run = BatchedStep(self, buffer, n_steps, max_starts)
+        run.every_env = list(range(self._n_envs))
+        return run
 
     def _start_idle(self, run):
         records = self._records
+        if None not in records:  # every env has an episode running
+            return run.every_env
         idle = run.allowed_starts(
             [i for i in range(self._n_envs) if records[i] is None])
         if idle:
@@ -124,6 +128,8 @@ class VecWorker(BatchedEnvsWorker):
                 self._reset_env(i)
             run.started += len(idle)
             self._reset_agent(run, idle)
+        if None not in records:
+            return run.every_env
         return [i for i in range(self._n_envs) if records[i] is not None]
 
     def _observe(self, run, stepped):
@@ -151,12 +157,10 @@ class VecWorker(BatchedEnvsWorker):
         results = []
         for i in stepped:
             result = envs[i].step(action_of(i))
-            try:
-                next_obs, reward, terminated, truncated, info = result
-            except (TypeError, ValueError):
-                raise bad_step(result) from None
-            self.env_steps += 1
-            results.append((next_obs, reward, terminated, truncated, info))
+            if type(result) is not tuple or len(result) != 5:
+                result = _five(result)
+            results.append(result)
+        self.env_steps += len(stepped)
         return results
 
     def _record(self, run, stepped, batch, actions, agent_infos, results):
@@ -198,3 +202,12 @@ class VecWorker(BatchedEnvsWorker):
                 env.close()
         self.envs = [None] * self._n_envs
         self._records = None
+
+
+def _five(result):
+    """What an env's ``step`` returned, as the five values it must be."""
+    try:
+        next_obs, reward, terminated, truncated, info = result
+    except (TypeError, ValueError):
+        raise bad_step(result) from None
+    return next_obs, reward, terminated, truncated, info
