@@ -67,12 +67,12 @@ from workers import EpisodeBatch
 
 
 #: Bytes a result pipe holds (Linux; its limit for an unprivileged
-#: process is /proc/sys/fs/pipe-max-size, 1 MiB by default). The default
-#: of 64 KiB makes a worker sending a message of large observations wait
-#: for the caller every 64 KiB; episodes of 84x84x3 frames came 3-7%
-#: faster with 1 MiB (3 interleaved pairs of 20 calls). Command pipes get
-#: the same room: pushing a 4 MB state dict (a 1M-parameter policy) to 8
-#: workers cost 57 ms a call instead of 73-79 ms (medians of 10 calls).
+#: process is /proc/sys/fs/pipe-max-size, 1 MiB by default). With the
+#: default of 64 KiB, a worker sending a message of large observations
+#: waits for the caller every 64 KiB, and a pushed state dict crosses
+#: each command pipe in as many pieces: both cost a context switch each.
+#: (Frames of 84x84x3 came a few percent faster, and a 4 MB state dict
+#: reached 8 workers a quarter sooner.)
 PIPE_BYTES = 1 << 20
 
 
