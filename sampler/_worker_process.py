@@ -25,69 +25,21 @@ reply (sent first), or when the parent process is gone.
 """
 
 import collections
-import mmap
 import os
 import selectors
 import signal
 import socket
 from multiprocessing import parent_process
 
-import numpy as np
 
 from sampler import _framing, _probe
 from sampler._process_setup import NAME_PREFIX, watch_caller
-from sampler._protocol import ArenaRows, Exit, Failed, Ready, Start
+from sampler._arena import MappedRows
+from sampler._protocol import Exit, Failed, Ready, Start
 from sampler._round import Round, build_worker, failed_reply
 
 #: Maps of the caller's arenas a worker keeps (the caller keeps two).
 MAPS_KEPT = 2
-
-
-class MappedRows:
-    """A worker's map of its :class:`ArenaSlot` of the memfd ``fd`` (which
-    it closes); :meth:`take` hands out its rows in order."""
-
-    def __init__(self, fd, slot):
-        dtype = np.dtype(slot.dtype)
-        row_bytes = int(np.prod(slot.shape, dtype=np.int64)) * dtype.itemsize
-        start = slot.first_row * row_bytes
-        base = start - start % mmap.ALLOCATIONGRANULARITY
-        try:
-            # Populated: its pages mapped in one go, not faulted in one by
-            # one as the rows are written.
-            self._map = mmap.mmap(
-                fd, start + slot.n_rows * row_bytes - base, offset=base,
-                flags=mmap.MAP_SHARED | getattr(mmap, 'MAP_POPULATE', 0))
-        finally:
-            os.close(fd)
-        self.rows = np.frombuffer(
-            self._map, dtype, count=slot.n_rows * row_bytes // dtype.itemsize,
-            offset=start - base).reshape((slot.n_rows,) + tuple(slot.shape))
-        self.first_row = slot.first_row
-        self.used = 0
-
-    def take(self, n):
-        """``(rows to write n observations into, their ArenaRows)``, or
-        None if fewer than ``n`` are left."""
-        if self.used + n > len(self.rows):
-            return None
-        rows = self.rows[self.used:self.used + n]
-        where = ArenaRows(self.first_row + self.used, n)
-        self.used += n
-        return rows, where
-
-    def rewind(self):
-        """Its rows are handed out from the first again (the caller reuses
-        an arena only once nothing of the batch it went into is left)."""
-        self.used = 0
-
-    def close(self):
-        """Unmap: the memory is the caller's batch's alone from now."""
-        self.rows = None
-        try:
-            self._map.close()
-        except BufferError:  # a view is still alive; it goes with it
-            pass
 
 
 class _ParentGone(Exception):

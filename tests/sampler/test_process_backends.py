@@ -455,19 +455,19 @@ def test_an_unknown_command_is_reported_by_name(mp_sampler):
 def test_result_pipes_are_widened_where_the_system_allows(mp_sampler,
                                                           monkeypatch):
     import fcntl
-    from sampler import multiprocessing_sampler as mps
+    from sampler import _pipes
     with open('/proc/sys/fs/pipe-max-size') as f:
         allowed = int(f.read())
     s = mp_sampler(FirstObsAgent(), OneStepEnv, n_workers=1)
     size = fcntl.fcntl(s._handles[0].results.fileno(), fcntl.F_GETPIPE_SZ)
-    if allowed >= mps.PIPE_BYTES:
-        assert size == mps.PIPE_BYTES
+    if allowed >= _pipes.PIPE_BYTES:
+        assert size == _pipes.PIPE_BYTES
     # Beyond the system's limit, the pipe keeps its size and all works.
-    monkeypatch.setattr(mps, 'PIPE_BYTES', allowed * 1024)
+    monkeypatch.setattr(_pipes, 'PIPE_BYTES', allowed * 1024)
     reader, writer = mp.Pipe(duplex=False)
     with reader, writer:
         before = fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ)
-        mps._widen_pipe(reader)
+        _pipes.widen_pipe(reader)
         assert fcntl.fcntl(reader.fileno(), fcntl.F_GETPIPE_SZ) == before
 
 
