@@ -81,7 +81,7 @@ class CallGuard:
                 self._running = None
                 self._lock.notify_all()
 
-    def _check_closed_during(self, collector=None):
+    def _check_closed_during(self):
         """Raise SamplerClosedError if ``close()`` ran meanwhile (backends
         call it when a wait wakes); never while the workers start."""
         if self._closed and self._serving:
