@@ -29,10 +29,10 @@ def reuses_buffers(first, second):
     return False
 
 
-_BATCHED = frozenset(['observations', 'actions', 'agent_infos'])
+BATCHED = frozenset(['observations', 'actions', 'agent_infos'])
 #: What an EnvPoolWorker records batched: its envs' infos come as one
 #: dict of arrays per step too.
-BATCHED_WITH_ENV_INFOS = _BATCHED | {'env_infos'}
+BATCHED_WITH_ENV_INFOS = BATCHED | {'env_infos'}
 
 
 class EpisodeRecord:
@@ -44,13 +44,13 @@ class EpisodeRecord:
     continued by a new record in the next call.
 
     With ``column=None`` each entry of ``observations``, ``actions`` and
-    ``agent_infos`` is one step's value. A VecWorker records instead, per
-    step, the batched nest its agent saw or returned for every env at once
-    (the same object in the records of all its envs) and this episode's
-    row of it, ``column``: appending a shared reference costs less than
-    slicing out a row, and gathering rows from a few large arrays at
-    :meth:`EpisodeBuffer.to_batch` costs far less than stacking many small
-    ones scattered through memory. ``batched`` names the fields recorded
+    ``agent_infos`` is one step's value. A batched worker records instead,
+    per step, the batched nest its agent saw or returned for every env at
+    once (the same object in the records of all its envs) and this
+    episode's row of it, ``column``: appending a shared reference costs
+    less than slicing out a row, and gathering rows from a few large arrays
+    at :meth:`EpisodeBuffer.to_batch` costs far less than stacking many
+    small ones scattered through memory. ``batched`` names the fields recorded
     that way (``env_infos`` too for a pool of envs that reports them as
     one dict of arrays).
     """
@@ -60,7 +60,7 @@ class EpisodeRecord:
                  'prior_steps', 'prior_return', 'batched')
 
     def __init__(self, reset_info, column=None, episode_id=0, prior_steps=0,
-                 prior_return=0.0, batched=_BATCHED):
+                 prior_return=0.0, batched=BATCHED):
         self.observations = []
         self.actions = []
         self.rewards = []

@@ -5,19 +5,8 @@ Per step of the pool::
     observations (n_envs, ...) --agent.get_actions--> actions
         --pool.step(actions[, env_id])--> next observations, rewards,
         flags, infos (one dict of arrays), put in env order by env_id
-        --> one entry of the worker's step log: the observations, actions,
-            agent infos and env infos of every env (references), and
-            the rewards
-        --> envs whose episode ended (numpy over the flags): their
-            segment becomes an EpisodeRecord, sliced out of the log, and
-            goes to the buffer
-
-An env's segment in progress is where in the log it starts: every step of
-the log from there on is a transition of that env, until the segment ends
-(its episode ends, or a call ends and cuts it). So a step costs a fixed
-amount of list appends and array operations, however many envs the pool
-has, and each episode costs one slice of the log when it ends. The log
-drops the steps no segment in progress refers to.
+        --> the worker's step log, and the segments whose episode ended
+            (workers._batched, shared with VecWorker)
 
 envpool itself resets an env on the step after its episode ended and
 ignores that step's action: the worker counts that step as the start of
@@ -28,53 +17,30 @@ episode was cut by ``max_episode_length`` or abandoned, and those of a new
 pool, are reset by a ``pool.reset(env_id)`` call of their own.
 """
 
-import numbers
 
 import numpy as np
 
 from workers import _nest
 from workers._batched import BatchedEnvsWorker, BatchedStep
-from workers._episode import BATCHED_WITH_ENV_INFOS, EpisodeRecord
 from workers.env_update import EnvPool
 from workers.spaces import check_stackable
 from workers.worker import bad_step, unpack_reset
 
 #: envpool seeds env ``j`` of a pool with ``seed + j`` as a C++ int.
 _SEED_BOUND = 2 ** 31 - 2 ** 20
-#: The log is trimmed once it holds this many steps, and again each time it
-#: has doubled since.
-_TRIM_MIN = 256
-_NEVER = float('inf')
-
-
-class _Segment:
-    """An env's segment in progress: its steps are those of the worker's
-    log from step ``start`` on (up to the env's stop, see
-    ``EnvPoolWorker._stops``); the rest as in
-    :class:`~workers._episode.EpisodeRecord`."""
-
-    __slots__ = ('reset_info', 'episode_id', 'prior_steps', 'prior_return',
-                 'start')
-
-    def __init__(self, reset_info, episode_id, prior_steps, prior_return,
-                 start):
-        self.reset_info = reset_info
-        self.episode_id = episode_id
-        self.prior_steps = prior_steps
-        self.prior_return = prior_return
-        self.start = start
 
 
 class _PoolStep(BatchedStep):
-    """A call of the pool's step loop: also the step of the log it is at,
-    the step it ends before, the envs the pool resets at this step, and
-    the first step at which an episode may reach max_episode_length
-    (None: to be found again, as segments started or ended)."""
+    """A call of the pool's step loop, with the ids of every env (as the
+    pool takes them, and as bytes to compare its order with) and the info
+    keys of its last step and those kept of them."""
 
-    step = limit = first_stop = first_cap = None
-    resetting = ()
     info_keys = kept_keys = None
-    every_env = all_envs = id_bytes = None
+
+    def __init__(self, worker, buffer, n_steps, max_starts):
+        super().__init__(worker, buffer, n_steps, max_starts)
+        self.every_env = np.arange(worker.n_envs, dtype=np.int32)
+        self.id_bytes = self.every_env.tobytes()
 
 
 class EnvPoolWorker(BatchedEnvsWorker):
@@ -120,40 +86,17 @@ class EnvPoolWorker(BatchedEnvsWorker):
 
     #: envpool steps the pool in a thread of its own while this one waits.
     threads_alternate = True
+    #: envpool reports a step's infos as one dict of arrays.
+    _env_infos_batched = True
 
     def __init__(self, *, seed, max_episode_length, worker_number, n_envs=8):
         super().__init__(seed=seed, max_episode_length=max_episode_length,
-                         worker_number=worker_number)
-        if isinstance(n_envs, bool) or not isinstance(
-                n_envs, numbers.Integral) or n_envs < 1:
-            msg = f'n_envs must be an int >= 1, got {n_envs!r}'
-            raise ValueError(msg)
-        self._n_envs = int(n_envs)
+                         worker_number=worker_number, n_envs=n_envs)
         self.recipe = None  # the EnvPool the pool is built from
         self.pool = None
         self._step_all = None  # actions of every env -> the pool's step
         self._spaces = None
         self._build_seed = None  # not None: (re)build with it first
-        # Per env: its episode ended on the pool's terms, so the pool
-        # resets it at its next step.
-        self._pool_resets = [False] * self._n_envs
-        # Per env its _Segment in progress, or None: its next step starts
-        # an episode. None instead of the list: every env needs a reset.
-        self._records = None
-        self._observations = None  # (n_envs, ...): what the next step sees
-        # Per env, the step of the log at which it stops being stepped in
-        # this call (obtain_steps' n steps taken); _NEVER if it does not.
-        self._stops = [_NEVER] * self._n_envs
-        # The step log: per step, the observations, actions, rewards (a
-        # list), env infos and agent infos of every env; entry k is step
-        # _log_base + k. A segment's steps are a run of it.
-        self._log = ([], [], [], [], [])
-        self._log_base = 0
-        self._trim_at = _TRIM_MIN
-
-    @property
-    def n_envs(self):
-        return self._n_envs
 
     @property
     def env_spaces(self):
@@ -194,7 +137,14 @@ class EnvPoolWorker(BatchedEnvsWorker):
         else:
             self._build_seed = None
 
-    def _ready_pool(self):
+    # What the step loop (workers._batched) leaves to the worker --------
+    #
+    # An env whose episode ended on the pool's terms is reset by the pool
+    # at its next step (which is then no transition of it, and costs
+    # nothing more): _resets_itself. The others (new pools, abandoned and
+    # capped episodes) are reset by a call of their own.
+
+    def _ready_envs(self):
         self._check_ready(self.recipe)
         if self.pool is None or self._build_seed is not None:
             seed = self._build_seed
@@ -206,108 +156,11 @@ class EnvPoolWorker(BatchedEnvsWorker):
             self.pool = self.recipe.build(self._n_envs, seed)
             self._step_all = _direct_step(self.pool) or self.pool.step
             self._build_seed = None
-            self._pool_resets = [False] * self._n_envs
+            self._resets_itself = [False] * self._n_envs
             self.error_site = None
-        if self._records is None:
-            self._records = [None] * self._n_envs
-            self._stops = [_NEVER] * self._n_envs
-            self._clear_log()
 
-    def _clear_log(self):
-        for steps in self._log:
-            steps.clear()
-        self._log_base = 0
-        self._trim_at = _TRIM_MIN
-
-    def _log_end(self):
-        """The number of the next step the log takes."""
-        return self._log_base + len(self._log[0])
-
-    def _trim_log(self):
-        """Drop the log's steps that no segment in progress refers to."""
-        starts = [s.start for s in self._records if s is not None]
-        first = min(starts) if starts else self._log_end()
-        drop = first - self._log_base
-        if drop:
-            for steps in self._log:
-                del steps[:drop]
-            self._log_base = first
-        self._trim_at = max(_TRIM_MIN, 2 * len(self._log[0]))
-
-    def abandon_episodes(self):
-        dropped = super().abandon_episodes()
-        self._clear_log()
-        return dropped
-
-    def _open_length(self, i):
-        segment = self._records[i]
-        if segment is None:
-            return 0
-        return min(self._log_end(), self._stops[i]) - segment.start
-
-    def _record_of(self, i):
-        """Env ``i``'s segment in progress as an EpisodeRecord: its run of
-        the log (references to the batched steps, with its column)."""
-        segment = self._records[i]
-        record = EpisodeRecord(
-            segment.reset_info, column=i, episode_id=segment.episode_id,
-            prior_steps=segment.prior_steps,
-            prior_return=segment.prior_return,
-            batched=BATCHED_WITH_ENV_INFOS)
-        first = segment.start - self._log_base
-        last = first + self._open_length(i)
-        observations, actions, rewards, env_infos, agent_infos = self._log
-        record.observations = observations[first:last]
-        record.actions = actions[first:last]
-        record.rewards = [step[i] for step in rewards[first:last]]
-        record.env_infos = env_infos[first:last]
-        record.agent_infos = agent_infos[first:last]
-        return record
-
-    def _cut(self, i):
-        record = self._record_of(i)
-        self._records[i] = _Segment(
-            record.reset_info, record.episode_id,
-            record.prior_steps + len(record),
-            record.prior_return + float(sum(record.rewards)),
-            self._log_end())
-        return record
-
-    def begin_steps(self, steps_per_env):
-        self._ready_pool()
-        self._stops[:] = [self._log_end() + int(steps_per_env)] * \
-            self._n_envs
-
-    def continue_steps(self, buffer, max_steps=None):
-        # A piece is a number of the pool's steps: each env takes at most
-        # that many, and one reset by the pool at a step one more later.
-        self._advance(buffer, _NEVER if max_steps is None else max_steps,
-                      None)
-        if self._log_end() < max(self._stops):
-            return False
-        self.end_steps(buffer)
-        return True
-
-    def end_steps(self, buffer):
-        super().end_steps(buffer)
-        # Every segment starts at the log's end now, and goes on in the
-        # next call: no stop until that call sets one.
-        self._stops[:] = [_NEVER] * self._n_envs
-        self._trim_log()
-
-    def _start(self, envs, obs, info, rows=None, start=None):
-        """Segments for new episodes in ``envs`` (indices), whose first
-        observations are ``obs`` (rows ``rows`` of it, default all) and
-        reset infos ``info``, starting at step ``start`` of the log
-        (default: its next one)."""
-        infos = _kept(info, len(obs))
-        records = self._records
-        rows = range(len(envs)) if rows is None else rows
-        start = self._log_end() if start is None else start
-        for row, i in zip(rows, envs):
-            records[i] = _Segment({k: v[row] for k, v in infos.items()},
-                                  self._new_episode_id(), 0, 0.0, start)
-            self._pool_resets[i] = False
+    def _call_state(self, buffer, n_steps, max_starts):
+        return _PoolStep(self, buffer, n_steps, max_starts)
 
     def _reset_envs(self, envs):
         """Reset ``envs`` (indices) now and start their episodes: their
@@ -325,71 +178,7 @@ class EnvPoolWorker(BatchedEnvsWorker):
                 old = np.zeros((self._n_envs,) + obs.shape[1:],
                                dtype=obs.dtype)
             self._observations = _full(old, ids, obs)
-        self._start(envs, obs, info)
-
-    # The phases of the step loop (workers._batched) --------------------
-    #
-    # With ``n_steps=None``, as VecWorker's: step until an episode
-    # completes, starting at most ``max_starts`` new ones (envs with no
-    # episode and none to start are not stepped). Otherwise up to
-    # ``n_steps`` more of the pool's steps of those begin_steps began,
-    # every env up to its stop.
-    #
-    # An env whose episode ended on the pool's terms is reset by the pool
-    # at its next step (which is then no transition of it, and costs
-    # nothing more); the others (new pools, abandoned and capped episodes)
-    # are reset by a call of their own. Envs reset at a step take one step
-    # more to make their steps.
-    #
-    # Counting is by step numbers, not per env and step: an env with a
-    # segment is stepped at every step of the log until its stop
-    # (``_stops``), which begin_steps sets from the first step of the
-    # steps and every reset step of the env pushes one further.
-
-    def _begin(self, buffer, n_steps, max_starts):
-        self._ready_pool()
-        run = _PoolStep(self, buffer, n_steps, max_starts)
-        if n_steps is None:
-            self._stops[:] = [_NEVER] * self._n_envs
-        run.first_stop = min(self._stops)
-        # The step of the log this piece of steps ends before.
-        run.limit = _NEVER if n_steps is None else self._log_end() + n_steps
-        run.every_env = np.arange(self._n_envs, dtype=np.int32)
-        run.id_bytes = run.every_env.tobytes()
-        run.all_envs = list(range(self._n_envs))
-        return run
-
-    def _more(self, run):
-        run.step = self._log_end()
-        return run.step < run.limit
-
-    def _start_idle(self, run):
-        records, stops, step = self._records, self._stops, run.step
-        run.resetting = ()  # envs the pool resets at this step
-        if None in records:
-            idle = run.allowed_starts(
-                [i for i in run.all_envs if records[i] is None and
-                 step < stops[i]])
-            now = [i for i in idle if not self._pool_resets[i]]
-            if now:
-                run.where = 'env.reset'
-                self._reset_envs(now)
-                run.started += len(now)
-                run.first_cap = None
-                self._reset_agent(run, now)
-            if len(now) < len(idle):
-                run.resetting = set(idle) - set(now)
-                if run.n_steps is not None:
-                    for i in run.resetting:  # a step that is no
-                        stops[i] += 1        # transition of theirs
-                    run.first_stop = min(stops)
-        if len(self._log[0]) >= self._trim_at:
-            self._trim_log()
-        if step < run.first_stop and records.count(None) == \
-                len(run.resetting):
-            return run.all_envs
-        return [i for i in run.all_envs if step < stops[i] and (
-            i in run.resetting or records[i] is not None)]
+        self._start_segments(envs, _rows(info, len(envs)))
 
     def _observe(self, run, stepped):
         return self._observations
@@ -431,60 +220,19 @@ class EnvPoolWorker(BatchedEnvsWorker):
                 _spread(stepped, values, n, zero)
                 for values, zero in ((rewards, 0.0), (terminated, False),
                                      (truncated, False)))
-        return next_obs, rewards, terminated, truncated, infos
-
-    def _record(self, run, stepped, batch, actions, agent_infos, result):
-        next_obs, rewards, _, _, infos = result
         if run.resetting:
-            # Their episodes start after this step.
+            # The pool reset these at this step: their episodes start
+            # after it.
             envs = sorted(run.resetting)
-            self._start(envs, next_obs, infos, envs, run.step + 1)
+            self._start_segments(
+                envs, _rows(infos, n, envs), run.step + 1)
             run.started += len(envs)
             run.first_cap = None
-        log_observations, log_actions, log_rewards, log_env_infos, \
-            log_agent_infos = self._log
-        log_observations.append(batch)
-        log_actions.append(actions)
-        log_rewards.append(rewards)
-        log_env_infos.append(infos)
-        log_agent_infos.append(agent_infos)
         self.env_steps += len(stepped) - len(run.resetting)
+        return next_obs, rewards, terminated, truncated, infos
 
-    def _end(self, run, stepped, result):
-        next_obs, _, terminated, truncated, _ = result
-        records, resetting = self._records, run.resetting
-        max_length = self._max_episode_length
-        ends = []
-        if True in terminated or True in truncated:
-            ends = [i for i in stepped if (terminated[i] or truncated[i])
-                    and i not in resetting]
-        if max_length is not None:
-            if run.first_cap is None:
-                # The first step at which an episode may reach max_length.
-                run.first_cap = min(
-                    (s.start - s.prior_steps + max_length
-                     for s in records if s is not None), default=_NEVER)
-            if run.step + 1 >= run.first_cap:
-                ends += [i for i in stepped if records[i] is not None
-                         and i not in resetting and i not in ends
-                         and records[i].prior_steps +
-                         self._open_length(i) >= max_length]
-        for i in ends:
-            term = bool(terminated[i])
-            if term or truncated[i]:
-                trunc = bool(truncated[i])
-                self._pool_resets[i] = True
-            else:
-                trunc = True  # capped at max_length
-            run.buffer.add(self._record_of(i), next_obs[i], term, trunc,
-                           self.version, self._worker_number)
-            records[i] = None
-        if ends:
-            run.first_cap = None
-        self._observations = next_obs
-        if resetting:
-            self._reset_agent(run, sorted(resetting))
-        return len(ends)
+    def _ended_by_env(self, i):
+        self._resets_itself[i] = True
 
     def shutdown(self):
         self._close_pool()
@@ -584,6 +332,14 @@ def _kept(infos, rows):
     return {k: v for k, v in infos.items()
             if k != 'players' and isinstance(v, np.ndarray) and v.ndim
             and len(v) == rows}
+
+
+def _rows(infos, n, envs=None):
+    """Each of ``envs`` (default: the first ``n`` rows)'s infos as a dict:
+    its row of every info kept per env (:func:`_kept`)."""
+    infos = _kept(infos, n)
+    return [{k: v[i] for k, v in infos.items()}
+            for i in (range(n) if envs is None else envs)]
 
 
 def _spread(envs, values, n, zero):

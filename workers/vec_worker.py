@@ -1,14 +1,13 @@
 """VecWorker: several envs stepped together with batched agent calls."""
 
 import functools
-import numbers
 
 import cloudpickle
 import numpy as np
 
 from workers import _nest
-from workers._batched import BatchedEnvsWorker, BatchedStep
-from workers._episode import EpisodeRecord, copy_nest, reuses_buffers
+from workers._batched import BatchedEnvsWorker
+from workers._episode import copy_nest, reuses_buffers
 from workers.worker import bad_step, unpack_reset
 
 
@@ -31,23 +30,17 @@ class VecWorker(BatchedEnvsWorker):
 
     def __init__(self, *, seed, max_episode_length, worker_number, n_envs=8):
         super().__init__(seed=seed, max_episode_length=max_episode_length,
-                         worker_number=worker_number)
-        if not isinstance(n_envs, numbers.Integral) or n_envs < 1:
-            msg = f'n_envs must be an int >= 1, got {n_envs!r}'
-            raise ValueError(msg)
-        self._n_envs = int(n_envs)
-        self.envs = [None] * self._n_envs
-        self._reset_seeds = [None] * self._n_envs
-        self._new_envs = [True] * self._n_envs  # never reset yet
-        self._copy_observations = [False] * self._n_envs
-        self._records = None  # None: every env needs a reset
-        self._observations = None
-        self._first_observations = None
-        self._steps = None
-
-    @property
-    def n_envs(self):
-        return self._n_envs
+                         worker_number=worker_number, n_envs=n_envs)
+        n = self._n_envs
+        self.envs = [None] * n
+        self._reset_seeds = [None] * n
+        self._new_envs = [True] * n  # never reset yet
+        # Per env: it writes its observations into one array, so they are
+        # copied as they come (found at the first step after a reset, which
+        # returned that array too); the reset's observation is copied until
+        # then.
+        self._copy_observations = [False] * n
+        self._first_observations = {}  # env -> its reset's observation
 
     def update_env(self, env_update):
         update = self._as_env_update(env_update)
@@ -73,7 +66,7 @@ class VecWorker(BatchedEnvsWorker):
             self._new_envs, new_envs, self.envs)]
         self.envs = new_envs
         self._copy_observations = [False] * self._n_envs
-        self._records = None
+        self._segments = None  # every env starts with a reset
 
     @property
     def env_spaces(self):
@@ -90,47 +83,25 @@ class VecWorker(BatchedEnvsWorker):
             seed if reseed_envs or new else None
             for seed, new in zip(env_seeds, self._new_envs)]
 
-    def _reset_env(self, i):
-        obs, info = unpack_reset(self.envs[i].reset(
-            seed=self._reset_seeds[i]))
-        self._reset_seeds[i] = None
-        self._new_envs[i] = False
-        self._first_observations[i] = obs
-        self._observations[i] = copy_nest(obs)
-        self._records[i] = EpisodeRecord(info, column=i,
-                                         episode_id=self._new_episode_id())
-        self._steps[i] = 0
+    # What the step loop (workers._batched) leaves to the worker --------
 
-    # The phases of the step loop (workers._batched) --------------------
-
-    def _begin(self, buffer, n_steps, max_starts):
+    def _ready_envs(self):
         self._check_ready(self.envs[0])
-        if self._records is None:
-            # None marks an env whose next step starts with a reset.
-            n = self._n_envs
-            self._records = [None] * n
-            self._observations = [None] * n
-            self._first_observations = [None] * n
-            self._steps = [0] * n
-        run = BatchedStep(self, buffer, n_steps, max_starts)
-        run.every_env = list(range(self._n_envs))
-        return run
+        if self._segments is None:
+            self._observations = [None] * self._n_envs
+            self._first_observations = {}
 
-    def _start_idle(self, run):
-        records = self._records
-        if None not in records:  # every env has an episode running
-            return run.every_env
-        idle = run.allowed_starts(
-            [i for i in range(self._n_envs) if records[i] is None])
-        if idle:
-            run.where = 'env.reset'
-            for i in idle:
-                self._reset_env(i)
-            run.started += len(idle)
-            self._reset_agent(run, idle)
-        if None not in records:
-            return run.every_env
-        return [i for i in range(self._n_envs) if records[i] is not None]
+    def _reset_envs(self, envs):
+        reset_infos = []
+        for i in envs:
+            obs, info = unpack_reset(self.envs[i].reset(
+                seed=self._reset_seeds[i]))
+            self._reset_seeds[i] = None
+            self._new_envs[i] = False
+            self._first_observations[i] = obs
+            self._observations[i] = copy_nest(obs)
+            reset_infos.append(info)
+        self._start_segments(envs, reset_infos)
 
     def _observe(self, run, stepped):
         observations = self._observations
@@ -139,8 +110,8 @@ class VecWorker(BatchedEnvsWorker):
         # Idle envs (no episode, none to start) are not stepped; their
         # rows of the agent's batch hold a placeholder.
         stand_in = observations[stepped[0]]
-        records = self._records
-        return _nest.stack([stand_in if records[i] is None
+        segments = self._segments
+        return _nest.stack([stand_in if segments[i] is None
                             else observations[i]
                             for i in range(self._n_envs)])
 
@@ -161,47 +132,43 @@ class VecWorker(BatchedEnvsWorker):
                 result = _five(result)
             results.append(result)
         self.env_steps += len(stepped)
-        return results
-
-    def _record(self, run, stepped, batch, actions, agent_infos, results):
-        records, observations = self._records, self._observations
-        steps, copy_obs = self._steps, self._copy_observations
-        for i, (next_obs, reward, _, _, info) in zip(stepped, results):
-            if steps[i] == 0 and not copy_obs[i] and \
-                    reuses_buffers(self._first_observations[i], next_obs):
-                copy_obs[i] = True
-            if copy_obs[i]:
-                next_obs = copy_nest(next_obs)
-            record = records[i]
-            record.observations.append(batch)
-            record.actions.append(actions)
-            record.rewards.append(reward)
-            record.env_infos.append(info)
-            record.agent_infos.append(agent_infos)
-            observations[i] = next_obs
-            steps[i] += 1
-
-    def _end(self, run, stepped, results):
-        records, steps = self._records, self._steps
-        max_length = self._max_episode_length or float('inf')
-        ended = 0
-        for i, (_, _, terminated, truncated, _) in zip(stepped, results):
-            if steps[i] >= max_length and not (terminated or truncated):
-                truncated = True
-            if terminated or truncated:
-                run.buffer.add(records[i], self._observations[i],
-                               bool(terminated), bool(truncated),
-                               self.version, self._worker_number)
-                records[i] = None
-                ended += 1
-        return ended
+        next_obs, rewards, terminated, truncated, infos = zip(*results)
+        n = self._n_envs
+        if len(stepped) == n:
+            next_obs = list(next_obs)
+        else:
+            next_obs = _spread(stepped, next_obs, self._observations)
+            rewards = _spread(stepped, rewards, [0.0] * n)
+            terminated = _spread(stepped, terminated, [False] * n)
+            truncated = _spread(stepped, truncated, [False] * n)
+            infos = _spread(stepped, infos, [None] * n)
+        firsts, copies = self._first_observations, self._copy_observations
+        if firsts:  # envs reset since their last step (all stepped now)
+            for i, first in firsts.items():
+                if reuses_buffers(first, next_obs[i]):
+                    copies[i] = True
+            firsts.clear()
+        if True in copies:
+            for i in stepped:
+                if copies[i]:
+                    next_obs[i] = copy_nest(next_obs[i])
+        return next_obs, rewards, terminated, truncated, infos
 
     def shutdown(self):
         for env in self.envs:
             if env is not None:
                 env.close()
         self.envs = [None] * self._n_envs
-        self._records = None
+        self._segments = None
+
+
+def _spread(envs, values, every):
+    """A list of every env's value: ``values`` at ``envs``, the rest as
+    in ``every``."""
+    out = list(every)
+    for i, value in zip(envs, values):
+        out[i] = value
+    return out
 
 
 def _five(result):

@@ -191,7 +191,7 @@ def test_episodes_go_on_across_calls_with_new_parameters():
 def test_the_step_log_keeps_only_the_steps_of_running_segments():
     """Segments are runs of the worker's step log; steps no running
     segment refers to must go, or a long run would hold every frame."""
-    import workers.env_pool_worker as module
+    import workers._batched as module
     worker = pool_worker(n_envs=4)
     steps_call(worker, 300, 0)
     assert len(worker._log[0]) == 0  # every segment was cut at the end

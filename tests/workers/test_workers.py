@@ -155,6 +155,28 @@ def test_observations_overwritten_in_place_are_copied():
         assert batch.last_observations[0].tolist() == [5, 5]
 
 
+def test_the_vec_workers_step_log_keeps_only_the_steps_of_running_segments():
+    """A VecWorker's segments are runs of its step log, as a pool
+    worker's are; steps no running segment refers to must go."""
+    import workers._batched as module
+    w = make_worker('CartPole-v1', 'random', VecWorker, n_envs=4)
+    w.start_round(0, keep_episodes=True)
+    buffer = EpisodeBuffer()
+    w.step_into(buffer, 300)
+    batch = buffer.to_batch()
+    assert len(batch) == 4 * 300 and batch.cut.sum() == 4
+    assert len(w._log[0]) == 0  # every segment was cut at the end
+    w.start_round(1)
+    taken = longest = most = 0
+    while taken < 3000:
+        buffer = EpisodeBuffer()
+        w.rollout_into(buffer)
+        taken += buffer.transitions
+        longest = max(longest, max(w._open_length(i) for i in range(4)))
+        most = max(most, len(w._log[0]))
+    assert most <= 2 * longest + module._TRIM_MIN + 1
+
+
 @pytest.mark.parametrize('action_space', [
     spaces.MultiDiscrete([3, 2]),
     spaces.MultiBinary(4),
