@@ -188,26 +188,6 @@ def test_episodes_go_on_across_calls_with_new_parameters():
     worker.shutdown()
 
 
-def test_the_step_log_keeps_only_the_steps_of_running_segments():
-    """Segments are runs of the worker's step log; steps no running
-    segment refers to must go, or a long run would hold every frame."""
-    import workers._batched as module
-    worker = pool_worker(n_envs=4)
-    steps_call(worker, 300, 0)
-    assert len(worker._log[0]) == 0  # every segment was cut at the end
-    worker.start_round(1)
-    taken = longest = most = 0
-    while taken < 3000:
-        buffer = EpisodeBuffer()
-        worker.rollout_into(buffer)
-        taken += buffer.transitions
-        longest = max(longest, max(worker._open_length(i)
-                                   for i in range(4)))
-        most = max(most, len(worker._log[0]))
-    assert most <= 2 * longest + module._TRIM_MIN + 1
-    worker.shutdown()
-
-
 def test_outputs_without_a_row_per_env_are_refused():
     worker = pool_worker(agent=lambda obs: 0)
     worker.agent = type('OneRow', (), {

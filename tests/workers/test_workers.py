@@ -155,11 +155,16 @@ def test_observations_overwritten_in_place_are_copied():
         assert batch.last_observations[0].tolist() == [5, 5]
 
 
-def test_the_vec_workers_step_log_keeps_only_the_steps_of_running_segments():
-    """A VecWorker's segments are runs of its step log, as a pool
-    worker's are; steps no running segment refers to must go."""
+@pytest.mark.parametrize('worker_class', [VecWorker, EnvPoolWorker])
+def test_the_step_log_keeps_only_the_steps_of_running_segments(
+        worker_class):
+    """A batched worker's segments are runs of its step log; steps no
+    running segment refers to must go, or a long run would hold every
+    frame."""
     import workers._batched as module
-    w = make_worker('CartPole-v1', 'random', VecWorker, n_envs=4)
+    env = 'CartPole-v1' if worker_class is VecWorker else \
+        EnvPool('CartPole-v1', make=ListPool)
+    w = make_worker(env, 'random', worker_class, n_envs=4)
     w.start_round(0, keep_episodes=True)
     buffer = EpisodeBuffer()
     w.step_into(buffer, 300)
@@ -175,6 +180,7 @@ def test_the_vec_workers_step_log_keeps_only_the_steps_of_running_segments():
         longest = max(longest, max(w._open_length(i) for i in range(4)))
         most = max(most, len(w._log[0]))
     assert most <= 2 * longest + module._TRIM_MIN + 1
+    w.shutdown()
 
 
 @pytest.mark.parametrize('action_space', [
