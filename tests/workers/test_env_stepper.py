@@ -1,0 +1,180 @@
+"""EnvStepWorker steps its share of a vector env's envs as gymnasium's
+SyncVectorEnv steps them, in every autoreset mode."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium import spaces
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from workers.env_stepper import (EnvFns, EnvStepWorker, batch_infos,
+                                 batch_rows)
+
+
+class InfoEnv(gym.Env):
+    """Episodes of random length, and infos that come and go: a count on
+    odd steps, a score at the end, the seed's draw at reset."""
+
+    observation_space = spaces.Box(-10, 10, (3,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._length = int(self.np_random.integers(2, 9))
+        obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        info = {'draw': float(obs[0])}
+        if options:
+            info['options'] = options.get('tag', 0)
+        return obs, info
+
+    def step(self, action):
+        self._t += 1
+        obs = np.full(3, self._t + 0.1 * int(action), np.float32)
+        done = self._t >= self._length
+        terminated = done and self._length % 2 == 0
+        truncated = done and not terminated
+        info = {'t': self._t} if self._t % 2 else {}
+        if done:
+            info['score'] = float(self._length)
+        return obs, float(action) - 1.0, terminated, truncated, info
+
+
+def env_fns(n, make=InfoEnv):
+    return [lambda: make() for _ in range(n)]
+
+
+def workers_for(n, shares, mode):
+    """EnvStepWorkers holding envs 0..n-1 in shares of the given sizes."""
+    out, first = [], 0
+    for k, size in enumerate(shares):
+        w = EnvStepWorker(seed=0, max_episode_length=None, worker_number=k,
+                          autoreset_mode=mode)
+        w.update_env(EnvFns(env_fns(size), first_index=first))
+        out.append(w)
+        first += size
+    assert first == n
+    return out
+
+
+def joined(parts):
+    """Per-env lists of every worker's results, in env order."""
+    return [sum((list(p[k]) for p in parts), []) for k in range(len(
+        parts[0]))]
+
+
+def assert_same(ours, theirs):
+    if isinstance(theirs, dict):
+        assert ours.keys() == theirs.keys()
+        for key in theirs:
+            assert_same(ours[key], theirs[key])
+    elif isinstance(theirs, np.ndarray):
+        assert isinstance(ours, np.ndarray)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        if theirs.dtype == object:
+            for a, b in zip(ours, theirs):
+                assert_same(a, b)
+        else:
+            np.testing.assert_array_equal(ours, theirs)
+    else:
+        assert type(ours) is type(theirs) and ours == theirs
+
+
+@pytest.mark.parametrize('mode', list(AutoresetMode))
+@pytest.mark.parametrize('make', [InfoEnv, lambda: gym.make(
+    'CartPole-v1', max_episode_steps=12)], ids=['InfoEnv', 'CartPole'])
+def test_steps_equal_sync_vector_envs_in_every_autoreset_mode(mode, make):
+    n = 5
+    sync = SyncVectorEnv([lambda: make() for _ in range(n)],
+                         autoreset_mode=mode)
+    workers = workers_for(n, [3, 2], mode)
+    for w in workers:
+        w.update_env(EnvFns([lambda: make()] * w.n_envs, w.first_index))
+    theirs = sync.reset(seed=7, options={'tag': 1})
+    parts = [w.reset_envs([7 + w.first_index + j for j in range(w.n_envs)],
+                          {'tag': 1}) for w in workers]
+    obs, infos = joined(parts)
+    assert_same(batch_rows(sync, obs), theirs[0])
+    assert_same(batch_infos(sync, infos), theirs[1])
+    rng = np.random.default_rng(0)
+    ended_seen = 0
+    for _ in range(60):
+        actions = rng.integers(0, 2 if make is not InfoEnv else 3, n)
+        theirs = sync.step(actions)
+        parts = [w.step_envs(list(actions[w.first_index:
+                                          w.first_index + w.n_envs]))
+                 for w in workers]
+        obs, rewards, term, trunc, infos, finals = joined(parts)
+        assert_same(batch_rows(sync, obs), theirs[0])
+        np.testing.assert_array_equal(np.array(rewards, np.float64),
+                                      theirs[1])
+        np.testing.assert_array_equal(np.array(term, bool), theirs[2])
+        np.testing.assert_array_equal(np.array(trunc, bool), theirs[3])
+        assert_same(batch_infos(sync, infos, finals), theirs[4])
+        ended = theirs[2] | theirs[3]
+        ended_seen += int(ended.sum())
+        if mode is AutoresetMode.DISABLED and ended.any():
+            mask = ended.copy()
+            theirs = sync.reset(options={'reset_mask': mask.copy()})
+            parts = [w.reset_envs(None, {}, mask[w.first_index:
+                                                 w.first_index + w.n_envs])
+                     for w in workers]
+            obs, infos = joined(parts)
+            assert_same(batch_rows(sync, obs), theirs[0])
+            assert_same(batch_infos(sync, infos), theirs[1])
+    assert ended_seen > 10  # every path was taken many times
+    sync.close()
+    for w in workers:
+        w.shutdown()
+
+
+def test_disabled_mode_refuses_to_step_an_ended_env_and_says_how():
+    (w,) = workers_for(1, [1], AutoresetMode.DISABLED)
+    w.reset_envs([0])
+    with pytest.raises(ValueError, match=r'env 0 ended its episode.*'
+                                         r'reset_mask'):
+        for _ in range(20):
+            w.step_envs([1])
+    assert w.error_site == 'env.step' and w.error_env == 0
+
+
+def test_errors_name_the_env_that_raised():
+    class Breaks(InfoEnv):
+        def step(self, action):
+            raise RuntimeError('broken')
+
+    w = EnvStepWorker(seed=0, max_episode_length=None, worker_number=1)
+    w.update_env(EnvFns([InfoEnv, Breaks], first_index=4))
+    w.reset_envs()
+    with pytest.raises(RuntimeError, match='broken'):
+        w.step_envs([0, 0])
+    assert (w.error_site, w.error_env) == ('env.step', 5)
+
+
+def test_envs_with_other_spaces_or_no_env_are_refused_by_index():
+    class Other(InfoEnv):
+        action_space = spaces.Discrete(4)
+
+    w = EnvStepWorker(seed=0, max_episode_length=None, worker_number=0)
+    with pytest.raises(ValueError, match=r'env 3 has the action_space '
+                                         r'Discrete\(4\), but env 2'):
+        w.update_env(EnvFns([InfoEnv, Other], first_index=2))
+    with pytest.raises(TypeError, match=r'env_fns\[1\] returned 5'):
+        w.update_env(EnvFns([InfoEnv, lambda: 5]))
+    with pytest.raises(TypeError, match=r'env_fns\[0\] is 3'):
+        EnvFns([3])
+    with pytest.raises(ValueError, match='autoreset_mode must be'):
+        EnvStepWorker(seed=0, max_episode_length=None, worker_number=0,
+                      autoreset_mode='sometimes')
+
+
+def test_call_get_and_set_attributes_of_each_env():
+    (w,) = workers_for(3, [3], AutoresetMode.NEXT_STEP)
+    w.set_env_attrs('level', [1, 2, 3])
+    assert w.call_envs('level') == [1, 2, 3]
+    w.reset_envs([0, 1, 2])
+    assert w.call_envs('observation_space') == [InfoEnv.observation_space] * 3
+    steps = w.call_envs('step', (2,))
+    assert [s[1] for s in steps] == [1.0, 1.0, 1.0]
+    with pytest.raises(ValueError, match='2 values for 3 envs'):
+        w.set_env_attrs('level', [1, 2])

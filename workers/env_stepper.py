@@ -1,0 +1,313 @@
+"""EnvStepWorker: envs stepped for actions the caller sends, for a vector
+env whose policy stays in the learner (``sampler.vector``).
+
+A vector env spreads its envs over workers; each worker steps its share
+(``EnvFns``: the constructors and the index of the first in the vector
+env) exactly as gymnasium's ``SyncVectorEnv`` steps each of its envs, in
+each autoreset mode, so that the caller, putting the workers' rows back
+in env order, returns what ``SyncVectorEnv`` would::
+
+    next_step  an env whose episode ended at the last step is reset at
+               this one (its action ignored; reward 0, flags False, the
+               reset's info)
+    same_step  an env whose episode ends is reset at once; the step's
+               observation and info go out as the final ones
+    disabled   the caller resets envs itself (``reset_mask``); stepping an
+               env whose episode ended is refused
+
+The worker sends rows per env (observations, rewards, flags, one info dict
+each, and in same_step mode each env's final observation and info or
+None); the caller merges the infos as gymnasium does.
+"""
+
+import numbers
+
+import gymnasium
+from gymnasium.vector import AutoresetMode
+from gymnasium.vector.utils import concatenate, create_empty_array
+
+from workers.env_update import EnvUpdate
+from workers.spaces import check_stackable
+from workers.worker import Worker, bad_step, unpack_reset
+
+
+class EnvFns(EnvUpdate):
+    """The envs of one worker of a vector env: zero-argument constructors,
+    the first of them env ``first_index`` of the vector env.
+
+    It builds them anew whatever the worker had (the worker closes its old
+    envs)."""
+
+    replaces_env = True
+
+    def __init__(self, env_fns, first_index=0):
+        env_fns = list(env_fns)
+        if not env_fns:
+            raise ValueError('EnvFns needs at least one env constructor')
+        for j, fn in enumerate(env_fns):
+            if not callable(fn):
+                msg = (f'env_fns[{first_index + j}] is {fn!r}; each must be '
+                       f'a zero-argument callable returning a '
+                       f'gymnasium.Env')
+                raise TypeError(msg)
+        if not isinstance(first_index, numbers.Integral) or first_index < 0:
+            msg = f'first_index must be an int >= 0, got {first_index!r}'
+            raise ValueError(msg)
+        self.env_fns = env_fns
+        self.first_index = int(first_index)
+
+    def __len__(self):
+        return len(self.env_fns)
+
+    def __call__(self, old_envs):
+        return [fn() for fn in self.env_fns]
+
+    def __repr__(self):
+        last = self.first_index + len(self.env_fns) - 1
+        return f'EnvFns(envs {self.first_index}..{last})'
+
+
+class EnvStepWorker(Worker):
+    """Steps its envs for actions it is sent (see the module's docstring).
+
+    Args:
+        seed, max_episode_length, worker_number: as every worker's; the
+            envs are seeded by :meth:`reset_envs` as the caller says, and
+            their episodes end where the envs end them.
+        autoreset_mode: a ``gymnasium.vector.AutoresetMode`` or its value.
+
+    Attributes:
+        envs: its envs, in the vector env's order.
+        first_index: the vector env's index of ``envs[0]``.
+        error_env: after a method raised, the vector env's index of the
+            env whose call raised (None if none did).
+    """
+
+    def __init__(self, *, seed, max_episode_length, worker_number,
+                 autoreset_mode=AutoresetMode.NEXT_STEP):
+        super().__init__(seed=seed, max_episode_length=max_episode_length,
+                         worker_number=worker_number)
+        try:
+            self.autoreset_mode = AutoresetMode(autoreset_mode)
+        except ValueError:
+            modes = ', '.join(repr(m.value) for m in AutoresetMode)
+            msg = (f'autoreset_mode must be an AutoresetMode or one of '
+                   f'{modes}, got {autoreset_mode!r}')
+            raise ValueError(msg) from None
+        self.envs = []
+        self.first_index = 0
+        self.error_env = None
+        self._ended = []  # per env: its episode ended at its last step
+        self._observations = []  # per env: its last observation
+
+    @property
+    def n_envs(self):
+        return len(self.envs)
+
+    @property
+    def env_spaces(self):
+        if not self.envs:
+            return None
+        return self.envs[0].observation_space, self.envs[0].action_space
+
+    @classmethod
+    def check_env_update(cls, update, what='env'):
+        if not isinstance(update, EnvFns):
+            msg = (f'{what}: {cls.__name__} builds its envs from EnvFns '
+                   f'(the env constructors of its share of a vector env), '
+                   f'got {update!r}')
+            raise TypeError(msg)
+
+    def update_env(self, env_update):
+        self.check_env_update(env_update, 'env_update')
+        self.shutdown()
+        envs = []
+        try:
+            for j, fn in enumerate(env_update.env_fns):
+                self._at('building the env', env_update.first_index + j)
+                env = fn()
+                if not isinstance(env, gymnasium.Env):
+                    msg = (f'env_fns[{env_update.first_index + j}] returned '
+                           f'{env!r}, not a gymnasium.Env')
+                    raise TypeError(msg)
+                envs.append(env)
+            self._check_spaces(envs, env_update.first_index)
+        except BaseException:
+            for env in envs:
+                env.close()
+            raise
+        self.envs, self.first_index = envs, env_update.first_index
+        self._ended = [False] * len(envs)
+        self._observations = [None] * len(envs)
+        self._done()
+
+    def _check_spaces(self, envs, first_index):
+        self.error_site = 'checking the env spaces'
+        first = envs[0]
+        check_stackable(first.observation_space, 'observation space')
+        check_stackable(first.action_space, 'action space')
+        for j, env in enumerate(envs[1:], start=1):
+            for name in ('observation_space', 'action_space'):
+                if getattr(env, name) != getattr(first, name):
+                    self.error_env = first_index + j
+                    msg = (f'env {first_index + j} has the {name} '
+                           f'{getattr(env, name)}, but env {first_index} '
+                           f'has {getattr(first, name)}; the envs of a '
+                           f'vector env must share their spaces')
+                    raise ValueError(msg)
+
+    def _at(self, site, index):
+        self.error_site, self.error_env = site, index
+
+    def _done(self):
+        self.error_site = self.error_env = None
+
+    # The calls -----------------------------------------------------------
+
+    def reset_envs(self, seeds=None, options=None, mask=None):
+        """Reset the envs (those ``mask`` holds True for, default all)
+        with ``seeds`` (one per env, or None) and ``options``.
+
+        Returns ``(observations, infos)``: per env its observation (the
+        reset's, or for an env not reset the one it had) and its reset
+        info (None for an env not reset)."""
+        n = len(self.envs)
+        seeds = [None] * n if seeds is None else list(seeds)
+        mask = [True] * n if mask is None else [bool(m) for m in mask]
+        if len(seeds) != n or len(mask) != n:
+            msg = (f'reset_envs got {len(seeds)} seeds and a mask of '
+                   f'{len(mask)} for {n} envs')
+            raise ValueError(msg)
+        observations = list(self._observations)
+        infos = [None] * n
+        for j, (env, seed, reset) in enumerate(zip(self.envs, seeds, mask)):
+            if reset:
+                self._at('env.reset', self.first_index + j)
+                observations[j], infos[j] = unpack_reset(
+                    env.reset(seed=seed, options=options))
+                self._ended[j] = False
+        self._observations = observations
+        self._done()
+        return observations, infos
+
+    def step_envs(self, actions):
+        """Step every env with its action (one per env, in order), as the
+        autoreset mode says.
+
+        Returns ``(observations, rewards, terminated, truncated, infos,
+        finals)``, one entry per env; ``finals[j]`` is ``(final_obs,
+        final_info)`` where a same_step reset followed env ``j``'s
+        episode's end, else None."""
+        n = len(self.envs)
+        if len(actions) != n:
+            msg = f'step_envs got {len(actions)} actions for {n} envs'
+            raise ValueError(msg)
+        mode = self.autoreset_mode
+        observations, infos = [None] * n, [None] * n
+        rewards, finals = [0.0] * n, [None] * n
+        terminated, truncated = [False] * n, [False] * n
+        ended = self._ended
+        for j, (env, action) in enumerate(zip(self.envs, actions)):
+            index = self.first_index + j
+            if ended[j] and mode is AutoresetMode.NEXT_STEP:
+                self._at('env.reset', index)
+                observations[j], infos[j] = unpack_reset(env.reset())
+                ended[j] = False
+                continue
+            if ended[j] and mode is AutoresetMode.DISABLED:
+                self._at('env.step', index)
+                msg = (f'env {index} ended its episode at the last step, '
+                       f'and autoreset_mode is DISABLED: reset it first, '
+                       f'with reset(options={{"reset_mask": mask}}) where '
+                       f'mask[{index}] is True')
+                raise ValueError(msg)
+            self._at('env.step', index)
+            result = env.step(action)
+            self.env_steps += 1
+            try:
+                obs, reward, term, trunc, info = result
+            except (TypeError, ValueError):
+                raise bad_step(result) from None
+            rewards[j], terminated[j], truncated[j] = reward, term, trunc
+            if (term or trunc) and mode is AutoresetMode.SAME_STEP:
+                finals[j] = (obs, info)
+                self._at('env.reset', index)
+                obs, info = unpack_reset(env.reset())
+            else:
+                ended[j] = bool(term or trunc)
+            observations[j], infos[j] = obs, info
+        self._observations = observations
+        self._done()
+        return observations, rewards, terminated, truncated, infos, finals
+
+    def call_envs(self, name, args=(), kwargs=None):
+        """Per env, its attribute ``name`` (through its wrappers) called
+        with ``args`` and ``kwargs`` if callable, else its value."""
+        kwargs = kwargs or {}
+        results = []
+        for j, env in enumerate(self.envs):
+            self._at(f'env.{name}', self.first_index + j)
+            value = env.get_wrapper_attr(name)
+            results.append(value(*args, **kwargs) if callable(value)
+                           else value)
+        self._done()
+        return results
+
+    def set_env_attrs(self, name, values):
+        """Set attribute ``name`` (through the wrappers) of each env to its
+        value in ``values`` (one per env)."""
+        if len(values) != len(self.envs):
+            msg = (f'set_env_attrs got {len(values)} values for '
+                   f'{len(self.envs)} envs')
+            raise ValueError(msg)
+        for j, (env, value) in enumerate(zip(self.envs, values)):
+            self._at(f'setting env.{name}', self.first_index + j)
+            env.set_wrapper_attr(name, value)
+        self._done()
+
+    # What a sampler's rounds would ask: this worker only steps for actions
+    # it is sent.
+
+    def rollout_into(self, buffer, max_starts=None):
+        msg = ('an EnvStepWorker steps envs for actions it is sent '
+               '(step_envs); it samples no episodes of its own')
+        raise TypeError(msg)
+
+    def begin_steps(self, steps_per_env):
+        self.rollout_into(None)
+
+    def shutdown(self):
+        envs, self.envs = self.envs, []
+        for j, env in enumerate(envs):
+            self._at('env.close', self.first_index + j)
+            env.close()
+        self._ended = []
+        self._observations = []
+        self._done()
+
+
+def batch_rows(vector_env, observations, out=None):
+    """The per-env ``observations`` (in env order) as one batch of
+    ``vector_env``'s, as gymnasium's vector envs concatenate them (into
+    ``out`` if given)."""
+    space = vector_env.single_observation_space
+    if out is None:
+        out = create_empty_array(space, len(observations))
+    return concatenate(space, observations, out)
+
+
+def batch_infos(vector_env, infos, finals=None):
+    """The per-env ``infos`` (None: the env has none this time) and
+    ``finals`` (see :meth:`EnvStepWorker.step_envs`) as one dict, merged
+    by ``vector_env``'s own ``_add_info`` (gymnasium's arrays with
+    ``_key`` masks) in env order, a final observation and info before the
+    env's info, as ``SyncVectorEnv`` merges them."""
+    out = {}
+    for i, info in enumerate(infos):
+        if finals is not None and finals[i] is not None:
+            final_obs, final_info = finals[i]
+            out = vector_env._add_info(
+                out, {'final_obs': final_obs, 'final_info': final_info}, i)
+        if info is not None:
+            out = vector_env._add_info(out, info, i)
+    return out
