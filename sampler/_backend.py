@@ -35,11 +35,15 @@ A backend keeps only what is its own (all of it in its module):
 
 import time
 
-from sampler._protocol import (Credit, Failed, Finish, Gone, Push, Ready,
-                               Segments, Start, Stop)
+from sampler._protocol import (Credit, EnvsDone, Failed, Finish, Gone,
+                               Push, Ready, Segments, Start, Stop)
 from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
                             WorkerCrashedError, WorkerError)
 from sampler.sampler import Sampler
+
+
+#: A vector env's command result of a worker that failed and was replaced.
+RESTARTED = object()
 
 
 class WorkerHandle:
@@ -91,6 +95,8 @@ class Backend(Sampler):
                 handle.pid = reply.pid
                 spaces[handle.number] = reply.spaces
         self._check_same_spaces([spaces[i] for i in range(self.n_workers)])
+        # (observation_space, action_space), which the workers share
+        self._env_spaces = spaces[0]
         return spaces
 
     def _startup_timed_out(self, numbers):
@@ -184,6 +190,50 @@ class Backend(Sampler):
         self._handles[i] = replacement = self._spawn(i)
         if collector.restarted(i):
             self._send(replacement, Start(collector.round_start(i)))
+
+    # A vector env's commands (sampler.vector) ---------------------------
+
+    def _envs_send(self, commands):
+        """Send ``commands`` (worker number -> command of a vector env's,
+        see sampler._protocol) without waiting; returns what
+        :meth:`_envs_wait` waits on."""
+        for i, command in commands.items():
+            self._send(self._handles[i], command)
+        return dict(commands)
+
+    def _envs_wait(self, waiting, results, deadline):
+        """Wait for the EnvsDone of each worker in ``waiting`` (worker
+        number -> command; answered ones are removed) into ``results``
+        (worker number -> result); False if ``deadline`` came first (what
+        is still waited for stays in ``waiting``). A worker that failed
+        raises its error, or, where it is replaced, has its result be
+        :data:`RESTARTED`: the replacement has been sent nothing."""
+        while waiting:
+            replies = self._wait(None, deadline)
+            if replies is None:
+                return False
+            for handle, reply in replies:
+                i = handle.number
+                if self._handles[i] is not handle:
+                    continue  # from a worker replaced since
+                kind = type(reply)
+                if kind is EnvsDone:
+                    if waiting.pop(i, None) is not None:
+                        results[i] = reply.result
+                elif kind is Ready:
+                    handle.pid = reply.pid
+                elif kind is Failed or kind is Gone:
+                    err = worker_error(i, reply)
+                    if not self._worker_failed(err):
+                        raise err
+                    self._retire(handle)
+                    self._handles[i] = self._spawn(i)
+                    waiting.pop(i, None)
+                    results[i] = RESTARTED
+                else:
+                    msg = f'worker {i} sent an unexpected reply {reply!r}'
+                    raise RuntimeError(msg)
+        return True
 
     # Backend hooks -------------------------------------------------------
 

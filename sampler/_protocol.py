@@ -59,6 +59,17 @@ Credit     the learner read that many of a stream round's transitions
 Exit       leave
 =========  ==================================================================
 
+A vector env (``sampler.vector``) keeps the policy in the learner: its
+workers (``workers.EnvStepWorker``) run no rounds, and step their envs
+for the actions they are sent, each command answered by one EnvsDone::
+
+    ResetEnvs(seeds, options, mask) --->  reset the envs
+    StepEnvs(actions) ----------------->  step each env, autoreset as the
+                                          vector env's mode says
+    CallEnvs(name, args, kwargs) ------>  call or read an attribute
+    SetEnvAttrs(name, values) --------->  set one
+    <---------- EnvsDone(result)          rows per env; or Failed / Gone
+
 Replies, worker -> caller:
 
 =========  ==================================================================
@@ -68,6 +79,7 @@ Segments   what a round produced since the last message; ``done`` ends the
 Failed     env, agent or update code raised: where, what, the traceback;
            the worker is gone after it
 Gone       (made by the caller's side) the worker died without a word
+EnvsDone   a vector env's command is done: what it returned
 =========  ==================================================================
 """
 
@@ -212,7 +224,43 @@ class Exit(NamedTuple):
     """Leave: close the envs and end."""
 
 
-COMMANDS = (Start, Finish, Stop, Push, Credit, Exit)
+# Commands of a vector env's workers (sampler.vector): each is answered
+# by one EnvsDone, or Failed; no round runs.
+
+
+class ResetEnvs(NamedTuple):
+    """Reset the worker's envs (``mask``: those that are True, default
+    all) with ``seeds`` (one per env, or None) and ``options``."""
+
+    seeds: Optional[list] = None
+    options: Optional[dict] = None
+    mask: Optional[list] = None
+
+
+class StepEnvs(NamedTuple):
+    """Step each of the worker's envs with its action."""
+
+    actions: list
+
+
+class CallEnvs(NamedTuple):
+    """Per env, its attribute ``name`` called with these arguments (or its
+    value if not callable)."""
+
+    name: str
+    args: tuple = ()
+    kwargs: Optional[dict] = None
+
+
+class SetEnvAttrs(NamedTuple):
+    """Set attribute ``name`` of each env to its one of ``values``."""
+
+    name: str
+    values: list
+
+
+COMMANDS = (Start, Finish, Stop, Push, Credit, Exit, ResetEnvs, StepEnvs,
+            CallEnvs, SetEnvAttrs)
 
 
 # Replies ---------------------------------------------------------------
@@ -279,4 +327,11 @@ class Gone(NamedTuple):
     detail: str = ''
 
 
-REPLIES = (Ready, Segments, Failed, Gone)
+class EnvsDone(NamedTuple):
+    """What a vector env's command returned: per env of the worker, its
+    rows (see ``workers.EnvStepWorker``'s methods)."""
+
+    result: object
+
+
+REPLIES = (Ready, Segments, Failed, Gone, EnvsDone)

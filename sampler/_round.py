@@ -23,8 +23,10 @@ import traceback
 import cloudpickle
 
 from sampler._process_setup import limit_threads, pin_to_cpu
-from sampler._protocol import (Credit, Exit, Failed, Finish, Push,
-                               RoundKind, Segments, Start, Stop, UpdateKind)
+from sampler._protocol import (CallEnvs, Credit, EnvsDone, Exit, Failed,
+                               Finish, Push, ResetEnvs, RoundKind, Segments,
+                               SetEnvAttrs, Start, StepEnvs, Stop,
+                               UpdateKind)
 from workers import EpisodeBuffer
 from workers.spaces import misfit
 
@@ -199,8 +201,27 @@ class Round:
     def _on_exit(self, command, arena, out):
         self.exited = True
 
+    # A vector env's commands: its worker (an EnvStepWorker) answers each.
+
+    def _on_reset_envs(self, command, arena, out):
+        out.append(EnvsDone(self.worker.reset_envs(
+            command.seeds, command.options, command.mask)))
+
+    def _on_step_envs(self, command, arena, out):
+        out.append(EnvsDone(self.worker.step_envs(command.actions)))
+
+    def _on_call_envs(self, command, arena, out):
+        out.append(EnvsDone(self.worker.call_envs(
+            command.name, command.args, command.kwargs)))
+
+    def _on_set_env_attrs(self, command, arena, out):
+        self.worker.set_env_attrs(command.name, command.values)
+        out.append(EnvsDone(None))
+
     _HANDLERS = {Start: _on_start, Finish: _on_finish, Stop: _on_stop,
-                 Push: _on_push, Credit: _on_credit, Exit: _on_exit}
+                 Push: _on_push, Credit: _on_credit, Exit: _on_exit,
+                 ResetEnvs: _on_reset_envs, StepEnvs: _on_step_envs,
+                 CallEnvs: _on_call_envs, SetEnvAttrs: _on_set_env_attrs}
 
     def start(self, plan, env=None, agent=None, arena=None):
         """Apply the updates (or None) and begin the round ``plan`` (a

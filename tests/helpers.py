@@ -692,3 +692,52 @@ class ListPool:
         self.closed = True
         for env in self.envs:
             env.close()
+
+
+class InfoEnv(gym.Env):
+    """Episodes of random length, and infos that come and go: a count on
+    odd steps, a score at the end, the seed's draw at reset."""
+
+    observation_space = spaces.Box(-10, 10, (3,), np.float32)
+    action_space = spaces.Discrete(3)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        self._length = int(self.np_random.integers(2, 9))
+        obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
+        info = {'draw': float(obs[0])}
+        if options:
+            info['options'] = options.get('tag', 0)
+        return obs, info
+
+    def step(self, action):
+        self._t += 1
+        obs = np.full(3, self._t + 0.1 * int(action), np.float32)
+        done = self._t >= self._length
+        terminated = done and self._length % 2 == 0
+        truncated = done and not terminated
+        info = {'t': self._t} if self._t % 2 else {}
+        if done:
+            info['score'] = float(self._length)
+        return obs, float(action) - 1.0, terminated, truncated, info
+
+
+def assert_same_nest(ours, theirs):
+    """Dicts with the same keys, arrays of the same dtype, shape and values
+    (object arrays compared element by element), other values equal and of
+    one type, all the way down."""
+    if isinstance(theirs, dict):
+        assert ours.keys() == theirs.keys()
+        for key in theirs:
+            assert_same_nest(ours[key], theirs[key])
+    elif isinstance(theirs, np.ndarray):
+        assert isinstance(ours, np.ndarray)
+        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
+        if theirs.dtype == object:
+            for a, b in zip(ours, theirs):
+                assert_same_nest(a, b)
+        else:
+            np.testing.assert_array_equal(ours, theirs)
+    else:
+        assert type(ours) is type(theirs) and ours == theirs

@@ -67,6 +67,16 @@ class EnvFns(EnvUpdate):
         return f'EnvFns(envs {self.first_index}..{last})'
 
 
+class NoPolicy:
+    """The agent of an EnvStepWorker: the policy stays in the learner,
+    which sends actions; one asked for actions says so."""
+
+    def get_action(self, observation):
+        msg = ('an EnvStepWorker has no policy: the learner holds it and '
+               'sends the actions (step_envs)')
+        raise TypeError(msg)
+
+
 class EnvStepWorker(Worker):
     """Steps its envs for actions it is sent (see the module's docstring).
 
@@ -157,7 +167,9 @@ class EnvStepWorker(Worker):
                     raise ValueError(msg)
 
     def _at(self, site, index):
-        self.error_site, self.error_env = site, index
+        # The site names the env: a sampler's error says "in env.step of
+        # env 5".
+        self.error_site, self.error_env = f'{site} of env {index}', index
 
     def _done(self):
         self.error_site = self.error_env = None
@@ -215,7 +227,7 @@ class EnvStepWorker(Worker):
                 ended[j] = False
                 continue
             if ended[j] and mode is AutoresetMode.DISABLED:
-                self._at('env.step', index)
+                self._at('env.step', index)  # the caller's mistake
                 msg = (f'env {index} ended its episode at the last step, '
                        f'and autoreset_mode is DISABLED: reset it first, '
                        f'with reset(options={{"reset_mask": mask}}) where '

@@ -1,4 +1,6 @@
 import os
+import signal
+import threading
 
 import pytest
 
@@ -63,3 +65,23 @@ def make_sampler(backend):
     """Build samplers of the backend under test; all are closed afterwards."""
     with closing_samplers(backend) as make:
         yield make
+
+
+@pytest.fixture
+def ctrl_c():
+    """SIGINT raises KeyboardInterrupt, as in a terminal (a shell starts
+    background jobs with it ignored); ``ctrl_c(delay)`` sends one to this
+    process after ``delay`` seconds."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    timers = []
+
+    def send(delay):
+        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
+        timers.append(timer)
+        timer.start()
+
+    yield send
+    for timer in timers:
+        timer.cancel()
+        timer.join()
+    signal.signal(signal.SIGINT, previous)

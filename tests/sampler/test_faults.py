@@ -4,9 +4,7 @@ what happened. Each test runs on every backend it applies to; the ones
 about processes (a killed caller, a fork, exit) are in
 test_process_faults.py."""
 
-import os
 import pickle
-import signal
 import threading
 import time
 
@@ -22,26 +20,6 @@ from sampler import (LocalSampler, SamplerClosedError, SamplerError,
 from workers import RandomAgent, VecWorker
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def ctrl_c():
-    """SIGINT raises KeyboardInterrupt, as in a terminal (a shell starts
-    background jobs with it ignored); ``ctrl_c(delay)`` sends one to this
-    process after ``delay`` seconds."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    timers = []
-
-    def send(delay):
-        timer = threading.Timer(delay, os.kill, (os.getpid(), signal.SIGINT))
-        timers.append(timer)
-        timer.start()
-
-    yield send
-    for timer in timers:
-        timer.cancel()
-        timer.join()
-    signal.signal(signal.SIGINT, previous)
 
 
 # 1. A caught Ctrl-C leaves every pipe usable ------------------------------

@@ -7,37 +7,9 @@ import pytest
 from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
+from helpers import InfoEnv, assert_same_nest as assert_same
 from workers.env_stepper import (EnvFns, EnvStepWorker, batch_infos,
                                  batch_rows)
-
-
-class InfoEnv(gym.Env):
-    """Episodes of random length, and infos that come and go: a count on
-    odd steps, a score at the end, the seed's draw at reset."""
-
-    observation_space = spaces.Box(-10, 10, (3,), np.float32)
-    action_space = spaces.Discrete(3)
-
-    def reset(self, *, seed=None, options=None):
-        super().reset(seed=seed)
-        self._t = 0
-        self._length = int(self.np_random.integers(2, 9))
-        obs = self.np_random.uniform(-1, 1, 3).astype(np.float32)
-        info = {'draw': float(obs[0])}
-        if options:
-            info['options'] = options.get('tag', 0)
-        return obs, info
-
-    def step(self, action):
-        self._t += 1
-        obs = np.full(3, self._t + 0.1 * int(action), np.float32)
-        done = self._t >= self._length
-        terminated = done and self._length % 2 == 0
-        truncated = done and not terminated
-        info = {'t': self._t} if self._t % 2 else {}
-        if done:
-            info['score'] = float(self._length)
-        return obs, float(action) - 1.0, terminated, truncated, info
 
 
 def env_fns(n, make=InfoEnv):
@@ -61,23 +33,6 @@ def joined(parts):
     """Per-env lists of every worker's results, in env order."""
     return [sum((list(p[k]) for p in parts), []) for k in range(len(
         parts[0]))]
-
-
-def assert_same(ours, theirs):
-    if isinstance(theirs, dict):
-        assert ours.keys() == theirs.keys()
-        for key in theirs:
-            assert_same(ours[key], theirs[key])
-    elif isinstance(theirs, np.ndarray):
-        assert isinstance(ours, np.ndarray)
-        assert ours.dtype == theirs.dtype and ours.shape == theirs.shape
-        if theirs.dtype == object:
-            for a, b in zip(ours, theirs):
-                assert_same(a, b)
-        else:
-            np.testing.assert_array_equal(ours, theirs)
-    else:
-        assert type(ours) is type(theirs) and ours == theirs
 
 
 @pytest.mark.parametrize('mode', list(AutoresetMode))
@@ -135,7 +90,7 @@ def test_disabled_mode_refuses_to_step_an_ended_env_and_says_how():
                                          r'reset_mask'):
         for _ in range(20):
             w.step_envs([1])
-    assert w.error_site == 'env.step' and w.error_env == 0
+    assert w.error_site == 'env.step of env 0' and w.error_env == 0
 
 
 def test_errors_name_the_env_that_raised():
@@ -148,7 +103,7 @@ def test_errors_name_the_env_that_raised():
     w.reset_envs()
     with pytest.raises(RuntimeError, match='broken'):
         w.step_envs([0, 0])
-    assert (w.error_site, w.error_env) == ('env.step', 5)
+    assert (w.error_site, w.error_env) == ('env.step of env 5', 5)
 
 
 def test_envs_with_other_spaces_or_no_env_are_refused_by_index():

@@ -1,0 +1,447 @@
+"""Vector envs on our workers, for training loops that keep the policy in
+the learner (CleanRL, stable-baselines3, most research code).
+
+:class:`AsyncVectorEnv` is a ``gymnasium.vector.VectorEnv`` that takes
+gymnasium's ``AsyncVectorEnv`` arguments and returns, step for step, what
+``SyncVectorEnv`` returns for the same ``env_fns``, seeds and actions, in
+every autoreset mode. Its envs are spread over ``n_workers`` worker
+processes (a sampler's backend: their start-up, pipes, errors and
+shutdown), each stepping its share as ``SyncVectorEnv`` steps each env
+(``workers.EnvStepWorker``). The commands and replies are those of
+:mod:`sampler._protocol` (``ResetEnvs``, ``StepEnvs``, ``CallEnvs``,
+``SetEnvAttrs`` -> ``EnvsDone``)::
+
+    learner: actions (num_envs, ...)
+      --> per worker, its envs' rows --StepEnvs--> worker k: its envs step
+      <-- EnvsDone: per env observation, reward, flags, info (and final
+          observation and info in same_step mode)
+      --> in env order: observations concatenated into one batch, infos
+          merged with gymnasium's own _add_info
+"""
+
+import builtins
+import copy as copy_module
+import multiprocessing
+import numbers
+import time
+
+import numpy as np
+from gymnasium.error import (AlreadyPendingCallError,
+                             ClosedEnvironmentError, NoAsyncCallError)
+from gymnasium.spaces import Space
+from gymnasium.vector import AutoresetMode, VectorEnv
+from gymnasium.vector.utils import batch_space, iterate
+
+from sampler._backend import RESTARTED
+from sampler._protocol import CallEnvs, ResetEnvs, SetEnvAttrs, StepEnvs
+from sampler.errors import SamplerError, WorkerError
+from sampler.sampler import available_cpus
+from workers.env_stepper import (EnvFns, EnvStepWorker, NoPolicy,
+                                 batch_infos, batch_rows)
+
+#: No call pending; otherwise the state is the pending call's name.
+_STATE_DEFAULT = 'default'
+
+
+def _backend_class(backend):
+    if backend == 'multiprocessing':
+        from sampler.multiprocessing_sampler import MultiprocessingSampler
+        return MultiprocessingSampler
+    if backend == 'ray':
+        from sampler.ray_sampler import RaySampler
+        return RaySampler
+    if backend == 'local':
+        from sampler.local_sampler import LocalSampler
+        return LocalSampler
+    msg = (f'backend must be "multiprocessing", "ray" or "local", got '
+           f'{backend!r}')
+    raise ValueError(msg)
+
+
+def shares(n_envs, n_workers):
+    """``(first env, number of envs)`` of each worker: ``n_envs`` envs
+    spread over ``n_workers`` as evenly as they go, in order."""
+    out, first = [], 0
+    for k in range(n_workers):
+        size = n_envs // n_workers + (k < n_envs % n_workers)
+        out.append((first, size))
+        first += size
+    return out
+
+
+class AsyncVectorEnv(VectorEnv):
+    """A vector env whose envs step in our workers; a drop-in for
+    gymnasium's ``AsyncVectorEnv``.
+
+    Args:
+        env_fns: zero-argument callables, each returning a
+            ``gymnasium.Env``.
+        shared_memory: accepted for gymnasium's signature.
+        copy: return a copy of the observations (True), or the vector
+            env's own array, valid until the next reset or step (False).
+        context: the start method of the worker processes (the
+            multiprocessing backend's ``start_method``).
+        daemon: accepted for gymnasium's signature; our workers end with
+            the process that made them whatever it says.
+        observation_mode: ``"same"``, or ``(observation_space,
+            single_observation_space)`` as gymnasium takes it.
+        autoreset_mode: a ``gymnasium.vector.AutoresetMode`` or its value.
+        worker: gymnasium's custom worker function; refused (our workers
+            step the envs).
+        n_workers: how many worker processes the envs are spread over
+            (default: the CPUs this process may use, at most one per
+            env).
+        backend: ``"multiprocessing"`` (default), ``"ray"`` (envs on other
+            machines) or ``"local"`` (in this process, for debugging).
+        on_worker_error: ``"raise"``.
+        startup_timeout, shutdown_timeout, pin_workers, max_restarts: as
+            the backend's options.
+
+    Raises, where gymnasium raises them: ``AlreadyPendingCallError``,
+    ``NoAsyncCallError``, ``ClosedEnvironmentError``,
+    ``multiprocessing.TimeoutError`` (a call whose ``timeout`` runs out
+    stays pending: wait for it again, or close). An env that raises in a
+    worker raises here as a :class:`~sampler.WorkerError` that is also an
+    instance of the env's exception type where that is a built-in one
+    (``except ValueError`` catches an env's ``ValueError``), naming the
+    env, the worker and the call, with the worker's traceback as its
+    cause. A worker that dies raises :class:`~sampler.WorkerCrashedError`.
+    """
+
+    def __init__(self, env_fns, shared_memory=True, copy=True, context=None,
+                 daemon=True, observation_mode='same',
+                 autoreset_mode=AutoresetMode.NEXT_STEP, worker=None, *,
+                 n_workers=None, backend='multiprocessing',
+                 on_worker_error='raise', **backend_options):
+        self._sampler = None
+        self.closed = False
+        env_fns = list(env_fns)
+        if not env_fns:
+            raise ValueError('env_fns must hold at least one env constructor')
+        if worker is not None:
+            msg = (f'worker={worker!r}: AsyncVectorEnv steps the envs in its '
+                   f'own workers and takes no custom worker function; leave '
+                   f'worker out (or use gymnasium.vector.AsyncVectorEnv for '
+                   f'one)')
+            raise ValueError(msg)
+        if on_worker_error != 'raise':
+            msg = (f'on_worker_error={on_worker_error!r}: AsyncVectorEnv '
+                   f'takes only "raise" so far')
+            raise ValueError(msg)
+        self.env_fns = env_fns
+        self.num_envs = len(env_fns)
+        self.shared_memory = shared_memory
+        self.copy = copy
+        self.context = context
+        self.daemon = daemon
+        self.observation_mode = observation_mode
+        try:
+            self.autoreset_mode = AutoresetMode(autoreset_mode)
+        except ValueError:
+            modes = ', '.join(repr(m.value) for m in AutoresetMode)
+            msg = (f'autoreset_mode must be an AutoresetMode or one of '
+                   f'{modes}, got {autoreset_mode!r}')
+            raise ValueError(msg) from None
+        custom = isinstance(observation_mode, tuple)
+        if custom and not (len(observation_mode) == 2 and all(
+                isinstance(s, Space) for s in observation_mode)):
+            msg = (f'observation_mode as a tuple must be (observation_space, '
+                   f'single_observation_space), got {observation_mode!r}')
+            raise TypeError(msg)
+        if not custom and observation_mode != 'same':
+            msg = (f'observation_mode must be "same" or (observation_space, '
+                   f'single_observation_space), got {observation_mode!r}')
+            raise ValueError(msg)
+        if n_workers is None:
+            n_workers = min(available_cpus(), self.num_envs)
+        if not isinstance(n_workers, numbers.Integral) or \
+                isinstance(n_workers, bool) or \
+                not 1 <= n_workers <= self.num_envs:
+            msg = (f'n_workers must be an int from 1 to num_envs='
+                   f'{self.num_envs}, got {n_workers!r}')
+            raise ValueError(msg)
+        self._shares = shares(self.num_envs, int(n_workers))
+        options = dict(backend_options)
+        if backend == 'multiprocessing' and context is not None:
+            options['start_method'] = context
+        options.setdefault('progress', False)
+        cls = _backend_class(backend)
+        self._sampler = cls(
+            NoPolicy(), [EnvFns(env_fns[a:a + n], a) for a, n in self._shares],
+            n_workers=int(n_workers), worker_class=EnvStepWorker,
+            worker_args={'autoreset_mode': self.autoreset_mode}, seed=0,
+            **options)
+        obs_space, action_space = self._sampler._env_spaces
+        self.single_action_space = action_space
+        self.action_space = batch_space(action_space, self.num_envs)
+        if custom:
+            self.observation_space, self.single_observation_space = \
+                observation_mode
+        else:
+            self.single_observation_space = obs_space
+            self.observation_space = batch_space(obs_space, self.num_envs)
+        first = self._call_now('metadata', 'render_mode', worker=0)
+        self.metadata = dict(first['metadata'])
+        self.metadata['autoreset_mode'] = self.autoreset_mode
+        self.render_mode = first['render_mode']
+        self.observations = None
+        self._env_obs = [None] * self.num_envs
+        self._ended = np.zeros(self.num_envs, dtype=bool)
+        self._state = _STATE_DEFAULT
+        self._waiting = self._results = None
+
+    # gymnasium's calls ---------------------------------------------------
+
+    def reset(self, *, seed=None, options=None):
+        self.reset_async(seed=seed, options=options)
+        return self.reset_wait()
+
+    def reset_async(self, seed=None, options=None):
+        self._assert_is_running()
+        if seed is None:
+            seed = [None] * self.num_envs
+        elif isinstance(seed, numbers.Integral) and \
+                not isinstance(seed, bool):
+            seed = [int(seed) + i for i in range(self.num_envs)]
+        seed = list(seed)
+        if len(seed) != self.num_envs:
+            msg = (f'If seeds are passed as a list the length must match '
+                   f'num_envs={self.num_envs} but got length={len(seed)}.')
+            raise ValueError(msg)
+        self._assert_no_call('reset_async')
+        mask = None
+        if options is not None and 'reset_mask' in options:
+            mask = self._reset_mask(options.pop('reset_mask'))
+        commands = {}
+        for k, (a, n) in enumerate(self._shares):
+            part = None if mask is None else mask[a:a + n].tolist()
+            if part is not None and not any(part):
+                continue  # none of its envs reset
+            commands[k] = ResetEnvs(seed[a:a + n], options, part)
+        self._send('reset', commands, mask)
+
+    def _reset_mask(self, mask):
+        if not isinstance(mask, np.ndarray):
+            msg = (f"`options['reset_mask']` must be a numpy array, got "
+                   f"{type(mask)}")
+            raise TypeError(msg)
+        if mask.shape != (self.num_envs,):
+            msg = (f"`options['reset_mask']` must have shape "
+                   f"`({self.num_envs},)`, got {mask.shape}")
+            raise ValueError(msg)
+        if mask.dtype != np.bool_:
+            msg = (f"`options['reset_mask']` must have `dtype=np.bool_`, "
+                   f"got {mask.dtype}")
+            raise TypeError(msg)
+        if not mask.any():
+            msg = (f"`options['reset_mask']` must contain a boolean array "
+                   f"with at least one True value, got reset_mask={mask}")
+            raise ValueError(msg)
+        return mask.copy()
+
+    def reset_wait(self, timeout=None):
+        results, mask = self._wait('reset', timeout)
+        infos = [None] * self.num_envs
+        for k, (observations, env_infos) in results.items():
+            a, n = self._shares[k]
+            for j in range(n):
+                if env_infos[j] is not None:
+                    self._env_obs[a + j] = observations[j]
+                    infos[a + j] = env_infos[j]
+        if mask is None:
+            self._ended[:] = False
+        else:
+            self._ended[mask] = False
+        return self._observations(), batch_infos(self, infos)
+
+    def step(self, actions):
+        self.step_async(actions)
+        return self.step_wait()
+
+    def step_async(self, actions):
+        self._assert_is_running()
+        self._assert_no_call('step_async')
+        rows = list(iterate(self.action_space, actions))
+        if len(rows) != self.num_envs:
+            msg = (f'step_async got actions for {len(rows)} envs; this '
+                   f'vector env has num_envs={self.num_envs}')
+            raise ValueError(msg)
+        if self.autoreset_mode is AutoresetMode.DISABLED and \
+                self._ended.any():
+            ended = np.flatnonzero(self._ended).tolist()
+            msg = (f'envs {ended} ended their episodes at the last step and '
+                   f'autoreset_mode is DISABLED: reset them first, with '
+                   f'reset(options={{"reset_mask": mask}})')
+            raise ValueError(msg)
+        self._send('step', {k: StepEnvs(rows[a:a + n])
+                            for k, (a, n) in enumerate(self._shares)})
+
+    def step_wait(self, timeout=None):
+        results, _ = self._wait('step', timeout)
+        n_envs = self.num_envs
+        rewards = np.zeros(n_envs, dtype=np.float64)
+        terminated = np.zeros(n_envs, dtype=np.bool_)
+        truncated = np.zeros(n_envs, dtype=np.bool_)
+        infos, finals = [None] * n_envs, [None] * n_envs
+        for k, (a, n) in enumerate(self._shares):
+            observations, rs, terms, truncs, env_infos, env_finals = \
+                results[k]
+            self._env_obs[a:a + n] = observations
+            rewards[a:a + n] = rs
+            terminated[a:a + n] = terms
+            truncated[a:a + n] = truncs
+            infos[a:a + n] = env_infos
+            finals[a:a + n] = env_finals
+        self._ended = terminated | truncated
+        return (self._observations(), rewards, terminated, truncated,
+                batch_infos(self, infos, finals))
+
+    def call(self, name, *args, **kwargs):
+        self.call_async(name, *args, **kwargs)
+        return self.call_wait()
+
+    def call_async(self, name, *args, **kwargs):
+        self._assert_is_running()
+        self._assert_no_call('call_async')
+        self._send('call', {k: CallEnvs(name, args, kwargs)
+                            for k in range(len(self._shares))})
+
+    def call_wait(self, timeout=None):
+        results, _ = self._wait('call', timeout)
+        return tuple(value for k in range(len(self._shares))
+                     for value in results[k])
+
+    def get_attr(self, name):
+        return self.call(name)
+
+    def set_attr(self, name, values):
+        self._assert_is_running()
+        if not isinstance(values, (list, tuple)):
+            values = [values] * self.num_envs
+        if len(values) != self.num_envs:
+            msg = (f'Values must be a list or tuple with length equal to the '
+                   f'number of environments. Got `{len(values)}` values for '
+                   f'{self.num_envs} environments.')
+            raise ValueError(msg)
+        self._assert_no_call('set_attr')
+        self._send('set_attr', {k: SetEnvAttrs(name, list(values[a:a + n]))
+                                for k, (a, n) in enumerate(self._shares)})
+        self._wait('set_attr', None)
+
+    def render(self):
+        return self.call('render')
+
+    def close_extras(self, timeout=None, terminate=False):
+        """End the workers. A call still pending is not waited for (its
+        results would be thrown away): the workers are told to leave, and
+        those that do not within the backend's ``shutdown_timeout`` are
+        killed, so ``close`` is bounded whatever the envs do. ``timeout``
+        and ``terminate`` are accepted for gymnasium's signature."""
+        sampler, self._sampler = self._sampler, None
+        self._state = _STATE_DEFAULT
+        if sampler is not None:
+            sampler.close()
+
+    def __del__(self):
+        if not getattr(self, 'closed', True) and \
+                getattr(self, '_sampler', None) is not None:
+            self.close(terminate=True)
+
+    # The commands --------------------------------------------------------
+
+    def _assert_is_running(self):
+        if self.closed:
+            msg = (f'Trying to operate on `{type(self).__name__}`, after a '
+                   f'call to `close()`.')
+            raise ClosedEnvironmentError(msg)
+
+    def _assert_no_call(self, what):
+        if self._state != _STATE_DEFAULT:
+            msg = (f'Calling `{what}` while waiting for a pending call to '
+                   f'`{self._state}` to complete')
+            raise AlreadyPendingCallError(msg, self._state)
+
+    def _send(self, what, commands, extra=None):
+        sampler = self._sampler
+        with sampler._one_call(f'{what}()'):
+            self._waiting = sampler._envs_send(commands)
+        self._results, self._extra = {}, extra
+        self._state = what
+
+    def _wait(self, what, timeout):
+        """The results of the pending call ``what`` (worker number ->
+        result), and what was kept with it."""
+        self._assert_is_running()
+        if self._state != what:
+            msg = (f'Calling `{what}_wait` without any prior call to '
+                   f'`{what}_async`.')
+            raise NoAsyncCallError(msg, what)
+        sampler = self._sampler
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with sampler._one_call(f'{what}_wait()'):
+                done = sampler._envs_wait(self._waiting, self._results,
+                                          deadline)
+        except WorkerError as err:
+            self._state = _STATE_DEFAULT
+            raise _as_env_error(err) from err.__cause__
+        except SamplerError:
+            self._state = _STATE_DEFAULT  # the workers are gone
+            raise
+        # Anything else (Ctrl-C) leaves the call pending, as a timeout
+        # does: its replies are still coming, and must not be taken for
+        # the next call's.
+        if not done:
+            msg = (f'The call to `{what}_wait` has timed out after '
+                   f'{timeout} second(s); it is still pending: wait for it '
+                   f'again, or close the vector env.')
+            raise multiprocessing.TimeoutError(msg)
+        assert RESTARTED not in self._results.values()
+        self._state = _STATE_DEFAULT
+        return self._results, self._extra
+
+    def _call_now(self, *names, worker):
+        """The values of attributes ``names`` of worker ``worker``'s first
+        env, read at once."""
+        sampler = self._sampler
+        out = {}
+        for name in names:
+            with sampler._one_call('reading the env metadata'):
+                waiting = sampler._envs_send({worker: CallEnvs(name)})
+                results = {}
+                sampler._envs_wait(waiting, results, None)
+            out[name] = results[worker][0]
+        return out
+
+    def _observations(self):
+        self.observations = batch_rows(self, self._env_obs,
+                                       self.observations)
+        return copy_module.deepcopy(self.observations) if self.copy \
+            else self.observations
+
+
+_ENV_ERRORS = {}
+
+
+def _as_env_error(err):
+    """``err`` (a WorkerError) as one that is also an instance of the env's
+    exception type, where that is a built-in exception class that can be
+    mixed in; else ``err`` itself."""
+    cls = getattr(builtins, err.exc_type, None)
+    if not (isinstance(cls, type) and issubclass(cls, Exception)) or \
+            issubclass(cls, WorkerError):
+        return err
+    mixed = _ENV_ERRORS.get(cls)
+    if mixed is None:
+        try:
+            mixed = type(f'WorkerError[{cls.__name__}]', (WorkerError, cls),
+                         {'__module__': __name__})
+        except TypeError:  # a layout that cannot be mixed in
+            return err
+        _ENV_ERRORS[cls] = mixed
+    out = mixed(err.worker_number, err.site, err.exc_type, err.exc_message,
+                err.worker_traceback, err.call)
+    return out
+
+
+__all__ = ['AsyncVectorEnv']

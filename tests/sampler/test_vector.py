@@ -1,0 +1,215 @@
+"""sampler.vector.AsyncVectorEnv behaves as gymnasium's vector envs do:
+step for step what SyncVectorEnv returns, gymnasium's errors for calls out
+of order, and errors from the envs that name where they came from."""
+
+import multiprocessing
+import time
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.error import (AlreadyPendingCallError,
+                             ClosedEnvironmentError, NoAsyncCallError)
+from gymnasium.vector import AutoresetMode, SyncVectorEnv
+
+from helpers import CrashEnv, FaultyEnv, InfoEnv, SleepyEnv, assert_same_nest
+from sampler import WorkerCrashedError, WorkerError
+from sampler.vector import AsyncVectorEnv, shares
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture(params=['local', 'multiprocessing', 'ray'])
+def vector_backend(request):
+    if request.param == 'ray':
+        request.getfixturevalue('ray_runtime')
+    return request.param
+
+
+@pytest.fixture
+def make_vector():
+    made = []
+
+    def make(env_fns, **options):
+        env = AsyncVectorEnv(env_fns, **options)
+        made.append(env)
+        return env
+
+    yield make
+    for env in made:
+        env.close()
+
+
+def assert_same_step(ours, theirs):
+    assert len(ours) == len(theirs)
+    for a, b in zip(ours, theirs):
+        assert_same_nest(a, b)
+
+
+def test_envs_are_spread_over_the_workers_in_order():
+    assert shares(5, 2) == [(0, 3), (3, 2)]
+    assert shares(4, 4) == [(0, 1), (1, 1), (2, 1), (3, 1)]
+    assert shares(7, 3) == [(0, 3), (3, 2), (5, 2)]
+
+
+@pytest.mark.parametrize('mode', list(AutoresetMode))
+def test_steps_equal_sync_vector_envs(vector_backend, mode, make_vector):
+    n = 5
+    fns = [InfoEnv] * n
+    ours = make_vector(fns, autoreset_mode=mode, n_workers=2,
+                       backend=vector_backend)
+    sync = SyncVectorEnv(fns, autoreset_mode=mode)
+    assert ours.metadata == sync.metadata
+    assert ours.single_observation_space == sync.single_observation_space
+    assert ours.action_space == sync.action_space
+    assert_same_step(ours.reset(seed=11, options={'tag': 2}),
+                     sync.reset(seed=11, options={'tag': 2}))
+    rng = np.random.default_rng(1)
+    ends = 0
+    for _ in range(40):
+        actions = rng.integers(0, 3, n)
+        theirs = sync.step(actions)
+        assert_same_step(ours.step(actions), theirs)
+        ended = theirs[2] | theirs[3]
+        ends += int(ended.sum())
+        if mode is AutoresetMode.DISABLED and ended.any():
+            assert_same_step(
+                ours.reset(options={'reset_mask': ended.copy()}),
+                sync.reset(options={'reset_mask': ended.copy()}))
+    assert ends > 10
+    sync.close()
+
+
+def test_an_envs_error_raises_its_own_type_naming_env_and_worker(
+        make_vector):
+    fine = lambda: FaultyEnv('none')  # noqa: E731
+    envs = make_vector([fine, fine, lambda: FaultyEnv(
+        'step', after=2, message='bad action'), fine], n_workers=2)
+    envs.reset(seed=0)
+    envs.step(np.zeros(4, np.int64))
+    envs.step(np.zeros(4, np.int64))
+    with pytest.raises(RuntimeError) as info:
+        envs.step(np.zeros(4, np.int64))
+    err = info.value
+    assert isinstance(err, WorkerError)
+    assert err.worker_number == 1 and err.site == 'env.step of env 2'
+    assert 'worker 1 failed in env.step of env 2' in str(err)
+    assert 'step_wait()' in str(err) and 'bad action' in str(err)
+    assert 'raise RuntimeError(self.message)' in err.worker_traceback
+
+
+def test_a_dead_worker_is_a_crash_error_not_a_hang(make_vector):
+    envs = make_vector([lambda: FaultyEnv('none'),
+                        lambda: CrashEnv('exit', after=1)], n_workers=2)
+    envs.reset(seed=0)
+    envs.step(np.zeros(2, np.int64))
+    with pytest.raises(WorkerCrashedError, match='worker 1'):
+        envs.step(np.zeros(2, np.int64))
+
+
+def test_calls_out_of_order_raise_gymnasiums_errors(make_vector):
+    envs = make_vector([InfoEnv] * 3, n_workers=2)
+    with pytest.raises(NoAsyncCallError):
+        envs.step_wait()
+    envs.reset_async(seed=0)
+    with pytest.raises(AlreadyPendingCallError):
+        envs.step_async(np.zeros(3, np.int64))
+    with pytest.raises(NoAsyncCallError):
+        envs.step_wait()
+    envs.reset_wait()
+    envs.close()
+    envs.close()  # a second close does nothing
+    assert envs.closed
+    with pytest.raises(ClosedEnvironmentError):
+        envs.reset()
+
+
+def test_a_timed_out_wait_stays_pending_and_can_be_waited_again(
+        make_vector):
+    envs = make_vector([lambda: SleepyEnv(0.5)] * 2, n_workers=2)
+    envs.reset(seed=0)
+    envs.step_async(np.zeros(2, np.int64))
+    with pytest.raises(multiprocessing.TimeoutError, match='still pending'):
+        envs.step_wait(timeout=0.05)
+    with pytest.raises(AlreadyPendingCallError):
+        envs.step_async(np.zeros(2, np.int64))
+    obs, rewards, *_ = envs.step_wait(timeout=10)
+    assert rewards.tolist() == [1.0, 1.0]
+
+
+class SlowCountEnv(gym.Env):
+    """Each step takes ``delay`` seconds; observations count the steps."""
+
+    observation_space = gym.spaces.Box(0, 1000, (1,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, delay=0.3):
+        self.delay = delay
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return np.zeros(1, np.float32), {}
+
+    def step(self, action):
+        time.sleep(self.delay)
+        self._t += 1
+        return np.full(1, self._t, np.float32), 0.0, False, False, {}
+
+
+def test_a_caught_ctrl_c_leaves_the_step_pending_and_nothing_stale(
+        make_vector, ctrl_c):
+    envs = make_vector([SlowCountEnv] * 2, n_workers=2)
+    envs.reset(seed=0)
+    envs.step_async(np.zeros(2, np.int64))
+    ctrl_c(0.1)
+    with pytest.raises(KeyboardInterrupt):
+        envs.step_wait()
+    with pytest.raises(AlreadyPendingCallError):
+        envs.step_async(np.zeros(2, np.int64))
+    assert envs.step_wait()[0].ravel().tolist() == [1, 1]
+    assert envs.step(np.zeros(2, np.int64))[0].ravel().tolist() == [2, 2]
+
+
+def test_bad_arguments_are_refused_before_any_worker_starts():
+    with pytest.raises(ValueError, match='takes no custom worker'):
+        AsyncVectorEnv([InfoEnv], worker=lambda *a: None)
+    with pytest.raises(ValueError, match='n_workers must be an int from 1 '
+                                         'to num_envs=2, got 3'):
+        AsyncVectorEnv([InfoEnv] * 2, n_workers=3)
+    with pytest.raises(ValueError, match='autoreset_mode must be'):
+        AsyncVectorEnv([InfoEnv], autoreset_mode='sometimes')
+    with pytest.raises(ValueError, match='backend must be'):
+        AsyncVectorEnv([InfoEnv], backend='threads')
+
+
+def test_disabled_mode_refuses_to_step_ended_envs_in_the_caller(
+        make_vector):
+    envs = make_vector([InfoEnv] * 2, n_workers=2,
+                       autoreset_mode=AutoresetMode.DISABLED)
+    envs.reset(seed=0)
+    for _ in range(20):
+        _, _, term, trunc, _ = envs.step(np.zeros(2, np.int64))
+        if (term | trunc).any():
+            break
+    with pytest.raises(ValueError, match=r'reset them first.*reset_mask'):
+        envs.step(np.zeros(2, np.int64))
+    envs.reset(options={'reset_mask': term | trunc})
+    envs.step(np.zeros(2, np.int64))  # the env is usable again
+
+
+def test_call_get_set_attributes_and_copy(make_vector):
+    fns = [lambda: gym.make('CartPole-v1')] * 3
+    envs = make_vector(fns, n_workers=2, copy=False)
+    sync = SyncVectorEnv(fns)
+    assert envs.get_attr('spec')[2].id == 'CartPole-v1'
+    envs.set_attr('level', [1, 2, 3])
+    assert envs.get_attr('level') == (1, 2, 3)
+    envs.set_attr('level', 7)
+    assert envs.call('level') == (7, 7, 7)
+    first, _ = envs.reset(seed=0)
+    second, *_ = envs.step(np.zeros(3, np.int64))
+    assert second is first  # copy=False: the vector env's own array
+    sync.reset(seed=0)
+    assert_same_nest(second, sync.step(np.zeros(3, np.int64))[0])
+    sync.close()
