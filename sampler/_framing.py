@@ -51,7 +51,7 @@ ALIGN = 64
 MIN_OUT_OF_BAND = 4096
 
 #: Most buffers one ``writev`` takes (Linux's IOV_MAX is 1024).
-_IOV_MAX = 512
+IOV_MAX = 512
 
 #: Largest message body a reader accepts (a header claiming more is not a
 #: header: the pipe lost its place).
@@ -197,7 +197,7 @@ def write_message(fd, message):
 def write_pieces(fd, pieces):
     views = [memoryview(p).cast('B') for p in pieces]
     while views:
-        written = os.writev(fd, views[:_IOV_MAX])
+        written = os.writev(fd, views[:IOV_MAX])
         while written:
             n = len(views[0])
             if written >= n:

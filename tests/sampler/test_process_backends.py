@@ -347,23 +347,6 @@ def blocked_signals(thread):
     return {sig for sig in signal.Signals if bits >> (sig - 1) & 1}
 
 
-@pytest.mark.skipif(not os.path.exists('/proc/self/task'),
-                    reason='reads thread signal masks from Linux /proc')
-def test_helper_threads_leave_signals_to_the_main_thread(mp_sampler):
-    # A process's signal may go to any thread that does not block it;
-    # Python runs the handler in the main thread, but one asleep in
-    # select() would not wake for a signal a helper thread took.
-    s = mp_sampler(FirstObsAgent(), OneStepEnv, n_workers=2)
-    s.obtain_samples(10)
-    helpers = [t for t in threading.enumerate()
-               if t.name == 'sampler-commands']
-    assert len(helpers) == 2
-    for thread in helpers:
-        assert {signal.SIGINT, signal.SIGTERM, signal.SIGALRM} <= \
-            blocked_signals(thread)
-    assert signal.SIGINT not in blocked_signals(threading.main_thread())
-
-
 # Start-up, titles, options, shutdown ---------------------------------------
 
 def test_workers_have_process_titles(mp_sampler):
@@ -501,3 +484,33 @@ def test_pin_workers_takes_auto_or_a_bool(mp_sampler):
                        "or False, got 'yes'"):
         mp_sampler(random_for('CartPole-v1'), 'CartPole-v1', n_workers=1,
                    pin_workers='yes')
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/task'),
+                    reason='reads thread signal masks from Linux /proc')
+def test_commands_go_straight_into_the_pipe_until_it_is_full():
+    """Commands are written at once while the pipe has room for them, and
+    queued for the sender thread once it has not: put never blocks on a
+    worker that does not read, nothing is lost or reordered, and the
+    thread leaves signals to the main thread."""
+    from sampler import _framing
+    from sampler._pipes import Commands
+    from sampler._protocol import Credit
+    reader, writer = mp.Pipe(duplex=False)
+    commands = Commands(writer)
+    started = time.monotonic()
+    for k in range(20000):  # far more than a 64 KiB pipe holds
+        commands.put(Credit(k))
+    assert time.monotonic() - started < 10
+    assert commands._thread is not None  # the pipe filled: queued
+    # A process's signal may go to any thread that does not block it;
+    # Python runs the handler in the main thread, but one asleep in
+    # select() would not wake for a signal the sender thread took.
+    assert {signal.SIGINT, signal.SIGTERM, signal.SIGALRM} <= \
+        blocked_signals(commands._thread)
+    assert signal.SIGINT not in blocked_signals(threading.main_thread())
+    got = _framing.MessageReader(reader.fileno())
+    assert [got.read().transitions for _ in range(20000)] == \
+        list(range(20000))
+    commands.close()
+    reader.close()
