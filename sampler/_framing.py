@@ -195,9 +195,22 @@ def write_message(fd, message):
 
 
 def write_pieces(fd, pieces):
+    """Write ``pieces`` to the blocking pipe ``fd``, all of them."""
     views = [memoryview(p).cast('B') for p in pieces]
     while views:
-        written = os.writev(fd, views[:IOV_MAX])
+        views = write_some(fd, views)
+
+
+def write_some(fd, views):
+    """Write what the pipe ``fd`` takes now of ``views`` (byte
+    memoryviews): all of them if it blocks; if it does not, what it has
+    room for. Returns the views (or the rest of one) left to write."""
+    views = [v for v in views if len(v)]
+    while views:
+        try:
+            written = os.writev(fd, views[:IOV_MAX])
+        except BlockingIOError:
+            return views
         while written:
             n = len(views[0])
             if written >= n:
@@ -206,8 +219,7 @@ def write_pieces(fd, pieces):
             else:
                 views[0] = views[0][written:]
                 written = 0
-        while views and not len(views[0]):
-            views.pop(0)
+    return views
 
 
 class MessageReader:

@@ -63,11 +63,12 @@ class Commands:
                 raise ValueError(msg)
             if type(message) is Push:
                 message = self._supersede(message)
-            data = _framing.encode(_framing.blobs_out_of_band(message))
+            data = [memoryview(p).cast('B') for p in _framing.encode(
+                _framing.blobs_out_of_band(message))]
             kind = type(message)
             if not self._queued and not self._writing:
                 try:
-                    data = _write_some(self._writer.fileno(), data)
+                    data = _framing.write_some(self._writer.fileno(), data)
                 except (OSError, ValueError):
                     return  # the worker is gone; its end tells the caller
                 if not data:
@@ -95,7 +96,7 @@ class Commands:
                 fd = self._writer.fileno()
                 while data:
                     select.select([], [fd], [])  # room in the pipe
-                    data = _write_some(fd, data)
+                    data = _framing.write_some(fd, data)
             except (OSError, ValueError):
                 break  # the worker is gone; nothing more can reach it
         with self._wake:
@@ -146,27 +147,6 @@ def _start_without_signals(thread):
         thread.start()
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-
-
-def _write_some(fd, pieces):
-    """Write what the non-blocking pipe ``fd`` takes of ``pieces`` now;
-    the pieces (memoryviews) left to write, [] once all are written."""
-    views = [memoryview(p).cast('B') for p in pieces]
-    views = [v for v in views if len(v)]
-    while views:
-        try:
-            written = os.writev(fd, views[:_framing.IOV_MAX])
-        except BlockingIOError:
-            return views
-        while written:
-            n = len(views[0])
-            if written >= n:
-                written -= n
-                views.pop(0)
-            else:
-                views[0] = views[0][written:]
-                written = 0
-    return views
 
 
 def read_reply(handle):

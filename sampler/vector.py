@@ -37,7 +37,7 @@ from sampler._protocol import CallEnvs, ResetEnvs, SetEnvAttrs, StepEnvs
 from sampler.errors import SamplerError, WorkerError
 from sampler.sampler import available_cpus
 from workers.env_stepper import (EnvFns, EnvStepWorker, NoPolicy,
-                                 batch_infos, batch_rows)
+                                 as_autoreset_mode, batch_infos, batch_rows)
 
 #: No call pending; otherwise the state is the pending call's name.
 _STATE_DEFAULT = 'default'
@@ -135,13 +135,7 @@ class AsyncVectorEnv(VectorEnv):
         self.context = context
         self.daemon = daemon
         self.observation_mode = observation_mode
-        try:
-            self.autoreset_mode = AutoresetMode(autoreset_mode)
-        except ValueError:
-            modes = ', '.join(repr(m.value) for m in AutoresetMode)
-            msg = (f'autoreset_mode must be an AutoresetMode or one of '
-                   f'{modes}, got {autoreset_mode!r}')
-            raise ValueError(msg) from None
+        self.autoreset_mode = as_autoreset_mode(autoreset_mode)
         custom = isinstance(observation_mode, tuple)
         if custom and not (len(observation_mode) == 2 and all(
                 isinstance(s, Space) for s in observation_mode)):

@@ -67,6 +67,18 @@ class EnvFns(EnvUpdate):
         return f'EnvFns(envs {self.first_index}..{last})'
 
 
+def as_autoreset_mode(value):
+    """``value`` (an AutoresetMode or its value) as an AutoresetMode, or
+    a ValueError that lists them."""
+    try:
+        return AutoresetMode(value)
+    except ValueError:
+        modes = ', '.join(repr(m.value) for m in AutoresetMode)
+        msg = (f'autoreset_mode must be an AutoresetMode or one of '
+               f'{modes}, got {value!r}')
+        raise ValueError(msg) from None
+
+
 class NoPolicy:
     """The agent of an EnvStepWorker: the policy stays in the learner,
     which sends actions; one asked for actions says so."""
@@ -97,13 +109,7 @@ class EnvStepWorker(Worker):
                  autoreset_mode=AutoresetMode.NEXT_STEP):
         super().__init__(seed=seed, max_episode_length=max_episode_length,
                          worker_number=worker_number)
-        try:
-            self.autoreset_mode = AutoresetMode(autoreset_mode)
-        except ValueError:
-            modes = ', '.join(repr(m.value) for m in AutoresetMode)
-            msg = (f'autoreset_mode must be an AutoresetMode or one of '
-                   f'{modes}, got {autoreset_mode!r}')
-            raise ValueError(msg) from None
+        self.autoreset_mode = as_autoreset_mode(autoreset_mode)
         self.envs = []
         self.first_index = 0
         self.error_env = None
