@@ -85,7 +85,7 @@ EnvsDone   a vector env's command is done: what it returned
 
 import dataclasses
 import enum
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Union
 
 
 class RoundKind(enum.Enum):
@@ -230,10 +230,11 @@ class Exit(NamedTuple):
 
 class ResetEnvs(NamedTuple):
     """Reset the worker's envs (``mask``: those that are True, default
-    all) with ``seeds`` (one per env, or None) and ``options``."""
+    all) with ``seeds`` (one per env, or None) and ``options`` (a dict, or
+    one per env)."""
 
     seeds: Optional[list] = None
-    options: Optional[dict] = None
+    options: Union[dict, list, None] = None
     mask: Optional[list] = None
 
 
@@ -244,19 +245,26 @@ class StepEnvs(NamedTuple):
 
 
 class CallEnvs(NamedTuple):
-    """Per env, its attribute ``name`` called with these arguments (or its
-    value if not callable)."""
+    """Per env (``indices``: those of the worker's, default all), its
+    attribute ``name`` called with these arguments, or its value, as
+    ``how`` says (``EnvStepWorker.call_envs``)."""
 
     name: str
     args: tuple = ()
     kwargs: Optional[dict] = None
+    how: str = 'call'
+    indices: Optional[list] = None
 
 
 class SetEnvAttrs(NamedTuple):
-    """Set attribute ``name`` of each env to its one of ``values``."""
+    """Set attribute ``name`` of each env (``indices``: those of the
+    worker's, default all) to its one of ``values``, through the wrappers
+    or (``outer``) on the outermost."""
 
     name: str
     values: list
+    outer: bool = False
+    indices: Optional[list] = None
 
 
 COMMANDS = (Start, Finish, Stop, Push, Credit, Exit, ResetEnvs, StepEnvs,

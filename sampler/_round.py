@@ -211,11 +211,10 @@ class Round:
         out.append(EnvsDone(self.worker.step_envs(command.actions)))
 
     def _on_call_envs(self, command, arena, out):
-        out.append(EnvsDone(self.worker.call_envs(
-            command.name, command.args, command.kwargs)))
+        out.append(EnvsDone(self.worker.call_envs(*command)))
 
     def _on_set_env_attrs(self, command, arena, out):
-        self.worker.set_env_attrs(command.name, command.values)
+        self.worker.set_env_attrs(*command)
         out.append(EnvsDone(None))
 
     _HANDLERS = {Start: _on_start, Finish: _on_finish, Stop: _on_stop,

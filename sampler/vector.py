@@ -17,6 +17,10 @@ shutdown), each stepping its share as ``SyncVectorEnv`` steps each env
           observation and info in same_step mode)
       --> in env order: observations concatenated into one batch, infos
           merged with gymnasium's own _add_info
+
+:class:`SubprocVecEnv` (``sampler/_sb3.py``, imported when asked for, as
+it needs stable-baselines3) is SB3's ``VecEnv`` on the same workers
+(:class:`EnvWorkers`), in same_step autoreset mode, with SB3's infos.
 """
 
 import builtins
@@ -38,9 +42,6 @@ from sampler.errors import SamplerError, WorkerError
 from sampler.sampler import available_cpus
 from workers.env_stepper import (EnvFns, EnvStepWorker, NoPolicy,
                                  as_autoreset_mode, batch_infos, batch_rows)
-
-#: No call pending; otherwise the state is the pending call's name.
-_STATE_DEFAULT = 'default'
 
 
 def _backend_class(backend):
@@ -67,6 +68,130 @@ def shares(n_envs, n_workers):
         out.append((first, size))
         first += size
     return out
+
+
+class EnvWorkers:
+    """The workers of a vector env, and the one call to them that may be
+    pending; what ``AsyncVectorEnv`` and ``SubprocVecEnv`` share.
+
+    ``env_fns`` are spread over ``n_workers`` workers of a backend
+    (``shares``), each an ``EnvStepWorker`` in ``autoreset_mode``. Calls
+    go out as commands (worker number -> command, :meth:`send`) and their
+    results come back per worker (:meth:`wait`). An env's error raises
+    here as a :class:`~sampler.WorkerError` that is also an instance of
+    its built-in exception type (see :func:`_as_env_error`).
+    """
+
+    def __init__(self, env_fns, *, n_workers, backend, autoreset_mode,
+                 start_method, backend_options):
+        self.n_envs = len(env_fns)
+        if n_workers is None:
+            n_workers = min(available_cpus(), self.n_envs)
+        if not isinstance(n_workers, numbers.Integral) or \
+                isinstance(n_workers, bool) or \
+                not 1 <= n_workers <= self.n_envs:
+            msg = (f'n_workers must be an int from 1 to num_envs='
+                   f'{self.n_envs}, got {n_workers!r}')
+            raise ValueError(msg)
+        self.shares = shares(self.n_envs, int(n_workers))
+        self._worker_of = [k for k, (_, n) in enumerate(self.shares)
+                           for _ in range(n)]
+        options = dict(backend_options)
+        if start_method is not None:
+            if backend != 'multiprocessing':
+                msg = (f'a start method ({start_method!r}) is for the '
+                       f'"multiprocessing" backend; backend={backend!r} '
+                       f'starts its workers its own way')
+                raise ValueError(msg)
+            options['start_method'] = start_method
+        options.setdefault('progress', False)
+        cls = _backend_class(backend)
+        self.sampler = cls(
+            NoPolicy(), [EnvFns(env_fns[a:a + n], a) for a, n in self.shares],
+            n_workers=int(n_workers), worker_class=EnvStepWorker,
+            worker_args={'autoreset_mode': autoreset_mode}, seed=0,
+            **options)
+        self.spaces = self.sampler._env_spaces
+        self.pending = None  # what the pending call is, if one is
+        self._waiting = self._results = None
+
+    def per_worker(self, make):
+        """Commands: ``make(k, first, n)`` for each worker ``k`` holding
+        envs ``first .. first + n - 1`` (a worker whose command is None is
+        left out)."""
+        out = {}
+        for k, (a, n) in enumerate(self.shares):
+            command = make(k, a, n)
+            if command is not None:
+                out[k] = command
+        return out
+
+    def split(self, indices):
+        """The vector env's env ``indices`` as worker number -> that
+        worker's own env indices, in the order given."""
+        out = {}
+        for i in indices:
+            k = self._worker_of[i]
+            out.setdefault(k, []).append(i - self.shares[k][0])
+        return out
+
+    def join(self, indices, results):
+        """Per env of ``indices``, its value in ``results`` (worker number
+        -> one value per env of its part of :meth:`split`)."""
+        rows = {k: iter(values) for k, values in results.items()}
+        return [next(rows[self._worker_of[i]]) for i in indices]
+
+    def rows(self, results):
+        """Per worker results holding one value per env, in env order."""
+        return [value for k in range(len(self.shares))
+                for value in results[k]]
+
+    def send(self, what, commands):
+        """Send ``commands`` for the call ``what``, which is then
+        pending."""
+        sampler = self.sampler
+        with sampler._one_call(f'{what}()'):
+            self._waiting = sampler._envs_send(commands)
+        self._results = {}
+        self.pending = what
+
+    def wait(self, timeout=None):
+        """The pending call's results (worker number -> result), or None
+        if ``timeout`` seconds ran out first (it stays pending). Raises an
+        env's error (see the class), or the backend's if the workers are
+        gone; either ends the call."""
+        sampler = self.sampler
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            with sampler._one_call(f'{self.pending}_wait()'):
+                done = sampler._envs_wait(self._waiting, self._results,
+                                          deadline)
+        except WorkerError as err:
+            self.pending = None
+            raise _as_env_error(err) from err.__cause__
+        except SamplerError:
+            self.pending = None  # the workers are gone
+            raise
+        # Anything else (Ctrl-C) leaves the call pending, as a timeout
+        # does: its replies are still coming, and must not be taken for
+        # the next call's.
+        if not done:
+            return None
+        assert RESTARTED not in self._results.values()
+        self.pending = None
+        return self._results
+
+    def run(self, what, commands):
+        """Send ``commands`` and wait for their results."""
+        self.send(what, commands)
+        return self.wait()
+
+    def close(self):
+        """End the workers, within the backend's ``shutdown_timeout``."""
+        sampler, self.sampler = self.sampler, None
+        self.pending = None
+        if sampler is not None:
+            sampler.close()
 
 
 class AsyncVectorEnv(VectorEnv):
@@ -113,7 +238,7 @@ class AsyncVectorEnv(VectorEnv):
                  autoreset_mode=AutoresetMode.NEXT_STEP, worker=None, *,
                  n_workers=None, backend='multiprocessing',
                  on_worker_error='raise', **backend_options):
-        self._sampler = None
+        self._workers = None
         self.closed = False
         env_fns = list(env_fns)
         if not env_fns:
@@ -146,26 +271,13 @@ class AsyncVectorEnv(VectorEnv):
             msg = (f'observation_mode must be "same" or (observation_space, '
                    f'single_observation_space), got {observation_mode!r}')
             raise ValueError(msg)
-        if n_workers is None:
-            n_workers = min(available_cpus(), self.num_envs)
-        if not isinstance(n_workers, numbers.Integral) or \
-                isinstance(n_workers, bool) or \
-                not 1 <= n_workers <= self.num_envs:
-            msg = (f'n_workers must be an int from 1 to num_envs='
-                   f'{self.num_envs}, got {n_workers!r}')
-            raise ValueError(msg)
-        self._shares = shares(self.num_envs, int(n_workers))
-        options = dict(backend_options)
-        if backend == 'multiprocessing' and context is not None:
-            options['start_method'] = context
-        options.setdefault('progress', False)
-        cls = _backend_class(backend)
-        self._sampler = cls(
-            NoPolicy(), [EnvFns(env_fns[a:a + n], a) for a, n in self._shares],
-            n_workers=int(n_workers), worker_class=EnvStepWorker,
-            worker_args={'autoreset_mode': self.autoreset_mode}, seed=0,
-            **options)
-        obs_space, action_space = self._sampler._env_spaces
+        self._workers = workers = EnvWorkers(
+            env_fns, n_workers=n_workers, backend=backend,
+            autoreset_mode=self.autoreset_mode,
+            start_method=context if backend == 'multiprocessing' else None,
+            backend_options=backend_options)
+        self._shares = workers.shares
+        obs_space, action_space = workers.spaces
         self.single_action_space = action_space
         self.action_space = batch_space(action_space, self.num_envs)
         if custom:
@@ -174,15 +286,16 @@ class AsyncVectorEnv(VectorEnv):
         else:
             self.single_observation_space = obs_space
             self.observation_space = batch_space(obs_space, self.num_envs)
-        first = self._call_now('metadata', 'render_mode', worker=0)
-        self.metadata = dict(first['metadata'])
+        first = workers.run('reading the env metadata', {0: CallEnvs(
+            'metadata', how='get', indices=[0])})[0][0]
+        self.metadata = dict(first)
         self.metadata['autoreset_mode'] = self.autoreset_mode
-        self.render_mode = first['render_mode']
+        self.render_mode = workers.run('reading the env metadata', {
+            0: CallEnvs('render_mode', how='get', indices=[0])})[0][0]
         self.observations = None
         self._env_obs = [None] * self.num_envs
         self._ended = np.zeros(self.num_envs, dtype=bool)
-        self._state = _STATE_DEFAULT
-        self._waiting = self._results = None
+        self._reset_mask_sent = None
 
     # gymnasium's calls ---------------------------------------------------
 
@@ -206,13 +319,15 @@ class AsyncVectorEnv(VectorEnv):
         mask = None
         if options is not None and 'reset_mask' in options:
             mask = self._reset_mask(options.pop('reset_mask'))
-        commands = {}
-        for k, (a, n) in enumerate(self._shares):
+
+        def command(k, a, n):
             part = None if mask is None else mask[a:a + n].tolist()
             if part is not None and not any(part):
-                continue  # none of its envs reset
-            commands[k] = ResetEnvs(seed[a:a + n], options, part)
-        self._send('reset', commands, mask)
+                return None  # none of its envs reset
+            return ResetEnvs(seed[a:a + n], options, part)
+
+        self._workers.send('reset', self._workers.per_worker(command))
+        self._reset_mask_sent = mask
 
     def _reset_mask(self, mask):
         if not isinstance(mask, np.ndarray):
@@ -234,7 +349,8 @@ class AsyncVectorEnv(VectorEnv):
         return mask.copy()
 
     def reset_wait(self, timeout=None):
-        results, mask = self._wait('reset', timeout)
+        results = self._wait('reset', timeout)
+        mask = self._reset_mask_sent
         infos = [None] * self.num_envs
         for k, (observations, env_infos) in results.items():
             a, n = self._shares[k]
@@ -267,11 +383,11 @@ class AsyncVectorEnv(VectorEnv):
                    f'autoreset_mode is DISABLED: reset them first, with '
                    f'reset(options={{"reset_mask": mask}})')
             raise ValueError(msg)
-        self._send('step', {k: StepEnvs(rows[a:a + n])
-                            for k, (a, n) in enumerate(self._shares)})
+        self._workers.send('step', self._workers.per_worker(
+            lambda k, a, n: StepEnvs(rows[a:a + n])))
 
     def step_wait(self, timeout=None):
-        results, _ = self._wait('step', timeout)
+        results = self._wait('step', timeout)
         n_envs = self.num_envs
         rewards = np.zeros(n_envs, dtype=np.float64)
         terminated = np.zeros(n_envs, dtype=np.bool_)
@@ -297,13 +413,11 @@ class AsyncVectorEnv(VectorEnv):
     def call_async(self, name, *args, **kwargs):
         self._assert_is_running()
         self._assert_no_call('call_async')
-        self._send('call', {k: CallEnvs(name, args, kwargs)
-                            for k in range(len(self._shares))})
+        self._workers.send('call', self._workers.per_worker(
+            lambda k, a, n: CallEnvs(name, args, kwargs)))
 
     def call_wait(self, timeout=None):
-        results, _ = self._wait('call', timeout)
-        return tuple(value for k in range(len(self._shares))
-                     for value in results[k])
+        return tuple(self._workers.rows(self._wait('call', timeout)))
 
     def get_attr(self, name):
         return self.call(name)
@@ -318,8 +432,8 @@ class AsyncVectorEnv(VectorEnv):
                    f'{self.num_envs} environments.')
             raise ValueError(msg)
         self._assert_no_call('set_attr')
-        self._send('set_attr', {k: SetEnvAttrs(name, list(values[a:a + n]))
-                                for k, (a, n) in enumerate(self._shares)})
+        self._workers.send('set_attr', self._workers.per_worker(
+            lambda k, a, n: SetEnvAttrs(name, list(values[a:a + n]))))
         self._wait('set_attr', None)
 
     def render(self):
@@ -331,17 +445,16 @@ class AsyncVectorEnv(VectorEnv):
         those that do not within the backend's ``shutdown_timeout`` are
         killed, so ``close`` is bounded whatever the envs do. ``timeout``
         and ``terminate`` are accepted for gymnasium's signature."""
-        sampler, self._sampler = self._sampler, None
-        self._state = _STATE_DEFAULT
-        if sampler is not None:
-            sampler.close()
+        workers, self._workers = self._workers, None
+        if workers is not None:
+            workers.close()
 
     def __del__(self):
         if not getattr(self, 'closed', True) and \
-                getattr(self, '_sampler', None) is not None:
+                getattr(self, '_workers', None) is not None:
             self.close(terminate=True)
 
-    # The commands --------------------------------------------------------
+    # The state of calls, as gymnasium's errors say it --------------------
 
     def _assert_is_running(self):
         if self.closed:
@@ -350,62 +463,27 @@ class AsyncVectorEnv(VectorEnv):
             raise ClosedEnvironmentError(msg)
 
     def _assert_no_call(self, what):
-        if self._state != _STATE_DEFAULT:
+        pending = self._workers.pending
+        if pending is not None:
             msg = (f'Calling `{what}` while waiting for a pending call to '
-                   f'`{self._state}` to complete')
-            raise AlreadyPendingCallError(msg, self._state)
-
-    def _send(self, what, commands, extra=None):
-        sampler = self._sampler
-        with sampler._one_call(f'{what}()'):
-            self._waiting = sampler._envs_send(commands)
-        self._results, self._extra = {}, extra
-        self._state = what
+                   f'`{pending}` to complete')
+            raise AlreadyPendingCallError(msg, pending)
 
     def _wait(self, what, timeout):
         """The results of the pending call ``what`` (worker number ->
-        result), and what was kept with it."""
+        result)."""
         self._assert_is_running()
-        if self._state != what:
+        if self._workers.pending != what:
             msg = (f'Calling `{what}_wait` without any prior call to '
                    f'`{what}_async`.')
             raise NoAsyncCallError(msg, what)
-        sampler = self._sampler
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            with sampler._one_call(f'{what}_wait()'):
-                done = sampler._envs_wait(self._waiting, self._results,
-                                          deadline)
-        except WorkerError as err:
-            self._state = _STATE_DEFAULT
-            raise _as_env_error(err) from err.__cause__
-        except SamplerError:
-            self._state = _STATE_DEFAULT  # the workers are gone
-            raise
-        # Anything else (Ctrl-C) leaves the call pending, as a timeout
-        # does: its replies are still coming, and must not be taken for
-        # the next call's.
-        if not done:
+        results = self._workers.wait(timeout)
+        if results is None:
             msg = (f'The call to `{what}_wait` has timed out after '
                    f'{timeout} second(s); it is still pending: wait for it '
                    f'again, or close the vector env.')
             raise multiprocessing.TimeoutError(msg)
-        assert RESTARTED not in self._results.values()
-        self._state = _STATE_DEFAULT
-        return self._results, self._extra
-
-    def _call_now(self, *names, worker):
-        """The values of attributes ``names`` of worker ``worker``'s first
-        env, read at once."""
-        sampler = self._sampler
-        out = {}
-        for name in names:
-            with sampler._one_call('reading the env metadata'):
-                waiting = sampler._envs_send({worker: CallEnvs(name)})
-                results = {}
-                sampler._envs_wait(waiting, results, None)
-            out[name] = results[worker][0]
-        return out
+        return results
 
     def _observations(self):
         self.observations = batch_rows(self, self._env_obs,
@@ -438,4 +516,21 @@ def _as_env_error(err):
     return out
 
 
-__all__ = ['AsyncVectorEnv']
+def __getattr__(name):
+    # SubprocVecEnv needs stable-baselines3: imported when asked for, so
+    # that this module works without it.
+    if name == 'SubprocVecEnv':
+        try:
+            from sampler._sb3 import SubprocVecEnv
+        except ImportError as err:
+            if not (err.name or '').startswith('stable_baselines3'):
+                raise
+            msg = ('sampler.vector.SubprocVecEnv is a stable-baselines3 '
+                   'VecEnv and needs it installed: pip install '
+                   '"rollout-sampler[sb3]"')
+            raise ImportError(msg) from err
+        return SubprocVecEnv
+    raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
+
+
+__all__ = ['AsyncVectorEnv']  # and SubprocVecEnv, with stable-baselines3

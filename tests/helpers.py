@@ -725,9 +725,13 @@ class InfoEnv(gym.Env):
 
 def assert_same_nest(ours, theirs):
     """Dicts with the same keys, arrays of the same dtype, shape and values
-    (object arrays compared element by element), other values equal and of
-    one type, all the way down."""
-    if isinstance(theirs, dict):
+    (object arrays compared element by element), lists and tuples item by
+    item, other values equal and of one type, all the way down."""
+    if isinstance(theirs, (list, tuple)):
+        assert type(ours) is type(theirs) and len(ours) == len(theirs)
+        for a, b in zip(ours, theirs):
+            assert_same_nest(a, b)
+    elif isinstance(theirs, dict):
         assert ours.keys() == theirs.keys()
         for key in theirs:
             assert_same_nest(ours[key], theirs[key])

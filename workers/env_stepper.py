@@ -184,7 +184,8 @@ class EnvStepWorker(Worker):
 
     def reset_envs(self, seeds=None, options=None, mask=None):
         """Reset the envs (those ``mask`` holds True for, default all)
-        with ``seeds`` (one per env, or None) and ``options``.
+        with ``seeds`` (one per env, or None) and ``options`` (one dict
+        for all, or a list of one per env).
 
         Returns ``(observations, infos)``: per env its observation (the
         reset's, or for an env not reset the one it had) and its reset
@@ -196,13 +197,20 @@ class EnvStepWorker(Worker):
             msg = (f'reset_envs got {len(seeds)} seeds and a mask of '
                    f'{len(mask)} for {n} envs')
             raise ValueError(msg)
+        if isinstance(options, list):
+            if len(options) != n:
+                msg = (f'reset_envs got {len(options)} options for {n} '
+                       f'envs')
+                raise ValueError(msg)
+        else:
+            options = [options] * n
         observations = list(self._observations)
         infos = [None] * n
         for j, (env, seed, reset) in enumerate(zip(self.envs, seeds, mask)):
             if reset:
                 self._at('env.reset', self.first_index + j)
                 observations[j], infos[j] = unpack_reset(
-                    env.reset(seed=seed, options=options))
+                    env.reset(seed=seed, options=options[j]))
                 self._ended[j] = False
         self._observations = observations
         self._done()
@@ -258,30 +266,80 @@ class EnvStepWorker(Worker):
         self._done()
         return observations, rewards, terminated, truncated, infos, finals
 
-    def call_envs(self, name, args=(), kwargs=None):
-        """Per env, its attribute ``name`` (through its wrappers) called
-        with ``args`` and ``kwargs`` if callable, else its value."""
+    #: What :meth:`call_envs` does with an env's attribute ``name``
+    #: (looked up through its wrappers).
+    CALLS = ('call', 'method', 'get', 'has', 'is_wrapped')
+
+    def call_envs(self, name, args=(), kwargs=None, how='call',
+                  indices=None):
+        """Per env (those at ``indices`` of this worker's, in that order;
+        default all), its attribute ``name``, looked up through its
+        wrappers, as ``how`` says:
+
+        - ``'call'``: called with ``args`` and ``kwargs`` if callable,
+          else its value (gymnasium's ``call``);
+        - ``'method'``: called with ``args`` and ``kwargs``;
+        - ``'get'``: its value;
+        - ``'has'``: whether the env has it;
+        - ``'is_wrapped'``: whether a wrapper of class ``args[0]`` is
+          among the env's wrappers (``name`` unused).
+        """
+        if how not in self.CALLS:
+            msg = f'how must be one of {self.CALLS}, got {how!r}'
+            raise ValueError(msg)
         kwargs = kwargs or {}
         results = []
-        for j, env in enumerate(self.envs):
+        for j in self._indices(indices):
+            env = self.envs[j]
             self._at(f'env.{name}', self.first_index + j)
+            if how == 'is_wrapped':
+                results.append(_is_wrapped(env, args[0]))
+                continue
+            if how == 'has':
+                try:
+                    env.get_wrapper_attr(name)
+                except AttributeError:
+                    results.append(False)
+                else:
+                    results.append(True)
+                continue
             value = env.get_wrapper_attr(name)
-            results.append(value(*args, **kwargs) if callable(value)
-                           else value)
+            if how == 'method' or (how == 'call' and callable(value)):
+                value = value(*args, **kwargs)
+            results.append(value)
         self._done()
         return results
 
-    def set_env_attrs(self, name, values):
-        """Set attribute ``name`` (through the wrappers) of each env to its
-        value in ``values`` (one per env)."""
-        if len(values) != len(self.envs):
+    def set_env_attrs(self, name, values, outer=False, indices=None):
+        """Set attribute ``name`` of each env (those at ``indices``, in
+        that order; default all) to its value in ``values``: through the
+        wrappers (gymnasium's ``set_wrapper_attr``), or on the outermost
+        wrapper itself if ``outer``."""
+        indices = self._indices(indices)
+        if len(values) != len(indices):
             msg = (f'set_env_attrs got {len(values)} values for '
-                   f'{len(self.envs)} envs')
+                   f'{len(indices)} envs')
             raise ValueError(msg)
-        for j, (env, value) in enumerate(zip(self.envs, values)):
+        for j, value in zip(indices, values):
+            env = self.envs[j]
             self._at(f'setting env.{name}', self.first_index + j)
-            env.set_wrapper_attr(name, value)
+            if outer:
+                setattr(env, name, value)
+            else:
+                env.set_wrapper_attr(name, value)
         self._done()
+
+    def _indices(self, indices):
+        n = len(self.envs)
+        if indices is None:
+            return range(n)
+        indices = list(indices)
+        for j in indices:
+            if not isinstance(j, numbers.Integral) or not 0 <= j < n:
+                msg = (f'env indices of this worker must be ints from 0 to '
+                       f'{n - 1}, got {j!r}')
+                raise IndexError(msg)
+        return indices
 
     # What a sampler's rounds would ask: this worker only steps for actions
     # it is sent.
@@ -302,6 +360,14 @@ class EnvStepWorker(Worker):
         self._ended = []
         self._observations = []
         self._done()
+
+
+def _is_wrapped(env, wrapper_class):
+    while isinstance(env, gymnasium.Wrapper):
+        if isinstance(env, wrapper_class):
+            return True
+        env = env.env
+    return False
 
 
 def batch_rows(vector_env, observations, out=None):

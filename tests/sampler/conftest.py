@@ -85,3 +85,11 @@ def ctrl_c():
         timer.cancel()
         timer.join()
     signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(params=['local', 'multiprocessing', 'ray'])
+def vector_backend(request):
+    """The backend a vector env's workers run on."""
+    if request.param == 'ray':
+        request.getfixturevalue('ray_runtime')
+    return request.param

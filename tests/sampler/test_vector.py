@@ -19,13 +19,6 @@ from sampler.vector import AsyncVectorEnv, shares
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.fixture(params=['local', 'multiprocessing', 'ray'])
-def vector_backend(request):
-    if request.param == 'ray':
-        request.getfixturevalue('ray_runtime')
-    return request.param
-
-
 @pytest.fixture
 def make_vector():
     made = []
