@@ -66,8 +66,14 @@ class SubprocVecEnv(VecEnv):
             autoreset_mode=AutoresetMode.SAME_STEP,
             start_method=start_method, backend_options=backend_options)
         self.closed = False
-        observation_space, action_space = self._workers.spaces
-        super().__init__(len(env_fns), observation_space, action_space)
+        try:
+            self._workers.check_same('observation_space')
+            self._workers.check_same('action_space')
+            super().__init__(len(env_fns), self._workers.observation_spaces[0],
+                             self._workers.action_spaces[0])
+        except BaseException:
+            self.close()
+            raise
 
     def reset(self):
         seeds, options = self._seeds, self._options

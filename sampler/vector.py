@@ -34,7 +34,8 @@ from gymnasium.error import (AlreadyPendingCallError,
                              ClosedEnvironmentError, NoAsyncCallError)
 from gymnasium.spaces import Space
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import batch_space, iterate
+from gymnasium.vector.utils import (batch_differing_spaces, batch_space,
+                                     iterate)
 
 from sampler._backend import RESTARTED
 from sampler._protocol import CallEnvs, ResetEnvs, SetEnvAttrs, StepEnvs
@@ -111,9 +112,31 @@ class EnvWorkers:
             n_workers=int(n_workers), worker_class=EnvStepWorker,
             worker_args={'autoreset_mode': autoreset_mode}, seed=0,
             **options)
-        self.spaces = self.sampler._env_spaces
         self.pending = None  # what the pending call is, if one is
         self._waiting = self._results = None
+        try:
+            #: per env, its observation space and its action space
+            self.observation_spaces = self._read_spaces('observation_space')
+            self.action_spaces = self._read_spaces('action_space')
+        except BaseException:
+            self.close()
+            raise
+
+    def _read_spaces(self, name):
+        return self.rows(self.run(f'reading the envs\' {name}',
+                                  self.per_worker(lambda k, a, n: CallEnvs(
+                                      name, how='get'))))
+
+    def check_same(self, name, fix=''):
+        """Raise a RuntimeError (gymnasium's vector envs' error) naming the
+        first env whose ``name`` space differs from env 0's."""
+        values = getattr(self, f'{name}s')
+        for i, value in enumerate(values):
+            if value != values[0]:
+                msg = (f'env {i} has the {name} {value}, but env 0 has '
+                       f'{values[0]}: the sub-environments {name}s are not '
+                       f'equivalent.{fix}')
+                raise RuntimeError(msg)
 
     def per_worker(self, make):
         """Commands: ``make(k, first, n)`` for each worker ``k`` holding
@@ -208,8 +231,10 @@ class AsyncVectorEnv(VectorEnv):
             multiprocessing backend's ``start_method``).
         daemon: accepted for gymnasium's signature; our workers end with
             the process that made them whatever it says.
-        observation_mode: ``"same"``, or ``(observation_space,
-            single_observation_space)`` as gymnasium takes it.
+        observation_mode: ``"same"`` (the envs' observation spaces are
+            equal), ``"different"`` (they differ, but batch as gymnasium's
+            ``batch_differing_spaces`` batches them), or
+            ``(observation_space, single_observation_space)``.
         autoreset_mode: a ``gymnasium.vector.AutoresetMode`` or its value.
         worker: gymnasium's custom worker function; refused (our workers
             step the envs).
@@ -267,35 +292,52 @@ class AsyncVectorEnv(VectorEnv):
             msg = (f'observation_mode as a tuple must be (observation_space, '
                    f'single_observation_space), got {observation_mode!r}')
             raise TypeError(msg)
-        if not custom and observation_mode != 'same':
-            msg = (f'observation_mode must be "same" or (observation_space, '
-                   f'single_observation_space), got {observation_mode!r}')
+        if not custom and observation_mode not in ('same', 'different'):
+            msg = (f'observation_mode must be "same", "different" or '
+                   f'(observation_space, single_observation_space), got '
+                   f'{observation_mode!r}')
             raise ValueError(msg)
         self._workers = workers = EnvWorkers(
             env_fns, n_workers=n_workers, backend=backend,
             autoreset_mode=self.autoreset_mode,
             start_method=context if backend == 'multiprocessing' else None,
             backend_options=backend_options)
+        try:
+            self._set_spaces(workers)
+            self.metadata = dict(self._first_env('metadata'))
+            self.metadata['autoreset_mode'] = self.autoreset_mode
+            self.render_mode = self._first_env('render_mode')
+        except BaseException:
+            self.close()
+            raise
         self._shares = workers.shares
-        obs_space, action_space = workers.spaces
-        self.single_action_space = action_space
-        self.action_space = batch_space(action_space, self.num_envs)
-        if custom:
-            self.observation_space, self.single_observation_space = \
-                observation_mode
-        else:
-            self.single_observation_space = obs_space
-            self.observation_space = batch_space(obs_space, self.num_envs)
-        first = workers.run('reading the env metadata', {0: CallEnvs(
-            'metadata', how='get', indices=[0])})[0][0]
-        self.metadata = dict(first)
-        self.metadata['autoreset_mode'] = self.autoreset_mode
-        self.render_mode = workers.run('reading the env metadata', {
-            0: CallEnvs('render_mode', how='get', indices=[0])})[0][0]
         self.observations = None
         self._env_obs = [None] * self.num_envs
         self._ended = np.zeros(self.num_envs, dtype=bool)
         self._reset_mask_sent = None
+
+    def _set_spaces(self, workers):
+        mode, n_envs = self.observation_mode, self.num_envs
+        workers.check_same('action_space')
+        self.single_action_space = workers.action_spaces[0]
+        self.action_space = batch_space(self.single_action_space, n_envs)
+        if isinstance(mode, tuple):
+            self.observation_space, self.single_observation_space = mode
+        elif mode == 'same':
+            workers.check_same('observation_space', fix=(
+                " If this is intentional, use observation_mode='different' "
+                "instead."))
+            self.single_observation_space = workers.observation_spaces[0]
+            self.observation_space = batch_space(
+                self.single_observation_space, n_envs)
+        else:
+            self.single_observation_space = workers.observation_spaces[0]
+            self.observation_space = batch_differing_spaces(
+                workers.observation_spaces)
+
+    def _first_env(self, name):
+        return self._workers.run('reading the env metadata', {0: CallEnvs(
+            name, how='get', indices=[0])})[0][0]
 
     # gymnasium's calls ---------------------------------------------------
 

@@ -27,7 +27,6 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import concatenate, create_empty_array
 
 from workers.env_update import EnvUpdate
-from workers.spaces import check_stackable
 from workers.worker import Worker, bad_step, unpack_reset
 
 
@@ -122,9 +121,10 @@ class EnvStepWorker(Worker):
 
     @property
     def env_spaces(self):
-        if not self.envs:
-            return None
-        return self.envs[0].observation_space, self.envs[0].action_space
+        # The envs of a vector env may differ in their observation spaces
+        # (gymnasium's observation_mode="different"): the vector env reads
+        # each env's spaces (call_envs) and checks them itself.
+        return None, None
 
     @classmethod
     def check_env_update(cls, update, what='env'):
@@ -147,7 +147,6 @@ class EnvStepWorker(Worker):
                            f'{env!r}, not a gymnasium.Env')
                     raise TypeError(msg)
                 envs.append(env)
-            self._check_spaces(envs, env_update.first_index)
         except BaseException:
             for env in envs:
                 env.close()
@@ -156,21 +155,6 @@ class EnvStepWorker(Worker):
         self._ended = [False] * len(envs)
         self._observations = [None] * len(envs)
         self._done()
-
-    def _check_spaces(self, envs, first_index):
-        self.error_site = 'checking the env spaces'
-        first = envs[0]
-        check_stackable(first.observation_space, 'observation space')
-        check_stackable(first.action_space, 'action space')
-        for j, env in enumerate(envs[1:], start=1):
-            for name in ('observation_space', 'action_space'):
-                if getattr(env, name) != getattr(first, name):
-                    self.error_env = first_index + j
-                    msg = (f'env {first_index + j} has the {name} '
-                           f'{getattr(env, name)}, but env {first_index} '
-                           f'has {getattr(first, name)}; the envs of a '
-                           f'vector env must share their spaces')
-                    raise ValueError(msg)
 
     def _at(self, site, index):
         # The site names the env: a sampler's error says "in env.step of

@@ -2,6 +2,7 @@
 step for step what SyncVectorEnv returns, gymnasium's errors for calls out
 of order, and errors from the envs that name where they came from."""
 
+import copy
 import multiprocessing
 import time
 
@@ -206,3 +207,102 @@ def test_call_get_set_attributes_and_copy(make_vector):
     sync.reset(seed=0)
     assert_same_nest(second, sync.step(np.zeros(3, np.int64))[0])
     sync.close()
+
+
+class SpaceEnv(gym.Env):
+    """Observations drawn from ``observation_space`` (seeded at reset),
+    rewards that depend on the action, episodes of 2 to 5 steps."""
+
+    def __init__(self, observation_space, action_space):
+        # Its own spaces: their random draws are the env's.
+        self.observation_space = copy.deepcopy(observation_space)
+        self.action_space = copy.deepcopy(action_space)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.observation_space.seed(int(self.np_random.integers(1 << 30)))
+        self._t, self._length = 0, int(self.np_random.integers(2, 6))
+        return self.observation_space.sample(), {'length': self._length}
+
+    def step(self, action):
+        assert self.action_space.contains(action), action
+        self._t += 1
+        done = self._t >= self._length
+        reward = float(len(repr(action)) % 7) + self._t
+        return (self.observation_space.sample(), reward,
+                done and self._t % 2 == 0, done and self._t % 2 == 1,
+                {'t': self._t})
+
+
+SPACES = {
+    'box': gym.spaces.Box(-1, 1, (2, 3), np.float32),
+    'box-float16': gym.spaces.Box(-1, 1, (3,), np.float16),
+    'discrete': gym.spaces.Discrete(5, start=-2),
+    'multi-discrete': gym.spaces.MultiDiscrete([2, 3, 4]),
+    'multi-binary': gym.spaces.MultiBinary(4),
+    'dict': gym.spaces.Dict({
+        'position': gym.spaces.Box(0, 1, (2,)),
+        'inner': gym.spaces.Dict({'k': gym.spaces.Discrete(3)}),
+        'bits': gym.spaces.MultiBinary(2)}),
+    'tuple': gym.spaces.Tuple((gym.spaces.Discrete(2),
+                               gym.spaces.Box(-1, 1, (1,)),
+                               gym.spaces.MultiDiscrete([3, 3]))),
+    'text (no arrays)': gym.spaces.Text(6),
+}
+
+
+@pytest.mark.parametrize('name', list(SPACES))
+def test_every_kind_of_space_steps_as_in_sync_vector_env(
+        name, vector_backend, make_vector):
+    space = SPACES[name]
+    fns = [lambda: SpaceEnv(space, space)] * 4
+    ours = make_vector(fns, n_workers=2, backend=vector_backend,
+                       autoreset_mode=AutoresetMode.SAME_STEP)
+    sync = SyncVectorEnv(fns, autoreset_mode=AutoresetMode.SAME_STEP)
+    assert ours.observation_space == sync.observation_space
+    assert ours.action_space == sync.action_space
+    assert_same_step(ours.reset(seed=5), sync.reset(seed=5))
+    sync.action_space.seed(0)
+    ends = 0
+    for _ in range(12):
+        actions = sync.action_space.sample()
+        theirs = sync.step(actions)
+        assert_same_step(ours.step(actions), theirs)
+        ends += int((theirs[2] | theirs[3]).sum())
+    assert ends >= 4  # final observations of this space were merged too
+    sync.close()
+
+
+def box_env(high, action_space=gym.spaces.Discrete(2)):
+    space = gym.spaces.Box(0, high, (5,), np.float32)
+    return lambda: SpaceEnv(space, action_space)
+
+
+def test_different_observation_spaces_batch_as_gymnasium_batches_them(
+        make_vector):
+    fns = [box_env(high) for high in (1, 2, 3)]
+    ours = make_vector(fns, n_workers=2, observation_mode='different')
+    sync = SyncVectorEnv(fns, observation_mode='different')
+    assert ours.observation_space == sync.observation_space
+    assert ours.single_observation_space == sync.single_observation_space
+    assert_same_step(ours.reset(seed=1), sync.reset(seed=1))
+    for _ in range(6):
+        assert_same_step(ours.step(np.ones(3, np.int64)),
+                         sync.step(np.ones(3, np.int64)))
+    sync.close()
+
+
+def test_envs_whose_spaces_differ_are_refused_naming_the_env():
+    # Env 2 runs on the second worker: the check spans the workers.
+    with pytest.raises(RuntimeError, match=r"env 2 has the observation_space"
+                                           r".*observation_mode='different'"):
+        AsyncVectorEnv([box_env(1), box_env(1), box_env(2)], n_workers=2)
+    with pytest.raises(RuntimeError, match=r'env 2 has the action_space '
+                                           r'Discrete\(3\), but env 0 has '
+                                           r'Discrete\(2\)'):
+        AsyncVectorEnv([box_env(1), box_env(1),
+                        box_env(1, gym.spaces.Discrete(3))],
+                       n_workers=2, observation_mode='different')
+    with pytest.raises(ValueError, match='observation_mode must be "same", '
+                                         '"different" or'):
+        AsyncVectorEnv([box_env(1)], observation_mode='invalid')

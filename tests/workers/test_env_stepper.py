@@ -106,14 +106,8 @@ def test_errors_name_the_env_that_raised():
     assert (w.error_site, w.error_env) == ('env.step of env 5', 5)
 
 
-def test_envs_with_other_spaces_or_no_env_are_refused_by_index():
-    class Other(InfoEnv):
-        action_space = spaces.Discrete(4)
-
+def test_what_is_no_env_is_refused_by_index():
     w = EnvStepWorker(seed=0, max_episode_length=None, worker_number=0)
-    with pytest.raises(ValueError, match=r'env 3 has the action_space '
-                                         r'Discrete\(4\), but env 2'):
-        w.update_env(EnvFns([InfoEnv, Other], first_index=2))
     with pytest.raises(TypeError, match=r'env_fns\[1\] returned 5'):
         w.update_env(EnvFns([InfoEnv, lambda: 5]))
     with pytest.raises(TypeError, match=r'env_fns\[0\] is 3'):
@@ -129,6 +123,14 @@ def test_call_get_and_set_attributes_of_each_env():
     assert w.call_envs('level') == [1, 2, 3]
     w.reset_envs([0, 1, 2])
     assert w.call_envs('observation_space') == [InfoEnv.observation_space] * 3
+    assert w.call_envs('level', how='get', indices=[2, 0]) == [3, 1]
+    assert w.call_envs('level', how='has') == [True] * 3
+    assert w.call_envs('nothing', how='has') == [False] * 3
+    assert w.call_envs('', (gym.Wrapper,), how='is_wrapped') == [False] * 3
+    w.set_env_attrs('level', [7], outer=True, indices=[1])
+    assert w.call_envs('level') == [1, 7, 3]
+    with pytest.raises(IndexError, match='ints from 0 to 2, got 3'):
+        w.call_envs('level', indices=[3])
     steps = w.call_envs('step', (2,))
     assert [s[1] for s in steps] == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match='2 values for 3 envs'):
