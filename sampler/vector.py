@@ -34,8 +34,8 @@ from gymnasium.error import (AlreadyPendingCallError,
                              ClosedEnvironmentError, NoAsyncCallError)
 from gymnasium.spaces import Space
 from gymnasium.vector import AutoresetMode, VectorEnv
-from gymnasium.vector.utils import (batch_differing_spaces, batch_space,
-                                     iterate)
+from gymnasium.vector.utils import (
+    batch_differing_spaces, batch_space, iterate)
 
 from sampler._backend import RESTARTED
 from sampler._protocol import CallEnvs, ResetEnvs, SetEnvAttrs, StepEnvs

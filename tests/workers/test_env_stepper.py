@@ -4,7 +4,6 @@ SyncVectorEnv steps them, in every autoreset mode."""
 import gymnasium as gym
 import numpy as np
 import pytest
-from gymnasium import spaces
 from gymnasium.vector import AutoresetMode, SyncVectorEnv
 
 from helpers import InfoEnv, assert_same_nest as assert_same
