@@ -102,3 +102,14 @@ def test_train_dqn_runs_from_a_stream_and_pushes(capsys, tmp_path):
     steps, updates, version = map(int, done.groups())
     assert steps >= 3000 and updates > 0
     assert version == updates // 4  # a push every 4 gradient steps
+
+
+@pytest.mark.timeout(300)
+def test_train_ppo_vector_learns_cartpole_on_our_vector_env(capsys):
+    pytest.importorskip('torch')
+    mean_return = load('train_ppo_vector').main(['--target-return', '450'])
+    assert mean_return >= 450
+    out = capsys.readouterr().out
+    assert 'reached a mean return' in out
+    first = float(re.search(r'mean return +([\d.]+)', out).group(1))
+    assert first < 200  # it learned: it did not start there
