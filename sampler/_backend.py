@@ -35,6 +35,7 @@ A backend keeps only what is its own (all of it in its module):
 
 import time
 
+from sampler import _framing
 from sampler._protocol import (Credit, EnvsDone, Failed, Finish, Gone,
                                Push, Ready, Segments, Start, Stop)
 from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
@@ -72,6 +73,10 @@ def worker_error(number, reply):
 class Backend(Sampler):
     """The skeleton every backend fills in (see the module's docstring);
     the public calls and their rules are :class:`~sampler.Sampler`'s."""
+
+    #: Seconds a wait for replies polls before it sleeps (a backend whose
+    #: waits can poll reads it; vector env calls set it).
+    _spin_s = 0.0
 
     # Start-up ------------------------------------------------------------
 
@@ -208,6 +213,15 @@ class Backend(Sampler):
         is still waited for stays in ``waiting``). A worker that failed
         raises its error, or, where it is replaced, has its result be
         :data:`RESTARTED`: the replacement has been sent nothing."""
+        # Replies to these commands come within microseconds: the
+        # backend may poll for them a moment before it sleeps.
+        self._spin_s = _framing.SPIN_S
+        try:
+            return self._envs_wait_spinning(waiting, results, deadline)
+        finally:
+            self._spin_s = 0.0
+
+    def _envs_wait_spinning(self, waiting, results, deadline):
         while waiting:
             replies = self._wait(None, deadline)
             if replies is None:

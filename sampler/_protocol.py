@@ -267,8 +267,10 @@ class SetEnvAttrs(NamedTuple):
     indices: Optional[list] = None
 
 
-COMMANDS = (Start, Finish, Stop, Push, Credit, Exit, ResetEnvs, StepEnvs,
-            CallEnvs, SetEnvAttrs)
+#: A vector env's commands (``sampler.vector``).
+ENV_COMMANDS = (ResetEnvs, StepEnvs, CallEnvs, SetEnvAttrs)
+
+COMMANDS = (Start, Finish, Stop, Push, Credit, Exit) + ENV_COMMANDS
 
 
 # Replies ---------------------------------------------------------------

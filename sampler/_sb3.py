@@ -83,7 +83,7 @@ class SubprocVecEnv(VecEnv):
         observations, self.reset_infos = [], []
         for k in range(len(self._workers.shares)):
             obs, infos = results[k]
-            observations += obs
+            observations.append(obs)
             self.reset_infos += infos
         # Seeds and options are for one reset, as SB3's vec envs take them.
         self._reset_seeds()
@@ -114,7 +114,7 @@ class SubprocVecEnv(VecEnv):
         observations, rewards, dones, infos = [], [], [], []
         for k, (a, n) in enumerate(self._workers.shares):
             obs, rs, terms, truncs, env_infos, finals = results[k]
-            observations += obs
+            observations.append(obs)
             rewards += rs
             for j in range(n):
                 dones.append(bool(terms[j] or truncs[j]))
@@ -201,9 +201,13 @@ class SubprocVecEnv(VecEnv):
             raise RuntimeError(msg)
 
 
-def _stack(space, rows):
-    """Per-env observations as one batch: arrays stacked on a new first
-    axis, per key of a Dict space and per item of a Tuple space."""
+def _stack(space, blocks):
+    """The workers' observations (per worker one array of its envs', or a
+    list of one per env) as one batch: arrays stacked on a new first axis,
+    per key of a Dict space and per item of a Tuple space."""
+    if all(type(block) is np.ndarray for block in blocks):
+        return np.concatenate(blocks)
+    rows = [row for block in blocks for row in block]
     if isinstance(space, spaces.Dict):
         return {key: np.stack([row[key] for row in rows])
                 for key in space.spaces}

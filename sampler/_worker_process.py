@@ -35,7 +35,7 @@ from multiprocessing import parent_process
 from sampler import _framing, _probe
 from sampler._process_setup import NAME_PREFIX, watch_caller
 from sampler._arena import MappedRows
-from sampler._protocol import Exit, Failed, Ready, Start
+from sampler._protocol import ENV_COMMANDS, Exit, Failed, Ready, Start
 from sampler._round import Round, build_worker, failed_reply
 
 #: Maps of the caller's arenas a worker keeps (the caller keeps two).
@@ -127,13 +127,16 @@ class _Loop:
 
     def serve(self):
         """Answer commands and run rounds until Exit or a failure."""
+        spin_s = 0.0
         while True:
             # Handle every queued command before the next step, in order:
             # none is lost, and the last word decides the state. Idle,
-            # this blocks; running, it only looks.
+            # this blocks (after a vector env's command, polling a moment
+            # first: the next comes soon); running, it only looks.
             while True:
-                events = self.selector.select(
-                    0 if self.round.active else None)
+                events = _framing.select_spinning(
+                    self.selector, 0 if self.round.active else None,
+                    spin_s)
                 if not events:
                     break
                 if any(key.data for key, _ in events):
@@ -147,6 +150,8 @@ class _Loop:
                 if not self._send_all(self.round.handle(command, arena)) \
                         or type(command) is Exit:
                     return
+                spin_s = _framing.SPIN_S if type(command) in ENV_COMMANDS \
+                    else 0.0
             if self.round.active:
                 reply = self.round.step()
                 if reply is not None and not self._send_all([reply]):

@@ -60,10 +60,11 @@ def _families(value):
 
 def _modes(ctx, param, value):
     names = [v.strip() for v in value.split(',')]
-    unknown = [n for n in names if n not in ('episodes', 'steps', 'stream')]
+    unknown = [n for n in names
+               if n not in ('episodes', 'steps', 'stream', 'vector')]
     if unknown:
         msg = (f'{", ".join(map(repr, unknown))} is not one of episodes, '
-               f'steps, stream')
+               f'steps, stream, vector')
         raise click.BadParameter(msg)
     return ','.join(dict.fromkeys(names))
 
@@ -76,6 +77,8 @@ def _comparable(mode, envs_per_worker):
     chosen (None if nothing was)."""
     ctx = click.get_current_context()
     chosen = []
+    if 'vector' in mode.split(','):
+        return mode, envs_per_worker, None  # the vector envs' own task
     if ctx.get_parameter_source('mode') is ParameterSource.DEFAULT:
         mode = 'steps'
         chosen.append('--mode steps')
@@ -132,7 +135,11 @@ each call, untimed.
               help='our rows time obtain_samples (episodes: whole episodes) '
                    'or obtain_steps (steps: envs keep running, segments), '
                    'or push_update and the next batch of a stream (stream: '
-                   'workers never wait); episodes,steps,stream times each  '
+                   'workers never wait), or our vector env stepped by the '
+                   'policy in this process (vector: workers x '
+                   'envs-per-worker envs; with --compare beside gymnasium\'s '
+                   'and SB3\'s vector envs of as many envs); '
+                   'episodes,steps,stream,vector times each  '
                    '[default: episodes; steps with --compare]')
 @click.option('--train-ms', type=click.FloatRange(min=0), default=0,
               show_default=True,
@@ -201,6 +208,10 @@ def bench(env, backend, workers, envs_per_worker, mode, train_ms,
                 '"rollout-sampler[plot]"') from None
     if compare:
         mode, envs_per_worker, note = _comparable(mode, envs_per_worker)
+    if 'vector' in mode.split(',') and click.get_current_context(
+            ).get_parameter_source('envs_per_worker') is \
+            ParameterSource.DEFAULT:
+        envs_per_worker = (4,)  # 8 envs on 2 workers, a usual vector env
     result = _bench.run(
         env=env, backend=backend, workers=workers or available_cpus(),
         envs_per_worker=envs_per_worker, agent=agent, samples=samples,

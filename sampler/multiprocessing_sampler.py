@@ -355,7 +355,8 @@ class MultiprocessingSampler(Backend):
                                         (handle, False))
                 self._selector.register(handle.process.sentinel,
                                         selectors.EVENT_READ, (handle, True))
-        events = [key.data for key, _ in self._selector.select(timeout)]
+        events = [key.data for key, _ in _framing.select_spinning(
+            self._selector, timeout, self._spin_s)]
         if self._closed:
             self._check_closed_during()
         return events

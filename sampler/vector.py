@@ -32,10 +32,10 @@ import time
 import numpy as np
 from gymnasium.error import (AlreadyPendingCallError,
                              ClosedEnvironmentError, NoAsyncCallError)
-from gymnasium.spaces import Space
+from gymnasium.spaces import Box, MultiBinary, MultiDiscrete, Space
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import (
-    batch_differing_spaces, batch_space, iterate)
+    batch_differing_spaces, batch_space, create_empty_array, iterate)
 
 from sampler._backend import RESTARTED
 from sampler._protocol import CallEnvs, ResetEnvs, SetEnvAttrs, StepEnvs
@@ -43,6 +43,10 @@ from sampler.errors import SamplerError, WorkerError
 from sampler.sampler import available_cpus
 from workers.env_stepper import (EnvFns, EnvStepWorker, NoPolicy,
                                  as_autoreset_mode, batch_infos, batch_rows)
+
+
+#: Batched spaces whose batches are one array, iterated row by row.
+_ARRAY_SPACES = (Box, MultiDiscrete, MultiBinary)
 
 
 def _backend_class(backend):
@@ -173,7 +177,8 @@ class EnvWorkers:
         """Send ``commands`` for the call ``what``, which is then
         pending."""
         sampler = self.sampler
-        with sampler._one_call(f'{what}()'):
+        # Sending reads nothing: no Ctrl-C guard for reads to set up.
+        with sampler._one_call(f'{what}()', reads=False):
             self._waiting = sampler._envs_send(commands)
         self._results = {}
         self.pending = what
@@ -312,7 +317,9 @@ class AsyncVectorEnv(VectorEnv):
             raise
         self._shares = workers.shares
         self.observations = None
-        self._env_obs = [None] * self.num_envs
+        # Per worker, its envs' observations: one array (the worker
+        # stacked them) or a list of one per env.
+        self._blocks = [None] * len(workers.shares)
         self._ended = np.zeros(self.num_envs, dtype=bool)
         self._reset_mask_sent = None
 
@@ -396,10 +403,9 @@ class AsyncVectorEnv(VectorEnv):
         infos = [None] * self.num_envs
         for k, (observations, env_infos) in results.items():
             a, n = self._shares[k]
-            for j in range(n):
-                if env_infos[j] is not None:
-                    self._env_obs[a + j] = observations[j]
-                    infos[a + j] = env_infos[j]
+            # The envs not reset keep their observations in the block.
+            self._blocks[k] = observations
+            infos[a:a + n] = env_infos
         if mask is None:
             self._ended[:] = False
         else:
@@ -413,7 +419,11 @@ class AsyncVectorEnv(VectorEnv):
     def step_async(self, actions):
         self._assert_is_running()
         self._assert_no_call('step_async')
-        rows = list(iterate(self.action_space, actions))
+        if type(actions) is np.ndarray and \
+                type(self.action_space) in _ARRAY_SPACES:
+            rows = actions  # its rows are what iterate() would give
+        else:
+            rows = list(iterate(self.action_space, actions))
         if len(rows) != self.num_envs:
             msg = (f'step_async got actions for {len(rows)} envs; this '
                    f'vector env has num_envs={self.num_envs}')
@@ -438,7 +448,7 @@ class AsyncVectorEnv(VectorEnv):
         for k, (a, n) in enumerate(self._shares):
             observations, rs, terms, truncs, env_infos, env_finals = \
                 results[k]
-            self._env_obs[a:a + n] = observations
+            self._blocks[k] = observations
             rewards[a:a + n] = rs
             terminated[a:a + n] = terms
             truncated[a:a + n] = truncs
@@ -528,10 +538,20 @@ class AsyncVectorEnv(VectorEnv):
         return results
 
     def _observations(self):
-        self.observations = batch_rows(self, self._env_obs,
-                                       self.observations)
-        return copy_module.deepcopy(self.observations) if self.copy \
-            else self.observations
+        blocks = self._blocks
+        if all(type(b) is np.ndarray for b in blocks):
+            if self.observations is None:
+                self.observations = create_empty_array(
+                    self.single_observation_space, self.num_envs)
+            np.concatenate(blocks, axis=0, out=self.observations)
+        else:
+            rows = [row for block in blocks for row in block]
+            self.observations = batch_rows(self, rows, self.observations)
+        if not self.copy:
+            return self.observations
+        if type(self.observations) is np.ndarray:
+            return self.observations.copy()
+        return copy_module.deepcopy(self.observations)
 
 
 _ENV_ERRORS = {}

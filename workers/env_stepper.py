@@ -23,11 +23,18 @@ None); the caller merges the infos as gymnasium does.
 import numbers
 
 import gymnasium
+import numpy as np
+from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import concatenate, create_empty_array
 
 from workers.env_update import EnvUpdate
 from workers.worker import Worker, bad_step, unpack_reset
+
+
+#: Observation spaces whose observations stack into one array.
+_ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete,
+                 spaces.MultiBinary)
 
 
 class EnvFns(EnvUpdate):
@@ -113,6 +120,7 @@ class EnvStepWorker(Worker):
         self.first_index = 0
         self.error_env = None
         self._ended = []  # per env: its episode ended at its last step
+        self._stacks = False
         self._observations = []  # per env: its last observation
 
     @property
@@ -152,6 +160,7 @@ class EnvStepWorker(Worker):
                 env.close()
             raise
         self.envs, self.first_index = envs, env_update.first_index
+        self._stacks = type(envs[0].observation_space) in _ARRAY_SPACES
         self._ended = [False] * len(envs)
         self._observations = [None] * len(envs)
         self._done()
@@ -172,8 +181,9 @@ class EnvStepWorker(Worker):
         for all, or a list of one per env).
 
         Returns ``(observations, infos)``: per env its observation (the
-        reset's, or for an env not reset the one it had) and its reset
-        info (None for an env not reset)."""
+        reset's, or for an env not reset the one it had; one array of
+        them where they stack, see :meth:`_stacked`) and its reset info
+        (None for an env not reset)."""
         n = len(self.envs)
         seeds = [None] * n if seeds is None else list(seeds)
         mask = [True] * n if mask is None else [bool(m) for m in mask]
@@ -198,14 +208,15 @@ class EnvStepWorker(Worker):
                 self._ended[j] = False
         self._observations = observations
         self._done()
-        return observations, infos
+        return self._stacked(observations), infos
 
     def step_envs(self, actions):
         """Step every env with its action (one per env, in order), as the
         autoreset mode says.
 
         Returns ``(observations, rewards, terminated, truncated, infos,
-        finals)``, one entry per env; ``finals[j]`` is ``(final_obs,
+        finals)``, one entry per env (the observations one array where
+        they stack); ``finals[j]`` is ``(final_obs,
         final_info)`` where a same_step reset followed env ``j``'s
         episode's end, else None."""
         n = len(self.envs)
@@ -248,7 +259,19 @@ class EnvStepWorker(Worker):
             observations[j], infos[j] = obs, info
         self._observations = observations
         self._done()
-        return observations, rewards, terminated, truncated, infos, finals
+        return (self._stacked(observations), rewards, terminated, truncated,
+                infos, finals)
+
+    def _stacked(self, observations):
+        """``observations`` as one array, where the observation space is
+        an array space (one pickled array is sent faster than a list of
+        them); else, or if they do not stack, the list."""
+        if not self._stacks:
+            return observations
+        try:
+            return np.stack(observations)
+        except (ValueError, TypeError):
+            return observations  # the caller batches them as it can
 
     #: What :meth:`call_envs` does with an env's attribute ``name``
     #: (looked up through its wrappers).

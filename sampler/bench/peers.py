@@ -1,4 +1,5 @@
-"""Rows of peers that need installs of their own: envpool.
+"""Rows of peers that need installs of their own: envpool, and
+stable-baselines3's SubprocVecEnv.
 
 A peer that is not installed, or cannot run the env, is skipped with one
 line saying why and what to install (:func:`peer_rows` returns those
@@ -26,7 +27,7 @@ import warnings
 
 import numpy as np
 
-from sampler.bench.rows import EpisodeRecorder, Row, Sample
+from sampler.bench.rows import EpisodeRecorder, Row, Sample, VectorEnvRow
 
 #: envpool's Atari options that make its task the one our rows run.
 ATARI_OPTIONS = dict(stack_num=4, frame_skip=4, noop_max=30, gray_scale=True,
@@ -73,6 +74,18 @@ def peer_rows(env_id, make_agent, seed, step_cost_us=0,
         return [], [f'envpool skipped: {options}']
     return [EnvpoolRow(task, n, make_agent(), seed, options)
             for n in sorted(set(env_counts))], []
+
+
+def sb3_rows(env_counts, make_agent, env_fn, seed):
+    """SB3 SubprocVecEnv rows, one per count of envs, and the lines
+    saying what was skipped."""
+    try:
+        import stable_baselines3  # noqa: F401
+    except ImportError:
+        return [], ['SB3 SubprocVecEnv skipped: stable-baselines3 is not '
+                    'installed: pip install "rollout-sampler[sb3]"']
+    return [VectorEnvRow('sb3', n, make_agent(), env_fn, seed)
+            for n in env_counts], []
 
 
 class EnvpoolRow(Row):

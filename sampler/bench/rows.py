@@ -261,34 +261,64 @@ class PlainLoopRow(Row):
 
 
 class VectorEnvRow(Row):
-    """gymnasium's SyncVectorEnv or AsyncVectorEnv with the agent batched
-    in the calling process. ``SAME_STEP`` autoreset makes every step a real
-    transition (the final observation comes in the info). The timed loop
-    keeps each step's arrays whole; episodes are cut out untimed."""
+    """A vector env with the agent batched in the calling process:
+    gymnasium's SyncVectorEnv (``kind`` ``'sync'``) or AsyncVectorEnv
+    (``'async'``, shared memory), ours (``'ours'``: ``sampler.vector``'s
+    AsyncVectorEnv on ``workers`` workers) or stable-baselines3's
+    SubprocVecEnv (``'sb3'``). Each steps as its users step it: gymnasium's
+    API in ``SAME_STEP`` autoreset mode, where every step is a real
+    transition (the final observation comes in the info), or SB3's, which
+    resets at once too. The timed loop keeps each step's arrays whole;
+    episodes are cut out untimed."""
 
-    def __init__(self, kind, n_envs, agent, env_fn, seed):
+    NAMES = {'sync': 'gymnasium SyncVectorEnv',
+             'async': 'gymnasium AsyncVectorEnv',
+             'ours': 'our AsyncVectorEnv',
+             'sb3': 'SB3 SubprocVecEnv'}
+
+    def __init__(self, kind, n_envs, agent, env_fn, seed, workers=None):
         self.kind = kind
         self.n_envs = n_envs
         self.agent = agent
         self.env_fn = env_fn
         self.seed = seed
+        self.workers = workers
         self.single_process = kind == 'sync'
-        cls = 'SyncVectorEnv' if kind == 'sync' else 'AsyncVectorEnv'
-        self.name = f'gymnasium {cls} ({n_envs} envs)'
-        self.short_name = f'{cls} ({n_envs} envs)'
+        where = f'{n_envs} envs'
+        if kind == 'ours':
+            where += f', {workers} workers'
+        self.name = f'{self.NAMES[kind]} ({where})'
+        self.short_name = self.name.split(' ', 1)[1] if kind == 'sync' \
+            else self.name
 
     def setup(self):
-        cls = gymnasium.vector.SyncVectorEnv if self.kind == 'sync' else \
-            gymnasium.vector.AsyncVectorEnv
+        fns = [self.env_fn] * self.n_envs
         same_step = gymnasium.vector.AutoresetMode.SAME_STEP
-        self.envs = cls([self.env_fn] * self.n_envs, autoreset_mode=same_step)
-        self.obs, _ = self.envs.reset(seed=self.seed)
+        if self.kind == 'sb3':
+            from stable_baselines3.common.vec_env import SubprocVecEnv
+            self.envs = SubprocVecEnv(fns)
+            self.envs.seed(self.seed)
+            self.obs = self.envs.reset()
+        else:
+            if self.kind == 'ours':
+                from sampler.vector import AsyncVectorEnv
+                self.envs = AsyncVectorEnv(fns, autoreset_mode=same_step,
+                                           n_workers=self.workers)
+            elif self.kind == 'sync':
+                self.envs = gymnasium.vector.SyncVectorEnv(
+                    fns, autoreset_mode=same_step)
+            else:
+                self.envs = gymnasium.vector.AsyncVectorEnv(
+                    fns, autoreset_mode=same_step, shared_memory=True)
+            self.obs, _ = self.envs.reset(seed=self.seed)
         self.steps = []
         self.recorder = EpisodeRecorder(self.n_envs)
 
     def call(self, n, params):
         if params is not None:
             self.agent.set_params(params)
+        if self.kind == 'sb3':
+            return self._call_sb3(n)
         envs, get_actions = self.envs, self.agent.get_actions
         keep = self.steps.append
         obs, transitions, episodes = self.obs, 0, 0
@@ -305,9 +335,29 @@ class VectorEnvRow(Row):
         self.obs = obs
         return Sample(transitions, episodes)
 
+    def _call_sb3(self, n):
+        envs, get_actions = self.envs, self.agent.get_actions
+        keep = self.steps.append
+        obs, transitions, episodes = self.obs, 0, 0
+        while transitions < n:
+            actions, _ = get_actions(obs)
+            next_obs, rewards, dones, infos = envs.step(actions)
+            truncs = np.array([i['TimeLimit.truncated'] for i in infos])
+            ended = int(dones.sum())
+            keep((obs, actions, rewards, dones & ~truncs, truncs, next_obs,
+                  [info.get('terminal_observation') for info in infos]
+                  if ended else None))
+            episodes += ended
+            transitions += self.n_envs
+            obs = next_obs
+        self.obs = obs
+        return Sample(transitions, episodes)
+
     def worker_pids(self):
         if self.kind == 'sync':
             return []
+        if self.kind == 'ours':
+            return self.envs._workers.sampler.worker_pids()
         return [p.pid for p in self.envs.processes]
 
     def check(self):

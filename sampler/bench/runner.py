@@ -82,29 +82,41 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
 
     per_worker = envs_per_worker if isinstance(envs_per_worker, tuple) \
         else (envs_per_worker,)
+    modes = mode.split(',')
+    counts = sweep_workers or (workers,)
     rows = [SamplerRow(BACKENDS[b], copy(), env_fn, workers=n,
                        envs_per_worker=k, seed=seed,
                        max_episode_length=max_episode_length,
                        progress=progress, mode=m, train_ms=train_ms,
                        train_sleep=train_sleep)
-            for b in backend.split(',') for m in mode.split(',')
-            for n in (sweep_workers or (workers,)) for k in per_worker]
+            for b in backend.split(',') for m in modes if m != 'vector'
+            for n in counts for k in per_worker]
+    # Mode vector: our vector env, the policy in this process, its
+    # n * k envs on n workers.
+    vector_envs = sorted({n * k for n in counts for k in per_worker}) \
+        if 'vector' in modes else []
+    rows += [VectorEnvRow('ours', n * k, copy(), env_fn, seed, workers=n)
+             for n in counts for k in per_worker if 'vector' in modes]
     if compare or baseline:
         rows.append(PlainLoopRow(copy(), env_fn, seed))
     vector = compare and 'vector' in compare_with
     if vector:
         rows += [VectorEnvRow('sync', n, copy(), env_fn, seed)
-                 for n in SYNC_ENVS]
+                 for n in vector_envs or SYNC_ENVS]
         rows += [VectorEnvRow('async', n, copy(), env_fn, seed)
-                 for n in ASYNC_ENVS]
+                 for n in vector_envs or ASYNC_ENVS]
+        if vector_envs:
+            found, notes = peers.sb3_rows(vector_envs, copy, env_fn, seed)
+            rows += found
+            if skipped is not None:
+                skipped += notes
     if compare and 'envpool' in compare_with:
         # envpool with as many envs as each of our rows over its envs,
         # beside its usual counts.
-        counts = set(peers.ENVPOOL_ENVS) | {
-            n * k for n in (sweep_workers or (workers,)) for k in per_worker
-            if k > 1}
+        pool_envs = set(peers.ENVPOOL_ENVS) | {
+            n * k for n in counts for k in per_worker if k > 1}
         found, notes = peers.peer_rows(env, copy, seed, step_cost_us,
-                                       counts)
+                                       pool_envs)
         rows += found
         if found:
             # Ours over the same C++ envs: what the sampler adds to them.
@@ -116,8 +128,8 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                                 progress=progress, mode=m,
                                 train_ms=train_ms, train_sleep=train_sleep,
                                 worker_class=EnvPoolWorker)
-                     for b in backend.split(',') for m in mode.split(',')
-                     for n in (sweep_workers or (workers,))
+                     for b in backend.split(',') for m in modes
+                     if m != 'vector' for n in counts
                      for k in per_worker if k > 1]
         if skipped is not None:
             skipped += notes
