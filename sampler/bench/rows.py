@@ -292,6 +292,11 @@ class VectorEnvRow(Row):
             else self.name
 
     def setup(self):
+        started = time.perf_counter()
+        self._setup()
+        self.startup_s = time.perf_counter() - started
+
+    def _setup(self):
         fns = [self.env_fn] * self.n_envs
         same_step = gymnasium.vector.AutoresetMode.SAME_STEP
         if self.kind == 'sb3':

@@ -292,6 +292,8 @@ def _summarise(row, log):
     peaks = [c['peak_rss_bytes'] for c in log if c['peak_rss_bytes']]
     if peaks:
         result['peak_rss_mb'] = max(peaks) / 1e6
+    if isinstance(row, VectorEnvRow):
+        result['vector_startup_s'] = row.startup_s
     if isinstance(row, SamplerRow):
         result['startup_s'] = row.startup_s
         result['median_mb_per_s'] = statistics.median(
@@ -394,6 +396,10 @@ def format_table(result):
                    f"{r['median_mb_per_s']:.1f} MB/s of episode data"
                    + ('' if memory is None else
                       f', caller peak memory {memory:.1f}x the batch'))
+    vectors = [r for r in result['rows'] if 'vector_startup_s' in r]
+    if vectors:
+        out.append('start-up (construction and first reset): ' + ', '.join(
+            f"{r['name']} {r['vector_startup_s']:.2f} s" for r in vectors))
     for note in result.get('skipped', ()):
         out.append(f'skipped: {note}')
     return '\n'.join(out)

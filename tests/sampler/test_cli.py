@@ -392,3 +392,27 @@ def test_parallel_loops_report_a_failing_env():
             row.call(100, None)
     finally:
         row.close()
+
+
+def test_vector_mode_times_our_vector_env_beside_the_others(tmp_path):
+    pytest.importorskip('stable_baselines3')
+    out, data = bench(tmp_path, '--mode', 'vector', '--compare',
+                      '--compare-with', 'vector', '--agent', 'random',
+                      '--samples', '200', '--iterations', '1')
+    names = [r['name'] for r in data['rows']]
+    # 4 envs a worker unless told: 8 envs on 2 workers, against the
+    # others' 8 envs.
+    assert names == [
+        'our AsyncVectorEnv (8 envs, 2 workers)', 'plain loop (1 process)',
+        'gymnasium SyncVectorEnv (8 envs)',
+        'gymnasium AsyncVectorEnv (8 envs)', 'SB3 SubprocVecEnv (8 envs)',
+        'plain loop x 2 processes (limit)',
+        'SyncVectorEnv (8 envs) x 2 processes (limit)']
+    ours = data['rows'][0]
+    assert ours['calls'][0]['transitions'] >= 200
+    assert ours['calls'][0]['transitions'] % 8 == 0
+    assert ours['workers_cpu_percent'] is not None
+    assert ours['vector_startup_s'] > 0
+    assert 'start-up (construction and first reset): our AsyncVectorEnv ' \
+        '(8 envs, 2 workers) ' in out
+    assert 'compare: ours run with' not in out
