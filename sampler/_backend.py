@@ -213,13 +213,18 @@ class Backend(Sampler):
         is still waited for stays in ``waiting``). A worker that failed
         raises its error, or, where it is replaced, has its result be
         :data:`RESTARTED`: the replacement has been sent nothing."""
-        # Replies to these commands come within microseconds: the
-        # backend may poll for them a moment before it sleeps.
-        self._spin_s = _framing.SPIN_S
+        # Replies to these commands come about as fast each time: the
+        # backend may poll for them a while before it sleeps.
+        spin = getattr(self, '_envs_spin', None)
+        if spin is None:
+            spin = self._envs_spin = _framing.Spin()
+        self._spin_s = spin.seconds()
+        started = time.perf_counter()
         try:
             return self._envs_wait_spinning(waiting, results, deadline)
         finally:
             self._spin_s = 0.0
+            spin.waited(time.perf_counter() - started)
 
     def _envs_wait_spinning(self, waiting, results, deadline):
         while waiting:

@@ -81,13 +81,32 @@ class _Held:
 
 _SIGINT = int(signal.SIGINT)
 
-#: How long a vector env's caller polls for its workers' replies, and a
-#: worker for the next command after a reply, before sleeping: replies and
-#: commands then come within microseconds, and a process that sleeps
-#: costs a wake-up on both sides (on a 2-CPU machine, a vector env of 8
-#: CartPoles on 2 workers stepped 1.5x faster with it). Each poll yields
-#: the CPU, so a process that needs it more gets it.
-SPIN_S = 300e-6
+
+class Spin:
+    """How long a process should poll for its next message before it
+    sleeps, learnt from how long it waited for the last ones.
+
+    A vector env's caller waits for its workers' replies, and a worker for
+    the next command, for about as long each step. A process that sleeps
+    costs a wake-up on both sides, which on a virtual machine can cost
+    longer than the step (on a 2-CPU machine, a vector env of 8 CartPoles
+    on 2 workers stepped 1.5x faster when both sides polled). So each
+    polls (yielding the CPU between polls, so that a process that needs
+    it more gets it) for twice the average wait, up to ``cap`` seconds;
+    where waits last longer than ``cap`` (a learner that trains between
+    steps), it does not poll at all."""
+
+    def __init__(self, first=300e-6, cap=5e-3):
+        self.average = first / 2
+        self.cap = cap
+
+    def seconds(self):
+        if self.average > self.cap:
+            return 0.0
+        return min(2 * self.average, self.cap)
+
+    def waited(self, seconds):
+        self.average += 0.2 * (seconds - self.average)
 
 
 def select_spinning(selector, timeout, spin_s):

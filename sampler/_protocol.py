@@ -66,9 +66,15 @@ for the actions they are sent, each command answered by one EnvsDone::
     ResetEnvs(seeds, options, mask) --->  reset the envs
     StepEnvs(actions) ----------------->  step each env, autoreset as the
                                           vector env's mode says
-    CallEnvs(name, args, kwargs) ------>  call or read an attribute
-    SetEnvAttrs(name, values) --------->  set one
-    <---------- EnvsDone(result)          rows per env; or Failed / Gone
+    CallEnvs(name, args, kwargs, how,
+             indices) ----------------->  call or read an attribute
+    SetEnvAttrs(name, values, outer,
+                indices) -------------->  set one
+    <---------- EnvsDone(result)          the worker's envs' observations
+                                          (one array where they stack),
+                                          rewards and flags, and infos
+                                          (merged over its envs, or one
+                                          per env); or Failed / Gone
 
 Replies, worker -> caller:
 

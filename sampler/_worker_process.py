@@ -29,6 +29,7 @@ import os
 import selectors
 import signal
 import socket
+import time
 from multiprocessing import parent_process
 
 
@@ -127,7 +128,7 @@ class _Loop:
 
     def serve(self):
         """Answer commands and run rounds until Exit or a failure."""
-        spin_s = 0.0
+        spin, spin_s, replied = _framing.Spin(), 0.0, None
         while True:
             # Handle every queued command before the next step, in order:
             # none is lost, and the last word decides the state. Idle,
@@ -141,6 +142,8 @@ class _Loop:
                     break
                 if any(key.data for key, _ in events):
                     raise _ParentGone
+                if replied is not None:
+                    spin.waited(time.perf_counter() - replied)
                 try:
                     command = self.command_reader.read()
                 except (EOFError, OSError):
@@ -150,8 +153,10 @@ class _Loop:
                 if not self._send_all(self.round.handle(command, arena)) \
                         or type(command) is Exit:
                     return
-                spin_s = _framing.SPIN_S if type(command) in ENV_COMMANDS \
-                    else 0.0
+                if type(command) in ENV_COMMANDS:
+                    spin_s, replied = spin.seconds(), time.perf_counter()
+                else:
+                    spin_s, replied = 0.0, None
             if self.round.active:
                 reply = self.round.step()
                 if reply is not None and not self._send_all([reply]):

@@ -12,11 +12,16 @@ shutdown), each stepping its share as ``SyncVectorEnv`` steps each env
 ``SetEnvAttrs`` -> ``EnvsDone``)::
 
     learner: actions (num_envs, ...)
-      --> per worker, its envs' rows --StepEnvs--> worker k: its envs step
-      <-- EnvsDone: per env observation, reward, flags, info (and final
-          observation and info in same_step mode)
-      --> in env order: observations concatenated into one batch, infos
-          merged with gymnasium's own _add_info
+      --> per worker, its envs' rows --StepEnvs--> worker k: its envs step,
+          their observations stacked, their infos merged as gymnasium's
+          _add_info merges them (over its envs)
+      <-- EnvsDone: the worker's observations, rewards, flags and infos
+      --> observations concatenated into one batch in env order, the
+          workers' infos merged into one dict (merge_info_blocks)
+
+The caller and the workers poll a while for each other's messages
+before sleeping (``sampler._framing.Spin``): a vector env's steps come
+and go at a steady beat, and a wake-up costs more than the poll.
 
 :class:`SubprocVecEnv` (``sampler/_sb3.py``, imported when asked for, as
 it needs stable-baselines3) is SB3's ``VecEnv`` on the same workers
@@ -42,7 +47,8 @@ from sampler._protocol import CallEnvs, ResetEnvs, SetEnvAttrs, StepEnvs
 from sampler.errors import SamplerError, WorkerError
 from sampler.sampler import available_cpus
 from workers.env_stepper import (EnvFns, EnvStepWorker, NoPolicy,
-                                 as_autoreset_mode, batch_infos, batch_rows)
+                                 as_autoreset_mode, batch_rows,
+                                 merge_info_blocks)
 
 
 #: Batched spaces whose batches are one array, iterated row by row.
@@ -88,7 +94,7 @@ class EnvWorkers:
     """
 
     def __init__(self, env_fns, *, n_workers, backend, autoreset_mode,
-                 start_method, backend_options):
+                 start_method, backend_options, merge_infos=False):
         self.n_envs = len(env_fns)
         if n_workers is None:
             n_workers = min(available_cpus(), self.n_envs)
@@ -114,7 +120,8 @@ class EnvWorkers:
         self.sampler = cls(
             NoPolicy(), [EnvFns(env_fns[a:a + n], a) for a, n in self.shares],
             n_workers=int(n_workers), worker_class=EnvStepWorker,
-            worker_args={'autoreset_mode': autoreset_mode}, seed=0,
+            worker_args={'autoreset_mode': autoreset_mode,
+                         'merge_infos': merge_infos}, seed=0,
             **options)
         self.pending = None  # what the pending call is, if one is
         self._waiting = self._results = None
@@ -306,7 +313,7 @@ class AsyncVectorEnv(VectorEnv):
             env_fns, n_workers=n_workers, backend=backend,
             autoreset_mode=self.autoreset_mode,
             start_method=context if backend == 'multiprocessing' else None,
-            backend_options=backend_options)
+            backend_options=backend_options, merge_infos=True)
         try:
             self._set_spaces(workers)
             self.metadata = dict(self._first_env('metadata'))
@@ -400,17 +407,17 @@ class AsyncVectorEnv(VectorEnv):
     def reset_wait(self, timeout=None):
         results = self._wait('reset', timeout)
         mask = self._reset_mask_sent
-        infos = [None] * self.num_envs
-        for k, (observations, env_infos) in results.items():
-            a, n = self._shares[k]
+        blocks = []
+        for k, (observations, infos) in sorted(results.items()):
             # The envs not reset keep their observations in the block.
             self._blocks[k] = observations
-            infos[a:a + n] = env_infos
+            blocks.append((*self._shares[k], infos))
         if mask is None:
             self._ended[:] = False
         else:
             self._ended[mask] = False
-        return self._observations(), batch_infos(self, infos)
+        return self._observations(), merge_info_blocks(self.num_envs,
+                                                       blocks)
 
     def step(self, actions):
         self.step_async(actions)
@@ -441,22 +448,20 @@ class AsyncVectorEnv(VectorEnv):
     def step_wait(self, timeout=None):
         results = self._wait('step', timeout)
         n_envs = self.num_envs
-        rewards = np.zeros(n_envs, dtype=np.float64)
-        terminated = np.zeros(n_envs, dtype=np.bool_)
-        truncated = np.zeros(n_envs, dtype=np.bool_)
-        infos, finals = [None] * n_envs, [None] * n_envs
+        rewards = np.empty(n_envs, dtype=np.float64)
+        terminated = np.empty(n_envs, dtype=np.bool_)
+        truncated = np.empty(n_envs, dtype=np.bool_)
+        blocks = []
         for k, (a, n) in enumerate(self._shares):
-            observations, rs, terms, truncs, env_infos, env_finals = \
-                results[k]
+            observations, rs, terms, truncs, infos, _ = results[k]
             self._blocks[k] = observations
             rewards[a:a + n] = rs
             terminated[a:a + n] = terms
             truncated[a:a + n] = truncs
-            infos[a:a + n] = env_infos
-            finals[a:a + n] = env_finals
+            blocks.append((a, n, infos))
         self._ended = terminated | truncated
         return (self._observations(), rewards, terminated, truncated,
-                batch_infos(self, infos, finals))
+                merge_info_blocks(n_envs, blocks))
 
     def call(self, name, *args, **kwargs):
         self.call_async(name, *args, **kwargs)

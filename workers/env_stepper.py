@@ -15,9 +15,12 @@ in env order, returns what ``SyncVectorEnv`` would::
     disabled   the caller resets envs itself (``reset_mask``); stepping an
                env whose episode ended is refused
 
-The worker sends rows per env (observations, rewards, flags, one info dict
-each, and in same_step mode each env's final observation and info or
-None); the caller merges the infos as gymnasium does.
+The worker sends its envs' observations (one array where they stack),
+rewards and flags, and either one info dict per env (and in same_step
+mode each env's final observation and info or None), or, with
+``merge_infos``, its envs' infos merged as gymnasium merges a vector
+env's (``_add_info``, over its own envs), which the caller puts together
+with :func:`merge_info_blocks`.
 """
 
 import numbers
@@ -103,6 +106,11 @@ class EnvStepWorker(Worker):
             envs are seeded by :meth:`reset_envs` as the caller says, and
             their episodes end where the envs end them.
         autoreset_mode: a ``gymnasium.vector.AutoresetMode`` or its value.
+        merge_infos: return the infos of its envs merged as gymnasium's
+            vector envs merge them (one dict of arrays with ``_key``
+            masks, over this worker's envs: :func:`merge_info_blocks` puts
+            the workers' together), with rewards and flags as arrays; else
+            one info dict per env, as the envs return them.
 
     Attributes:
         envs: its envs, in the vector env's order.
@@ -112,10 +120,11 @@ class EnvStepWorker(Worker):
     """
 
     def __init__(self, *, seed, max_episode_length, worker_number,
-                 autoreset_mode=AutoresetMode.NEXT_STEP):
+                 autoreset_mode=AutoresetMode.NEXT_STEP, merge_infos=False):
         super().__init__(seed=seed, max_episode_length=max_episode_length,
                          worker_number=worker_number)
         self.autoreset_mode = as_autoreset_mode(autoreset_mode)
+        self.merge_infos = bool(merge_infos)
         self.envs = []
         self.first_index = 0
         self.error_env = None
@@ -208,6 +217,8 @@ class EnvStepWorker(Worker):
                 self._ended[j] = False
         self._observations = observations
         self._done()
+        if self.merge_infos:
+            infos = batch_infos(_InfoMerger(n), infos)
         return self._stacked(observations), infos
 
     def step_envs(self, actions):
@@ -259,8 +270,15 @@ class EnvStepWorker(Worker):
             observations[j], infos[j] = obs, info
         self._observations = observations
         self._done()
-        return (self._stacked(observations), rewards, terminated, truncated,
-                infos, finals)
+        observations = self._stacked(observations)
+        if self.merge_infos:
+            # Arrays pickle many times faster than lists of numpy scalars,
+            # and merging here spares the caller the per-env work.
+            return (observations, np.asarray(rewards, np.float64),
+                    np.asarray(terminated, np.bool_),
+                    np.asarray(truncated, np.bool_),
+                    batch_infos(_InfoMerger(n), infos, finals), None)
+        return observations, rewards, terminated, truncated, infos, finals
 
     def _stacked(self, observations):
         """``observations`` as one array, where the observation space is
@@ -367,6 +385,57 @@ class EnvStepWorker(Worker):
         self._ended = []
         self._observations = []
         self._done()
+
+
+class _InfoMerger:
+    """What gymnasium's ``VectorEnv._add_info`` needs of its vector env:
+    ``num_envs``, and the method itself (it calls itself for nested
+    dicts)."""
+
+    _add_info = gymnasium.vector.VectorEnv._add_info
+
+    def __init__(self, num_envs):
+        self.num_envs = num_envs
+
+
+def merge_info_blocks(num_envs, blocks):
+    """The infos of a vector env of ``num_envs`` envs from its workers'
+    merged ones: ``blocks`` holds ``(first env, number of envs, infos
+    merged over them)`` in env order. The result is what gymnasium's
+    ``_add_info`` gives for every env's info in env order: a key's array
+    takes the type of its first env's value (the first block's that has
+    it), later values cast into it, envs without the key keep zero (None
+    in object arrays) and False in its ``_key`` mask."""
+    out = {}
+    for first, n, block in blocks:
+        _merge_block(out, block, first, n, num_envs)
+    return out
+
+
+def _merge_block(out, block, first, n, num_envs):
+    for key, value in block.items():
+        if key.startswith('_') and key[1:] in block:
+            continue  # the mask of key[1:], merged with it
+        mask_key = f'_{key}'
+        mask = block[mask_key]
+        if type(value) is dict:
+            array = _merge_block(out.get(key, {}), value, first, n, num_envs)
+        else:
+            array = out.get(key)
+            if array is None:
+                if value.dtype == object:
+                    array = np.full((num_envs, *value.shape[1:]), None,
+                                    dtype=object)
+                else:
+                    array = np.zeros((num_envs, *value.shape[1:]),
+                                     dtype=value.dtype)
+            array[first:first + n][mask] = value[mask]
+        merged = out.get(mask_key)
+        if merged is None:
+            merged = np.zeros(num_envs, dtype=np.bool_)
+        merged[first:first + n] |= mask
+        out[key], out[mask_key] = array, merged
+    return out
 
 
 def _is_wrapped(env, wrapper_class):

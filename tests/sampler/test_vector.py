@@ -3,6 +3,7 @@ step for step what SyncVectorEnv returns, gymnasium's errors for calls out
 of order, and errors from the envs that name where they came from."""
 
 import copy
+import functools
 import multiprocessing
 import time
 
@@ -306,3 +307,52 @@ def test_envs_whose_spaces_differ_are_refused_naming_the_env():
     with pytest.raises(ValueError, match='observation_mode must be "same", '
                                          '"different" or'):
         AsyncVectorEnv([box_env(1)], observation_mode='invalid')
+
+
+class MixedInfoEnv(gym.Env):
+    """Infos that test how they are merged across workers: a key whose
+    first value is an int on one env and a float on a later one, strings,
+    nested dicts, arrays, a key starting with an underscore, keys that
+    only some envs have at some steps."""
+
+    observation_space = gym.spaces.Box(-1, 1, (2,), np.float32)
+    action_space = gym.spaces.Discrete(2)
+
+    def __init__(self, index):
+        self.index = index
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self._t = 0
+        return np.zeros(2, np.float32), {'start': self.index}
+
+    def step(self, action):
+        self._t += 1
+        t, i = self._t, self.index
+        info = {'kind': 2.5 * t if i >= 3 else t, '_private': i}
+        if (t + i) % 2:
+            info['name'] = f'env {i}'
+            info['nested'] = {'a': np.float32(t), 'b': np.full(2, i)}
+        if i % 3 == 0:
+            info['vec'] = np.arange(3) * t
+        done = t >= 2 + i % 3
+        return (np.full(2, 0.1 * t, np.float32), 1.0, done and i % 2 == 0,
+                done and i % 2 == 1, info)
+
+
+@pytest.mark.parametrize('mode', list(AutoresetMode))
+def test_infos_merge_across_workers_as_gymnasium_merges_them(
+        mode, make_vector):
+    fns = [functools.partial(MixedInfoEnv, i) for i in range(6)]
+    ours = make_vector(fns, n_workers=3, autoreset_mode=mode)
+    sync = SyncVectorEnv(fns, autoreset_mode=mode)
+    assert_same_step(ours.reset(seed=0), sync.reset(seed=0))
+    for _ in range(8):
+        theirs = sync.step(np.ones(6, np.int64))
+        assert_same_step(ours.step(np.ones(6, np.int64)), theirs)
+        ended = theirs[2] | theirs[3]
+        if mode is AutoresetMode.DISABLED and ended.any():
+            assert_same_step(
+                ours.reset(options={'reset_mask': ended.copy()}),
+                sync.reset(options={'reset_mask': ended.copy()}))
+    sync.close()
