@@ -206,13 +206,15 @@ class Backend(Sampler):
             self._send(self._handles[i], command)
         return dict(commands)
 
-    def _envs_wait(self, waiting, results, deadline):
+    def _envs_wait(self, waiting, results, deadline, enough=None):
         """Wait for the EnvsDone of each worker in ``waiting`` (worker
         number -> command; answered ones are removed) into ``results``
-        (worker number -> result); False if ``deadline`` came first (what
-        is still waited for stays in ``waiting``). A worker that failed
-        raises its error, or, where it is replaced, has its result be
-        :data:`RESTARTED`: the replacement has been sent nothing."""
+        (worker number -> result, in the order they came), or, given
+        ``enough``, until ``enough(results)`` is true; False if
+        ``deadline`` came first (what is still waited for stays in
+        ``waiting``). A worker that failed raises its error, or, where it
+        is replaced, has its result be :data:`RESTARTED`: the replacement
+        has been sent nothing."""
         # Replies to these commands come about as fast each time: the
         # backend may poll for them a while before it sleeps.
         spin = getattr(self, '_envs_spin', None)
@@ -221,13 +223,14 @@ class Backend(Sampler):
         self._spin_s = spin.seconds()
         started = time.perf_counter()
         try:
-            return self._envs_wait_spinning(waiting, results, deadline)
+            return self._envs_wait_spinning(waiting, results, deadline,
+                                            enough)
         finally:
             self._spin_s = 0.0
             spin.waited(time.perf_counter() - started)
 
-    def _envs_wait_spinning(self, waiting, results, deadline):
-        while waiting:
+    def _envs_wait_spinning(self, waiting, results, deadline, enough):
+        while waiting and not (enough is not None and enough(results)):
             replies = self._wait(None, deadline)
             if replies is None:
                 return False

@@ -40,7 +40,8 @@ from gymnasium.error import (AlreadyPendingCallError,
 from gymnasium.spaces import Box, MultiBinary, MultiDiscrete, Space
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import (
-    batch_differing_spaces, batch_space, create_empty_array, iterate)
+    batch_differing_spaces, batch_space, concatenate, create_empty_array,
+    iterate)
 
 from sampler._backend import RESTARTED
 from sampler._protocol import CallEnvs, ResetEnvs, SetEnvAttrs, StepEnvs
@@ -186,21 +187,26 @@ class EnvWorkers:
         sampler = self.sampler
         # Sending reads nothing: no Ctrl-C guard for reads to set up.
         with sampler._one_call(f'{what}()', reads=False):
-            self._waiting = sampler._envs_send(commands)
-        self._results = {}
+            sent = sampler._envs_send(commands)
+        if what == 'recv' and self.pending == 'recv':
+            self._waiting.update(sent)  # more envs in flight
+        else:
+            self._waiting, self._results = sent, {}
         self.pending = what
 
-    def wait(self, timeout=None):
-        """The pending call's results (worker number -> result), or None
-        if ``timeout`` seconds ran out first (it stays pending). Raises an
-        env's error (see the class), or the backend's if the workers are
-        gone; either ends the call."""
+    def wait(self, timeout=None, enough=None):
+        """The pending call's results (worker number -> result, in the
+        order they came), or None if ``timeout`` seconds ran out first (it
+        stays pending). Given ``enough`` (the call ``'recv'``), as soon as
+        ``enough(results)``: what is still in flight stays pending. Raises
+        an env's error (see the class), or the backend's if the workers
+        are gone; either ends the call."""
         sampler = self.sampler
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             with sampler._one_call(f'{self.pending}_wait()'):
                 done = sampler._envs_wait(self._waiting, self._results,
-                                          deadline)
+                                          deadline, enough)
         except WorkerError as err:
             self.pending = None
             raise _as_env_error(err) from err.__cause__
@@ -212,9 +218,15 @@ class EnvWorkers:
         # the next call's.
         if not done:
             return None
-        assert RESTARTED not in self._results.values()
-        self.pending = None
-        return self._results
+        results, self._results = self._results, {}
+        assert RESTARTED not in results.values()
+        self.pending = 'recv' if enough is not None and self._waiting \
+            else None
+        return results
+
+    def in_flight(self):
+        """The workers whose replies to the pending call have not come."""
+        return list(self._waiting or ()) if self.pending else []
 
     def run(self, what, commands):
         """Send ``commands`` and wait for their results."""
@@ -256,6 +268,8 @@ class AsyncVectorEnv(VectorEnv):
         backend: ``"multiprocessing"`` (default), ``"ray"`` (envs on other
             machines) or ``"local"`` (in this process, for debugging).
         on_worker_error: ``"raise"``.
+        batch_size: how many envs :meth:`recv` returns (default all): a
+            multiple of the envs each worker holds, where it is not all.
         startup_timeout, shutdown_timeout, pin_workers, max_restarts: as
             the backend's options.
 
@@ -274,8 +288,10 @@ class AsyncVectorEnv(VectorEnv):
                  daemon=True, observation_mode='same',
                  autoreset_mode=AutoresetMode.NEXT_STEP, worker=None, *,
                  n_workers=None, backend='multiprocessing',
-                 on_worker_error='raise', **backend_options):
+                 on_worker_error='raise', batch_size=None,
+                 **backend_options):
         self._workers = None
+        self._ready = []  # replies received that recv() has not returned
         self.closed = False
         env_fns = list(env_fns)
         if not env_fns:
@@ -315,6 +331,8 @@ class AsyncVectorEnv(VectorEnv):
             start_method=context if backend == 'multiprocessing' else None,
             backend_options=backend_options, merge_infos=True)
         try:
+            self._shares = workers.shares
+            self.batch_size = self._check_batch_size(batch_size)
             self._set_spaces(workers)
             self.metadata = dict(self._first_env('metadata'))
             self.metadata['autoreset_mode'] = self.autoreset_mode
@@ -322,7 +340,6 @@ class AsyncVectorEnv(VectorEnv):
         except BaseException:
             self.close()
             raise
-        self._shares = workers.shares
         self.observations = None
         # Per worker, its envs' observations: one array (the worker
         # stacked them) or a list of one per env.
@@ -496,6 +513,147 @@ class AsyncVectorEnv(VectorEnv):
     def render(self):
         return self.call('render')
 
+    # Asynchronous batches, as envpool's ------------------------------------
+
+    def send(self, actions, env_ids=None):
+        """Step the envs ``env_ids`` (default all; whole workers' shares,
+        as :meth:`recv` returns them) with ``actions`` (one per id, in
+        that order) without waiting: their results come from
+        :meth:`recv`, so that the learner computes the next actions of
+        some envs while others step."""
+        self._assert_is_running()
+        pending = self._workers.pending
+        if pending not in (None, 'recv'):
+            msg = (f'Calling `send` while waiting for a pending call to '
+                   f'`{pending}` to complete')
+            raise AlreadyPendingCallError(msg, pending)
+        ids = np.arange(self.num_envs) if env_ids is None else \
+            np.asarray(env_ids).reshape(-1)
+        if ids.dtype.kind not in 'iu' or len(set(ids.tolist())) != len(ids) \
+                or (len(ids) and not 0 <= ids.min() <= ids.max()
+                    < self.num_envs):
+            msg = (f'env_ids must be distinct env indices from 0 to '
+                   f'{self.num_envs - 1}, got {env_ids!r}')
+            raise ValueError(msg)
+        position = {int(i): p for p, i in enumerate(ids)}
+        busy = set(self._workers.in_flight()) | {k for k, _ in self._ready}
+        commands = {}
+        for k, (a, n) in enumerate(self._shares):
+            held = [a + j in position for j in range(n)]
+            if not any(held):
+                continue
+            if not all(held):
+                msg = (f'env_ids must hold whole workers\' envs (as recv() '
+                       f'returns them): envs {a}..{a + n - 1} step together, '
+                       f'got only some of them in {ids.tolist()}')
+                raise ValueError(msg)
+            if k in busy:
+                msg = (f'envs {a}..{a + n - 1} are still stepping (sent and '
+                       f'not yet returned by recv())')
+                raise AlreadyPendingCallError(msg, 'recv')
+            commands[k] = [position[a + j] for j in range(n)]
+        if len(actions) != len(ids):
+            msg = (f'send got {len(actions)} actions for {len(ids)} '
+                   f'env_ids')
+            raise ValueError(msg)
+        if type(actions) is np.ndarray and \
+                type(self.action_space) in _ARRAY_SPACES:
+            rows = actions
+        else:
+            rows = list(iterate(batch_space(self.single_action_space,
+                                            len(ids)), actions))
+        if self.autoreset_mode is AutoresetMode.DISABLED:
+            ended = [int(i) for i in ids if self._ended[i]]
+            if ended:
+                msg = (f'envs {ended} ended their episodes and '
+                       f'autoreset_mode is DISABLED: reset them first')
+                raise ValueError(msg)
+        self._workers.send('recv', {
+            k: StepEnvs(rows[p] if type(rows) is np.ndarray
+                        else [rows[i] for i in p])
+            for k, p in commands.items()})
+
+    def recv(self, timeout=None):
+        """The results of the first ``batch_size`` envs whose steps (from
+        :meth:`send`) are done: ``(observations, rewards, terminated,
+        truncated, infos)`` as :meth:`step` returns them, over those envs,
+        with ``infos["env_id"]`` their indices (in the order of the rows)."""
+        self._assert_is_running()
+        size, shares = self.batch_size, self._shares
+        have = sum(shares[k][1] for k, _ in self._ready)
+        if have < size:
+            if self._workers.pending != 'recv':
+                msg = ('Calling `recv` without envs sent to step: call '
+                       '`send` first')
+                raise NoAsyncCallError(msg, 'recv')
+            results = self._workers.wait(timeout, enough=lambda r: have + sum(
+                shares[k][1] for k in r) >= size)
+            if results is None:
+                msg = (f'The call to `recv` has timed out after {timeout} '
+                       f'second(s); the envs still step: call recv again, '
+                       f'or close the vector env.')
+                raise multiprocessing.TimeoutError(msg)
+            self._ready += results.items()
+            have = sum(shares[k][1] for k, _ in self._ready)
+            if have < size:
+                msg = (f'recv returns batch_size={size} envs, but only '
+                       f'{have} were sent to step: send(actions, env_ids) '
+                       f'for more first')
+                raise ValueError(msg)
+        taken, count = [], 0
+        while count < size:
+            taken.append(self._ready.pop(0))
+            count += shares[taken[-1][0]][1]
+        return self._batch_of(taken)
+
+    def _batch_of(self, taken):
+        """The rows of the workers' replies ``taken`` as one batch."""
+        blocks, ids, info_blocks, position = [], [], [], 0
+        rewards, terminated, truncated = [], [], []
+        for k, (observations, rs, terms, truncs, infos, _) in taken:
+            a, n = self._shares[k]
+            self._blocks[k] = observations
+            self._ended[a:a + n] = terms | truncs
+            blocks.append(observations)
+            rewards.append(rs)
+            terminated.append(terms)
+            truncated.append(truncs)
+            ids.append(np.arange(a, a + n, dtype=np.int32))
+            info_blocks.append((position, n, infos))
+            position += n
+        if all(type(b) is np.ndarray for b in blocks):
+            observations = np.concatenate(blocks)
+        else:
+            space = self.single_observation_space
+            observations = concatenate(
+                space, [row for block in blocks for row in block],
+                create_empty_array(space, position))
+        infos = merge_info_blocks(position, info_blocks)
+        infos['env_id'] = np.concatenate(ids)
+        return (observations, np.concatenate(rewards),
+                np.concatenate(terminated), np.concatenate(truncated), infos)
+
+    def _check_batch_size(self, batch_size):
+        n_envs = self.num_envs
+        if batch_size is None:
+            return n_envs
+        sizes = {n for _, n in self._shares}
+        if not isinstance(batch_size, numbers.Integral) or \
+                isinstance(batch_size, bool) or \
+                not 1 <= batch_size <= n_envs:
+            msg = (f'batch_size must be an int from 1 to num_envs={n_envs}, '
+                   f'got {batch_size!r}')
+            raise ValueError(msg)
+        if batch_size != n_envs and (len(sizes) > 1 or
+                                     batch_size % sizes.pop()):
+            msg = (f'batch_size={batch_size}: recv returns whole workers\' '
+                   f'envs, and the {len(self._shares)} workers hold '
+                   f'{[n for _, n in self._shares]} envs; give a multiple '
+                   f'of the envs a worker holds (num_envs a multiple of '
+                   f'n_workers)')
+            raise ValueError(msg)
+        return int(batch_size)
+
     def close_extras(self, timeout=None, terminate=False):
         """End the workers. A call still pending is not waited for (its
         results would be thrown away): the workers are told to leave, and
@@ -521,6 +679,8 @@ class AsyncVectorEnv(VectorEnv):
 
     def _assert_no_call(self, what):
         pending = self._workers.pending
+        if pending is None and self._ready:
+            pending = 'recv'  # results received that recv has not returned
         if pending is not None:
             msg = (f'Calling `{what}` while waiting for a pending call to '
                    f'`{pending}` to complete')

@@ -356,3 +356,67 @@ def test_infos_merge_across_workers_as_gymnasium_merges_them(
                 ours.reset(options={'reset_mask': ended.copy()}),
                 sync.reset(options={'reset_mask': ended.copy()}))
     sync.close()
+
+
+def test_send_and_recv_return_the_envs_that_are_ready_first(make_vector):
+    # Worker 1's envs are slow: with batch_size 2, worker 0's come first.
+    fns = [lambda: SlowCountEnv(0.0)] * 2 + [lambda: SlowCountEnv(0.3)] * 2
+    envs = make_vector(fns, n_workers=2, batch_size=2)
+    sync = SyncVectorEnv(fns)
+    envs.reset(seed=0)
+    sync.reset(seed=0)
+    envs.send(np.zeros(4, np.int64))
+    obs, rewards, term, trunc, infos = envs.recv()
+    assert infos['env_id'].tolist() == [0, 1]
+    assert obs.ravel().tolist() == [1, 1]
+    with pytest.raises(AlreadyPendingCallError, match='still stepping'):
+        envs.send(np.zeros(2, np.int64), env_ids=[2, 3])
+    with pytest.raises(AlreadyPendingCallError):
+        envs.step(np.zeros(4, np.int64))  # not while envs are in flight
+    envs.send(np.zeros(2, np.int64), env_ids=infos['env_id'])
+    obs, *_, infos = envs.recv()  # the fast ones again: the slow still step
+    assert infos['env_id'].tolist() == [0, 1]
+    assert obs.ravel().tolist() == [2, 2]
+    obs, *_, infos = envs.recv()
+    assert infos['env_id'].tolist() == [2, 3]
+    assert obs.ravel().tolist() == [1, 1]
+    with pytest.raises(NoAsyncCallError, match='send` first'):
+        envs.recv()
+    with pytest.raises(ValueError, match='whole workers'):
+        envs.send(np.zeros(1, np.int64), env_ids=[1])
+    # All sent, all received: lock-step calls work again.
+    envs.send(np.zeros(4, np.int64))
+    envs.recv()
+    envs.recv()
+    assert envs.step(np.zeros(4, np.int64))[0].ravel().tolist() == [4, 4, 3, 3]
+
+
+def test_send_and_recv_step_as_sync_vector_env_does(vector_backend,
+                                                    make_vector):
+    fns = [InfoEnv] * 4
+    ours = make_vector(fns, n_workers=2, batch_size=2,
+                       backend=vector_backend)
+    sync = SyncVectorEnv(fns)
+    ours.reset(seed=3)
+    sync.reset(seed=3)
+    rng = np.random.default_rng(0)
+    for _ in range(15):
+        actions = rng.integers(0, 3, 4)
+        theirs = sync.step(actions)
+        ours.send(actions)
+        parts = [ours.recv(), ours.recv()]
+        ids = np.concatenate([p[4]['env_id'] for p in parts])
+        assert sorted(ids.tolist()) == [0, 1, 2, 3]
+        order = np.argsort(ids)
+        for field in range(4):
+            got = np.concatenate([p[field] for p in parts])[order]
+            np.testing.assert_array_equal(got, theirs[field])
+    sync.close()
+
+
+def test_batch_size_must_fit_the_workers_shares():
+    with pytest.raises(ValueError, match=r'batch_size=3: recv returns whole '
+                                         r"workers' envs"):
+        AsyncVectorEnv([InfoEnv] * 4, n_workers=2, batch_size=3)
+    with pytest.raises(ValueError, match='batch_size must be an int'):
+        AsyncVectorEnv([InfoEnv] * 4, n_workers=2, batch_size=0)
