@@ -96,7 +96,7 @@ class Spin:
     where waits last longer than ``cap`` (a learner that trains between
     steps), it does not poll at all."""
 
-    def __init__(self, first=300e-6, cap=5e-3):
+    def __init__(self, first=300e-6, cap=1e-3):
         self.average = first / 2
         self.cap = cap
 

@@ -47,8 +47,8 @@ from sampler._backend import RESTARTED
 from sampler._protocol import CallEnvs, ResetEnvs, SetEnvAttrs, StepEnvs
 from sampler.errors import SamplerError, WorkerError
 from sampler.sampler import available_cpus
-from workers.env_stepper import (EnvFns, EnvStepWorker, NoPolicy,
-                                 as_autoreset_mode, batch_rows,
+from workers.env_stepper import (EnvFns, EnvStepWorker, InfoMerger,
+                                 NoPolicy, as_autoreset_mode, batch_rows,
                                  merge_info_blocks)
 
 
@@ -126,6 +126,10 @@ class EnvWorkers:
             **options)
         self.pending = None  # what the pending call is, if one is
         self._waiting = self._results = None
+        self._sent = {}  # worker number -> the last command sent to it
+        #: workers replaced during the pending step: their result is that
+        #: of the reset of their envs (ResetEnvs), not of the step
+        self.restarted = set()
         try:
             #: per env, its observation space and its action space
             self.observation_spaces = self._read_spaces('observation_space')
@@ -192,6 +196,7 @@ class EnvWorkers:
             self._waiting.update(sent)  # more envs in flight
         else:
             self._waiting, self._results = sent, {}
+        self._sent.update(commands)
         self.pending = what
 
     def wait(self, timeout=None, enough=None):
@@ -207,6 +212,11 @@ class EnvWorkers:
             with sampler._one_call(f'{self.pending}_wait()'):
                 done = sampler._envs_wait(self._waiting, self._results,
                                           deadline, enough)
+                while done and any(r is RESTARTED
+                                   for r in self._results.values()):
+                    self._resend(sampler)
+                    done = sampler._envs_wait(self._waiting, self._results,
+                                              deadline, enough)
         except WorkerError as err:
             self.pending = None
             raise _as_env_error(err) from err.__cause__
@@ -219,10 +229,25 @@ class EnvWorkers:
         if not done:
             return None
         results, self._results = self._results, {}
-        assert RESTARTED not in results.values()
+        assert not any(r is RESTARTED for r in results.values())
         self.pending = 'recv' if enough is not None and self._waiting \
             else None
         return results
+
+    def _resend(self, sampler):
+        """Send each replaced worker its command again; a step cannot be
+        redone by envs built anew, which are reset instead."""
+        again = {}
+        for k, result in list(self._results.items()):
+            if result is RESTARTED:
+                del self._results[k]
+                command = self._sent[k]
+                if type(command) is StepEnvs:
+                    command = ResetEnvs()
+                    self.restarted.add(k)
+                again[k] = command
+        self._sent.update(again)
+        self._waiting.update(sampler._envs_send(again))
 
     def in_flight(self):
         """The workers whose replies to the pending call have not come."""
@@ -267,7 +292,14 @@ class AsyncVectorEnv(VectorEnv):
             env).
         backend: ``"multiprocessing"`` (default), ``"ray"`` (envs on other
             machines) or ``"local"`` (in this process, for debugging).
-        on_worker_error: ``"raise"``.
+        on_worker_error: ``"raise"`` (a worker that dies raises
+            :class:`~sampler.WorkerCrashedError`) or ``"restart"``: it is
+            replaced (at most ``max_restarts`` times), its envs built anew
+            and reset, and the step comes back for them truncated, with
+            the reset's observations, reward 0 and
+            ``infos["worker_restarted"]`` True (in same_step mode
+            ``final_obs`` is their last observation before it). An env
+            that raises still raises: only a dead worker is replaced.
         batch_size: how many envs :meth:`recv` returns (default all): a
             multiple of the envs each worker holds, where it is not all.
         startup_timeout, shutdown_timeout, pin_workers, max_restarts: as
@@ -302,9 +334,9 @@ class AsyncVectorEnv(VectorEnv):
                    f'worker out (or use gymnasium.vector.AsyncVectorEnv for '
                    f'one)')
             raise ValueError(msg)
-        if on_worker_error != 'raise':
-            msg = (f'on_worker_error={on_worker_error!r}: AsyncVectorEnv '
-                   f'takes only "raise" so far')
+        if on_worker_error not in ('raise', 'restart'):
+            msg = (f'on_worker_error must be "raise" or "restart", got '
+                   f'{on_worker_error!r}')
             raise ValueError(msg)
         self.env_fns = env_fns
         self.num_envs = len(env_fns)
@@ -329,7 +361,9 @@ class AsyncVectorEnv(VectorEnv):
             env_fns, n_workers=n_workers, backend=backend,
             autoreset_mode=self.autoreset_mode,
             start_method=context if backend == 'multiprocessing' else None,
-            backend_options=backend_options, merge_infos=True)
+            backend_options=dict(backend_options,
+                                 on_worker_error=on_worker_error),
+            merge_infos=True)
         try:
             self._shares = workers.shares
             self.batch_size = self._check_batch_size(batch_size)
@@ -463,7 +497,7 @@ class AsyncVectorEnv(VectorEnv):
             lambda k, a, n: StepEnvs(rows[a:a + n])))
 
     def step_wait(self, timeout=None):
-        results = self._wait('step', timeout)
+        results = self._replaced(self._wait('step', timeout))
         n_envs = self.num_envs
         rewards = np.empty(n_envs, dtype=np.float64)
         terminated = np.empty(n_envs, dtype=np.bool_)
@@ -604,7 +638,28 @@ class AsyncVectorEnv(VectorEnv):
         while count < size:
             taken.append(self._ready.pop(0))
             count += shares[taken[-1][0]][1]
-        return self._batch_of(taken)
+        replaced = self._replaced(dict(taken))
+        return self._batch_of([(k, replaced[k]) for k, _ in taken])
+
+    def _replaced(self, results):
+        """``results`` of a step, where a worker that died and was
+        replaced has the result of its envs' reset instead: as a step
+        that truncated their episodes (see ``on_worker_error``)."""
+        for k in self._workers.restarted & set(results):
+            self._workers.restarted.discard(k)
+            a, n = self._shares[k]
+            observations, infos = results[k]
+            merger = InfoMerger(n)
+            if self.autoreset_mode is AutoresetMode.SAME_STEP:
+                last = self._blocks[k]
+                for j in range(n):
+                    infos = merger._add_info(
+                        infos, {'final_obs': last[j], 'final_info': {}}, j)
+            for j in range(n):
+                infos = merger._add_info(infos, {'worker_restarted': True}, j)
+            results[k] = (observations, np.zeros(n), np.zeros(n, np.bool_),
+                          np.ones(n, np.bool_), infos, None)
+        return results
 
     def _batch_of(self, taken):
         """The rows of the workers' replies ``taken`` as one batch."""

@@ -218,7 +218,7 @@ class EnvStepWorker(Worker):
         self._observations = observations
         self._done()
         if self.merge_infos:
-            infos = batch_infos(_InfoMerger(n), infos)
+            infos = batch_infos(InfoMerger(n), infos)
         return self._stacked(observations), infos
 
     def step_envs(self, actions):
@@ -277,7 +277,7 @@ class EnvStepWorker(Worker):
             return (observations, np.asarray(rewards, np.float64),
                     np.asarray(terminated, np.bool_),
                     np.asarray(truncated, np.bool_),
-                    batch_infos(_InfoMerger(n), infos, finals), None)
+                    batch_infos(InfoMerger(n), infos, finals), None)
         return observations, rewards, terminated, truncated, infos, finals
 
     def _stacked(self, observations):
@@ -387,7 +387,7 @@ class EnvStepWorker(Worker):
         self._done()
 
 
-class _InfoMerger:
+class InfoMerger:
     """What gymnasium's ``VectorEnv._add_info`` needs of its vector env:
     ``num_envs``, and the method itself (it calls itself for nested
     dicts)."""

@@ -420,3 +420,45 @@ def test_batch_size_must_fit_the_workers_shares():
         AsyncVectorEnv([InfoEnv] * 4, n_workers=2, batch_size=3)
     with pytest.raises(ValueError, match='batch_size must be an int'):
         AsyncVectorEnv([InfoEnv] * 4, n_workers=2, batch_size=0)
+
+
+@pytest.mark.parametrize('mode', [AutoresetMode.NEXT_STEP,
+                                  AutoresetMode.SAME_STEP])
+@pytest.mark.parametrize('backend', ['multiprocessing', 'ray'])
+def test_a_dead_worker_is_replaced_and_its_envs_step_truncated(
+        backend, mode, make_vector, tmp_path, request):
+    if backend == 'ray':
+        request.getfixturevalue('ray_runtime')
+    marker = str(tmp_path / 'crashed')  # only the first env to get there
+    fns = [lambda: FaultyEnv('none')] * 2 + [
+        lambda: CrashEnv('exit', after=2, marker=marker)] * 2
+    envs = make_vector(fns, n_workers=2, on_worker_error='restart',
+                       autoreset_mode=mode, backend=backend)
+    envs.reset(seed=0)
+    zeros = np.zeros(4, np.int64)
+    for _ in range(2):
+        assert 'worker_restarted' not in envs.step(zeros)[4]
+    obs, rewards, term, trunc, infos = envs.step(zeros)  # worker 1 dies
+    assert trunc.tolist() == [False, False, True, True]
+    assert not term.any() and rewards.tolist() == [1, 1, 0, 0]
+    assert infos['worker_restarted'].tolist() == [False, False, True, True]
+    assert infos['_worker_restarted'].tolist() == [False, False, True, True]
+    np.testing.assert_allclose(obs[:, 0], [0.03, 0.03, 0.0, 0.0])
+    if mode is AutoresetMode.SAME_STEP:
+        assert infos['_final_obs'].tolist() == [False, False, True, True]
+        np.testing.assert_allclose(infos['final_obs'][2], [0.02] * 3)
+    assert envs._workers.sampler.stats['worker_restarts'] == 1
+    obs, *_ = envs.step(zeros)  # and on it goes, from the new episodes
+    np.testing.assert_allclose(obs[:, 0], [0.04, 0.04, 0.01, 0.01])
+
+
+def test_restarts_stop_at_max_restarts(make_vector):
+    fns = [lambda: FaultyEnv('none'), lambda: CrashEnv('exit', after=1)]
+    envs = make_vector(fns, n_workers=2, on_worker_error='restart',
+                       max_restarts=1)
+    envs.reset(seed=0)
+    truncated = 0
+    with pytest.raises(WorkerCrashedError, match='worker 1'):
+        for _ in range(10):
+            truncated += int(envs.step(np.zeros(2, np.int64))[3][1])
+    assert truncated == 1  # the first death was healed, the second not
