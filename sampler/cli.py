@@ -149,8 +149,10 @@ each call, untimed.
 @click.option('--train-sleep', is_flag=True,
               help='train by sleeping instead, as a learner waiting on a '
                    'GPU does (the CPUs stay free for the workers)')
-@click.option('--agent', type=click.Choice(['mlp', 'random']), default='mlp',
-              show_default=True, help='numpy MLP policy or random actions')
+@click.option('--agent', type=click.Choice(['mlp', 'random', 'cnn']),
+              default='mlp', show_default=True,
+              help='numpy MLP policy, random actions, or the Nature CNN in '
+                   'torch (Atari ids; torch extra)')
 @click.option('--samples', type=click.IntRange(min=1), default=20000,
               show_default=True, help='transitions per call')
 @click.option('--iterations', type=click.IntRange(min=1), default=5,

@@ -274,6 +274,7 @@ class VectorEnvRow(Row):
     NAMES = {'sync': 'gymnasium SyncVectorEnv',
              'async': 'gymnasium AsyncVectorEnv',
              'ours': 'our AsyncVectorEnv',
+             'ours-send-recv': 'our AsyncVectorEnv send/recv',
              'sb3': 'SB3 SubprocVecEnv'}
 
     def __init__(self, kind, n_envs, agent, env_fn, seed, workers=None):
@@ -285,7 +286,7 @@ class VectorEnvRow(Row):
         self.workers = workers
         self.single_process = kind == 'sync'
         where = f'{n_envs} envs'
-        if kind == 'ours':
+        if kind.startswith('ours'):
             where += f', {workers} workers'
         self.name = f'{self.NAMES[kind]} ({where})'
         self.short_name = self.name.split(' ', 1)[1] if kind == 'sync' \
@@ -305,10 +306,15 @@ class VectorEnvRow(Row):
             self.envs.seed(self.seed)
             self.obs = self.envs.reset()
         else:
-            if self.kind == 'ours':
+            if self.kind.startswith('ours'):
                 from sampler.vector import AsyncVectorEnv
+                # send/recv: the policy acts for one worker's envs while
+                # the others' step.
+                batch = self.n_envs // self.workers \
+                    if self.kind == 'ours-send-recv' else None
                 self.envs = AsyncVectorEnv(fns, autoreset_mode=same_step,
-                                           n_workers=self.workers)
+                                           n_workers=self.workers,
+                                           batch_size=batch)
             elif self.kind == 'sync':
                 self.envs = gymnasium.vector.SyncVectorEnv(
                     fns, autoreset_mode=same_step)
@@ -316,6 +322,7 @@ class VectorEnvRow(Row):
                 self.envs = gymnasium.vector.AsyncVectorEnv(
                     fns, autoreset_mode=same_step, shared_memory=True)
             self.obs, _ = self.envs.reset(seed=self.seed)
+        self.sent = False
         self.steps = []
         self.recorder = EpisodeRecorder(self.n_envs)
 
@@ -324,6 +331,8 @@ class VectorEnvRow(Row):
             self.agent.set_params(params)
         if self.kind == 'sb3':
             return self._call_sb3(n)
+        if self.kind == 'ours-send-recv':
+            return self._call_send_recv(n)
         envs, get_actions = self.envs, self.agent.get_actions
         keep = self.steps.append
         obs, transitions, episodes = self.obs, 0, 0
@@ -338,6 +347,30 @@ class VectorEnvRow(Row):
             transitions += self.n_envs
             obs = next_obs
         self.obs = obs
+        return Sample(transitions, episodes)
+
+    def _call_send_recv(self, n):
+        envs, get_actions = self.envs, self.agent.get_actions
+        keep = self.steps.append
+        if not self.sent:  # every env's first actions
+            self.sent_actions, _ = get_actions(self.obs)
+            self.sent_obs = self.obs
+            envs.send(self.sent_actions)
+            self.sent = True
+        transitions = episodes = 0
+        while transitions < n:
+            next_obs, rewards, terms, truncs, infos = envs.recv()
+            ids = infos['env_id']
+            done = terms | truncs
+            ended = int(done.sum())
+            keep((ids, self.sent_obs[ids], self.sent_actions[ids], rewards,
+                  terms, truncs, next_obs,
+                  infos['final_obs'] if ended else None))
+            actions, _ = get_actions(next_obs)
+            envs.send(actions, ids)
+            self.sent_obs[ids], self.sent_actions[ids] = next_obs, actions
+            episodes += ended
+            transitions += len(ids)
         return Sample(transitions, episodes)
 
     def _call_sb3(self, n):
@@ -361,17 +394,30 @@ class VectorEnvRow(Row):
     def worker_pids(self):
         if self.kind == 'sync':
             return []
-        if self.kind == 'ours':
+        if self.kind.startswith('ours'):
             return self.envs._workers.sampler.worker_pids()
         return [p.pid for p in self.envs.processes]
 
     def check(self):
+        if self.kind == 'ours-send-recv':
+            self._check_send_recv()
+            return
         for obs, actions, rewards, terms, truncs, next_obs, final in \
                 self.steps:
             for i in range(self.n_envs):
                 last = final[i] if terms[i] or truncs[i] else next_obs[i]
                 self.recorder.record(i, obs[i], actions[i], rewards[i],
                                      terms[i], truncs[i], last)
+        self.steps = []
+        self.recorder.completed_batch()
+
+    def _check_send_recv(self):
+        for ids, obs, actions, rewards, terms, truncs, next_obs, final in \
+                self.steps:
+            for p, i in enumerate(ids):
+                last = final[p] if terms[p] or truncs[p] else next_obs[p]
+                self.recorder.record(i, obs[p], actions[p], rewards[p],
+                                     terms[p], truncs[p], last)
         self.steps = []
         self.recorder.completed_batch()
 

@@ -39,6 +39,7 @@ import psutil
 
 from sampler import ray_sampler
 from sampler.bench import envs as bench_envs, peers
+from sampler.bench.agents import nature_cnn_agent
 from sampler.bench.rows import (ParallelLoopsRow, PlainLoopRow, SamplerRow,
                                 VectorEnvRow)
 from sampler.local_sampler import LocalSampler
@@ -57,6 +58,9 @@ def make_agent(kind, env_fn, seed):
     try:
         if kind == 'random':
             return RandomAgent(env.action_space, seed=seed)
+        if kind == 'cnn':
+            return nature_cnn_agent(env.observation_space, env.action_space,
+                                    seed)
         return MLPAgent(env.observation_space, env.action_space, seed=seed)
     finally:
         env.close()
@@ -95,8 +99,9 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
     # n * k envs on n workers.
     vector_envs = sorted({n * k for n in counts for k in per_worker}) \
         if 'vector' in modes else []
-    rows += [VectorEnvRow('ours', n * k, copy(), env_fn, seed, workers=n)
-             for n in counts for k in per_worker if 'vector' in modes]
+    rows += [VectorEnvRow(kind, n * k, copy(), env_fn, seed, workers=n)
+             for n in counts for k in per_worker if 'vector' in modes
+             for kind in ('ours', 'ours-send-recv')]
     if compare or baseline:
         rows.append(PlainLoopRow(copy(), env_fn, seed))
     vector = compare and 'vector' in compare_with
