@@ -36,9 +36,15 @@ class SubprocVecEnv(VecEnv):
             env); SB3's ``SubprocVecEnv`` starts one per env.
         backend: ``"multiprocessing"`` (default), ``"ray"`` or
             ``"local"``.
-        on_worker_error: ``"raise"``.
-        startup_timeout, shutdown_timeout, pin_workers: as the backend's
-            options.
+        on_worker_error: ``"raise"`` (a worker that dies raises
+            :class:`~sampler.WorkerCrashedError`) or ``"restart"``: it is
+            replaced (at most ``max_restarts`` times), its envs built anew
+            and reset, and their step comes back done, truncated
+            (``"TimeLimit.truncated"``), with reward 0, their last
+            observation as ``"terminal_observation"`` and
+            ``"worker_restarted"`` True in their infos.
+        max_restarts, startup_timeout, shutdown_timeout, pin_workers: as
+            the backend's options.
 
     An env that raises in a worker raises here as in
     :class:`sampler.vector.AsyncVectorEnv`: a :class:`~sampler.WorkerError`
@@ -55,16 +61,19 @@ class SubprocVecEnv(VecEnv):
         env_fns = list(env_fns)
         if not env_fns:
             raise ValueError('env_fns must hold at least one env constructor')
-        if on_worker_error != 'raise':
-            msg = (f'on_worker_error={on_worker_error!r}: SubprocVecEnv '
-                   f'takes only "raise" so far')
+        if on_worker_error not in ('raise', 'restart'):
+            msg = (f'on_worker_error must be "raise" or "restart", got '
+                   f'{on_worker_error!r}')
             raise ValueError(msg)
         if start_method is not None:
             multiprocessing.get_context(start_method)  # SB3's error
         self._workers = EnvWorkers(
             env_fns, n_workers=n_workers, backend=backend,
             autoreset_mode=AutoresetMode.SAME_STEP,
-            start_method=start_method, backend_options=backend_options)
+            start_method=start_method,
+            backend_options=dict(backend_options,
+                                 on_worker_error=on_worker_error))
+        self._last = {}  # worker number -> its envs' last observations
         self.closed = False
         try:
             self._workers.check_same('observation_space')
@@ -84,6 +93,7 @@ class SubprocVecEnv(VecEnv):
         for k in range(len(self._workers.shares)):
             obs, infos = results[k]
             observations.append(obs)
+            self._last[k] = obs
             self.reset_infos += infos
         # Seeds and options are for one reset, as SB3's vec envs take them.
         self._reset_seeds()
@@ -113,8 +123,11 @@ class SubprocVecEnv(VecEnv):
         self.waiting = False
         observations, rewards, dones, infos = [], [], [], []
         for k, (a, n) in enumerate(self._workers.shares):
+            if k in self._workers.restarted:
+                results[k] = self._restarted(k, n, results[k])
             obs, rs, terms, truncs, env_infos, finals = results[k]
             observations.append(obs)
+            self._last[k] = obs
             rewards += rs
             for j in range(n):
                 dones.append(bool(terms[j] or truncs[j]))
@@ -129,6 +142,16 @@ class SubprocVecEnv(VecEnv):
                 infos.append(info)
         return (_stack(self.observation_space, observations),
                 np.stack(rewards), np.stack(dones), infos)
+
+    def _restarted(self, k, n, reset):
+        """The reset of a replaced worker's envs as the step that ended
+        their episodes (see ``on_worker_error``)."""
+        self._workers.restarted.discard(k)
+        observations, reset_infos = reset
+        last = self._last.get(k, [None] * n)
+        finals = [(last[j], {'worker_restarted': True}) for j in range(n)]
+        return (observations, [0.0] * n, [False] * n, [True] * n,
+                reset_infos, finals)
 
     def close(self):
         if self.closed:

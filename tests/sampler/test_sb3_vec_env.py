@@ -119,3 +119,24 @@ def test_without_stable_baselines3_it_says_what_to_install(monkeypatch):
     with pytest.raises(ImportError,
                        match=r'pip install "rollout-sampler\[sb3\]"'):
         from sampler.vector import SubprocVecEnv  # noqa: F401
+
+
+def test_a_dead_worker_is_replaced_and_its_envs_come_back_done(
+        make_vec, tmp_path):
+    from helpers import CrashEnv
+    marker = str(tmp_path / 'crashed')
+    envs = make_vec([lambda: FaultyEnv('none')] * 2 + [
+        lambda: CrashEnv('exit', after=1, marker=marker)] * 2,
+        n_workers=2, on_worker_error='restart')
+    envs.reset()
+    envs.step(np.zeros(4, np.int64))
+    obs, rewards, dones, infos = envs.step(np.zeros(4, np.int64))
+    assert dones.tolist() == [False, False, True, True]
+    assert rewards.tolist() == [1.0, 1.0, 0.0, 0.0]
+    for info in infos[2:]:
+        assert info['worker_restarted'] and info['TimeLimit.truncated']
+        np.testing.assert_allclose(info['terminal_observation'], [0.01] * 3)
+    assert 'worker_restarted' not in infos[0]
+    np.testing.assert_allclose(obs[:, 0], [0.02, 0.02, 0.0, 0.0])
+    obs, *_ = envs.step(np.zeros(4, np.int64))  # and on it goes
+    np.testing.assert_allclose(obs[:, 0], [0.03, 0.03, 0.01, 0.01])
