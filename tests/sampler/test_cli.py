@@ -403,7 +403,9 @@ def test_vector_mode_times_our_vector_env_beside_the_others(tmp_path):
     # 4 envs a worker unless told: 8 envs on 2 workers, against the
     # others' 8 envs.
     assert names == [
-        'our AsyncVectorEnv (8 envs, 2 workers)', 'plain loop (1 process)',
+        'our AsyncVectorEnv (8 envs, 2 workers)',
+        'our AsyncVectorEnv send/recv (8 envs, 2 workers)',
+        'plain loop (1 process)',
         'gymnasium SyncVectorEnv (8 envs)',
         'gymnasium AsyncVectorEnv (8 envs)', 'SB3 SubprocVecEnv (8 envs)',
         'plain loop x 2 processes (limit)',
@@ -413,6 +415,9 @@ def test_vector_mode_times_our_vector_env_beside_the_others(tmp_path):
     assert ours['calls'][0]['transitions'] % 8 == 0
     assert ours['workers_cpu_percent'] is not None
     assert ours['vector_startup_s'] > 0
+    # send/recv: one worker's 4 envs a batch
+    assert data['rows'][1]['calls'][0]['transitions'] % 4 == 0
+    assert data['rows'][1]['calls'][0]['transitions'] >= 200
     assert 'start-up (construction and first reset): our AsyncVectorEnv ' \
         '(8 envs, 2 workers) ' in out
     assert 'compare: ours run with' not in out
