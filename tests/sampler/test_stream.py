@@ -72,8 +72,12 @@ def test_push_update_returns_at_once_while_workers_step(make_sampler):
     for _ in range(4):
         versions |= set(next(stream).versions.tolist())
     stream.close()
-    # Only the newest of the ten was applied by any worker.
-    assert versions <= {0, 10} and 10 in versions
+    # The newest of the ten was applied, and no backlog of the others: a
+    # worker applies the newest it holds at its next step, so one whose
+    # step ended while the pushes were still arriving may apply one of
+    # them first (at most one each of the two), never a run of them.
+    assert 10 in versions
+    assert len(versions - {0, 10}) <= 2
 
 
 def test_leaving_the_loop_pauses_workers_and_steps_go_on_after(
