@@ -206,6 +206,15 @@ class Backend(Sampler):
             self._send(self._handles[i], command)
         return dict(commands)
 
+    def _envs_share_rows(self, rows, slots):
+        """Have the workers write their envs' observations into shared
+        memory from their next command on: ``rows`` (an
+        :class:`~sampler._arena.Arena` of the vector env's observations),
+        ``slots`` (per worker its :class:`~sampler._protocol.ArenaSlot`).
+        False where the backend cannot (its workers may be on other
+        machines); they go on sending them in their replies."""
+        return False
+
     def _envs_wait(self, waiting, results, deadline, enough=None):
         """Wait for the EnvsDone of each worker in ``waiting`` (worker
         number -> command; answered ones are removed) into ``results``

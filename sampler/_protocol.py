@@ -76,6 +76,13 @@ for the actions they are sent, each command answered by one EnvsDone::
                                           (merged over its envs, or one
                                           per env); or Failed / Gone
 
+    process workers, before a worker's first of these (and again for a
+    worker that replaces one):
+    ShareRows(slot, tag) + its memfd ---->  from now on write the envs'
+                                          observations into these rows;
+                                          EnvsDone carries InSharedRows in
+                                          their place (no reply of its own)
+
 Replies, worker -> caller:
 
 =========  ==================================================================
@@ -273,8 +280,26 @@ class SetEnvAttrs(NamedTuple):
     indices: Optional[list] = None
 
 
+class ShareRows(NamedTuple):
+    """A vector env's observations go through shared memory: the worker
+    writes its envs' observations into ``slot`` of the memfd that the
+    caller sent just before this over the worker's fd socket, tagged
+    ``tag``, and its EnvsDone carry ``workers.env_stepper.InSharedRows``
+    in their place. So a
+    frame is copied once between the env and the caller's batch, and a
+    step's message stays small (a pipe moves 64 KiB per wake-up). No
+    reply: the command after it is answered as ever."""
+
+    slot: ArenaSlot
+    tag: int
+
+
+#: Tags the memfd of a ShareRows on the fd socket; a steps round's memfd
+#: is tagged with its round number, which stays far below it.
+SHARE_ROWS_TAG = 1 << 62
+
 #: A vector env's commands (``sampler.vector``).
-ENV_COMMANDS = (ResetEnvs, StepEnvs, CallEnvs, SetEnvAttrs)
+ENV_COMMANDS = (ResetEnvs, StepEnvs, CallEnvs, SetEnvAttrs, ShareRows)
 
 COMMANDS = (Start, Finish, Stop, Push, Credit, Exit) + ENV_COMMANDS
 

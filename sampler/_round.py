@@ -25,8 +25,8 @@ import cloudpickle
 from sampler._process_setup import limit_threads, pin_to_cpu
 from sampler._protocol import (CallEnvs, Credit, EnvsDone, Exit, Failed,
                                Finish, Push, ResetEnvs, RoundKind, Segments,
-                               SetEnvAttrs, Start, StepEnvs, Stop,
-                               UpdateKind)
+                               SetEnvAttrs, ShareRows, Start, StepEnvs,
+                               Stop, UpdateKind)
 from workers import EpisodeBuffer
 from workers.spaces import misfit
 
@@ -151,7 +151,7 @@ class Round:
     def handle(self, command, arena=None):
         """Apply ``command``; returns the replies to send now, in order.
         ``arena`` (:class:`~sampler._worker_process.MappedRows`) goes with
-        a Start whose plan has one."""
+        a Start whose plan has one, and with a ShareRows."""
         out = []
         try:
             handler = self._HANDLERS.get(type(command))
@@ -217,10 +217,14 @@ class Round:
         self.worker.set_env_attrs(*command)
         out.append(EnvsDone(None))
 
+    def _on_share_rows(self, command, arena, out):
+        self.worker.share_rows(arena)  # no reply: see ShareRows
+
     _HANDLERS = {Start: _on_start, Finish: _on_finish, Stop: _on_stop,
                  Push: _on_push, Credit: _on_credit, Exit: _on_exit,
                  ResetEnvs: _on_reset_envs, StepEnvs: _on_step_envs,
-                 CallEnvs: _on_call_envs, SetEnvAttrs: _on_set_env_attrs}
+                 CallEnvs: _on_call_envs, SetEnvAttrs: _on_set_env_attrs,
+                 ShareRows: _on_share_rows}
 
     def start(self, plan, env=None, agent=None, arena=None):
         """Apply the updates (or None) and begin the round ``plan`` (a

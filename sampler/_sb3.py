@@ -80,6 +80,10 @@ class SubprocVecEnv(VecEnv):
             self._workers.check_same('action_space')
             super().__init__(len(env_fns), self._workers.observation_spaces[0],
                              self._workers.action_spaces[0])
+            # Each step's observations are copied out of the shared rows
+            # (_stack): SB3's algorithms keep the last batch across steps.
+            self._workers.share_observations(self.observation_space)
+            self._workers.before_restart = self._keep_last
         except BaseException:
             self.close()
             raise
@@ -142,6 +146,12 @@ class SubprocVecEnv(VecEnv):
                 infos.append(info)
         return (_stack(self.observation_space, observations),
                 np.stack(rewards), np.stack(dones), infos)
+
+    def _keep_last(self, k):
+        """Worker ``k`` was replaced: keep its envs' last observations
+        before their reset overwrites its shared rows."""
+        if type(self._last.get(k)) is np.ndarray:
+            self._last[k] = self._last[k].copy()
 
     def _restarted(self, k, n, reset):
         """The reset of a replaced worker's envs as the step that ended

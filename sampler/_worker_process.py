@@ -36,7 +36,8 @@ from multiprocessing import parent_process
 from sampler import _framing, _probe
 from sampler._process_setup import NAME_PREFIX, watch_caller
 from sampler._arena import MappedRows
-from sampler._protocol import ENV_COMMANDS, Exit, Failed, Ready, Start
+from sampler._protocol import (ENV_COMMANDS, Exit, Failed, Ready, ShareRows,
+                               Start)
 from sampler._round import Round, build_worker, failed_reply
 
 #: Maps of the caller's arenas a worker keeps (the caller keeps two).
@@ -148,8 +149,14 @@ class _Loop:
                     command = self.command_reader.read()
                 except (EOFError, OSError):
                     raise _ParentGone from None  # the caller's end closed
-                arena = self._arena(command.plan) \
-                    if type(command) is Start else None
+                kind = type(command)
+                if kind is Start:
+                    arena = self._arena(command.plan)
+                elif kind is ShareRows:
+                    arena = MappedRows(self._receive_fd(command.tag),
+                                       command.slot)
+                else:
+                    arena = None
                 if not self._send_all(self.round.handle(command, arena)) \
                         or type(command) is Exit:
                     return
@@ -185,13 +192,18 @@ class _Loop:
         Ctrl-C, is closed and skipped), or None."""
         if plan.arena is None:
             return None
+        return self._map(self._receive_fd(plan.round), plan.arena)
+
+    def _receive_fd(self, tag):
+        """The file descriptor the caller sent tagged ``tag`` (others,
+        left by commands the caller never sent, are closed)."""
         with socket.socket(fileno=os.dup(self.handles.fileno())) as sock:
             while True:
-                tag, fds, _, _ = socket.recv_fds(sock, 8, 1)
-                if not tag and not fds:
+                got, fds, _, _ = socket.recv_fds(sock, 8, 1)
+                if not got and not fds:
                     raise _ParentGone
-                if int.from_bytes(tag, 'little') == plan.round and fds:
-                    return self._map(fds[0], plan.arena)
+                if int.from_bytes(got, 'little') == tag and fds:
+                    return fds[0]
                 for fd in fds:
                     os.close(fd)
 

@@ -61,8 +61,9 @@ from sampler._forkserver import (check_preload, default_start_method,
 from sampler._options import check_streaming_options, process_setup
 from sampler._pipes import Commands, read_reply, widen_pipe
 from sampler._process_setup import EXIT_MAIN_NOT_GUARDED, NAME_PREFIX
-from sampler._protocol import (ArenaRows, Exit, Gone, RoundKind,
-                               Segments, Start)
+from sampler._protocol import (ENV_COMMANDS, SHARE_ROWS_TAG, ArenaRows,
+                               Exit, Gone, RoundKind, Segments, ShareRows,
+                               Start)
 from sampler.errors import SamplerError
 from sampler.sampler import available_cpus
 from workers import EpisodeBatch
@@ -91,6 +92,7 @@ class _Process(WorkerHandle):
         self.reader = _framing.MessageReader(results.fileno())
         self.fd_socket = fd_socket
         self.probe = probe  # the caller's end of its sampler._probe socket
+        self.rows_shared = False  # it has had the vector env's ShareRows
 
     def close(self):
         if not self.results.closed:
@@ -184,6 +186,7 @@ class MultiprocessingSampler(Backend):
         self._selector = None
         self._arena = None  # the shared rows of the obtain_steps call
         self._arenas = []  # ones kept for reuse (see sampler._arena)
+        self._envs_rows = None  # a vector env's (see _envs_share_rows)
         # close() from another thread writes here to wake a waiting call.
         self._wake = list(os.pipe())
         os.set_blocking(self._wake[1], False)
@@ -338,7 +341,20 @@ class MultiprocessingSampler(Backend):
                                        arena=arena.slot(handle.number))
             arena.send(handle, plan.round)
             command = command._replace(plan=plan)
+        elif self._envs_rows is not None and not handle.rows_shared and \
+                type(command) in ENV_COMMANDS:
+            # A vector env's worker (a replacement too) gets its rows
+            # before its first command.
+            rows, slots = self._envs_rows
+            rows.send(handle, SHARE_ROWS_TAG)
+            handle.commands.put(ShareRows(slots[handle.number],
+                                          SHARE_ROWS_TAG))
+            handle.rows_shared = True
         handle.commands.put(command)
+
+    def _envs_share_rows(self, rows, slots):
+        self._envs_rows = (rows, slots)
+        return True
 
     def _events(self, timeout):
         """Block until a result pipe has data or a worker process exits.

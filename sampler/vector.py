@@ -15,9 +15,14 @@ shutdown), each stepping its share as ``SyncVectorEnv`` steps each env
       --> per worker, its envs' rows --StepEnvs--> worker k: its envs step,
           their observations stacked, their infos merged as gymnasium's
           _add_info merges them (over its envs)
-      <-- EnvsDone: the worker's observations, rewards, flags and infos
-      --> observations concatenated into one batch in env order, the
-          workers' infos merged into one dict (merge_info_blocks)
+      <-- EnvsDone: the worker's rewards, flags and infos, and its
+          observations: with process workers written into its rows of
+          one shared array (ShareRows; the message says only that),
+          else in the message
+      --> observations: the shared array itself where every worker
+          wrote its rows (copied once if ``copy``), else concatenated
+          in env order; the workers' infos merged into one dict
+          (merge_info_blocks)
 
 The caller and the workers poll a while for each other's messages
 before sleeping (``sampler._framing.Spin``): a vector env's steps come
@@ -37,23 +42,30 @@ import time
 import numpy as np
 from gymnasium.error import (AlreadyPendingCallError,
                              ClosedEnvironmentError, NoAsyncCallError)
-from gymnasium.spaces import Box, MultiBinary, MultiDiscrete, Space
+from gymnasium.spaces import (Box, Discrete, MultiBinary, MultiDiscrete,
+                              Space)
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import (
     batch_differing_spaces, batch_space, concatenate, create_empty_array,
     iterate)
 
+from sampler._arena import Arena
 from sampler._backend import RESTARTED
-from sampler._protocol import CallEnvs, ResetEnvs, SetEnvAttrs, StepEnvs
+from sampler._protocol import (ArenaSlot, CallEnvs, ResetEnvs, SetEnvAttrs,
+                               StepEnvs)
 from sampler.errors import SamplerError, WorkerError
 from sampler.sampler import available_cpus
 from workers.env_stepper import (EnvFns, EnvStepWorker, InfoMerger,
-                                 NoPolicy, as_autoreset_mode, batch_rows,
-                                 merge_info_blocks)
+                                 InSharedRows, NoPolicy, as_autoreset_mode,
+                                 batch_rows, merge_info_blocks)
 
 
 #: Batched spaces whose batches are one array, iterated row by row.
 _ARRAY_SPACES = (Box, MultiDiscrete, MultiBinary)
+
+#: Observation spaces whose observations a worker stacks into one array
+#: (and may write into shared memory).
+_STACKING_SPACES = _ARRAY_SPACES + (Discrete,)
 
 
 def _backend_class(backend):
@@ -130,6 +142,13 @@ class EnvWorkers:
         #: workers replaced during the pending step: their result is that
         #: of the reset of their envs (ResetEnvs), not of the step
         self.restarted = set()
+        #: called with a replaced worker's number before its envs are
+        #: reset: its rows in shared memory are about to be overwritten
+        self.before_restart = None
+        #: the envs' observations in shared memory (share_observations)
+        self.shared_rows = None
+        self.views = None  # per worker, its rows of shared_rows
+        self._arena = None
         try:
             #: per env, its observation space and its action space
             self.observation_spaces = self._read_spaces('observation_space')
@@ -142,6 +161,24 @@ class EnvWorkers:
         return self.rows(self.run(f'reading the envs\' {name}',
                                   self.per_worker(lambda k, a, n: CallEnvs(
                                       name, how='get'))))
+
+    def share_observations(self, space):
+        """Have the workers write their envs' observations (of ``space``,
+        every env's) into shared memory, where the backend can: from then
+        on a result's observations are the worker's rows of
+        :attr:`shared_rows` (:attr:`views`), overwritten by its next
+        reset or step. A frame is then copied once on its way, and a
+        step's message stays small."""
+        if type(space) not in _STACKING_SPACES:
+            return
+        arena = Arena(1, self.n_envs, space.shape, space.dtype)
+        slots = [ArenaSlot(a, n, arena.shape, arena.dtype.str)
+                 for a, n in self.shares]
+        if not self.sampler._envs_share_rows(arena, slots):
+            arena.close()
+            return
+        self._arena, self.shared_rows = arena, arena.rows
+        self.views = [arena.rows[a:a + n] for a, n in self.shares]
 
     def check_same(self, name, fix=''):
         """Raise a RuntimeError (gymnasium's vector envs' error) naming the
@@ -230,6 +267,11 @@ class EnvWorkers:
             return None
         results, self._results = self._results, {}
         assert not any(r is RESTARTED for r in results.values())
+        if self.views is not None:
+            for k, result in results.items():
+                if type(result) is tuple and result and \
+                        type(result[0]) is InSharedRows:
+                    results[k] = (self.views[k],) + result[1:]
         self.pending = 'recv' if enough is not None and self._waiting \
             else None
         return results
@@ -241,6 +283,8 @@ class EnvWorkers:
         for k, result in list(self._results.items()):
             if result is RESTARTED:
                 del self._results[k]
+                if self.before_restart is not None:
+                    self.before_restart(k)
                 command = self._sent[k]
                 if type(command) is StepEnvs:
                     command = ResetEnvs()
@@ -264,6 +308,9 @@ class EnvWorkers:
         self.pending = None
         if sampler is not None:
             sampler.close()
+        arena, self._arena = self._arena, None
+        if arena is not None:
+            arena.close()  # its memory lives on in the arrays over it
 
 
 class AsyncVectorEnv(VectorEnv):
@@ -273,9 +320,13 @@ class AsyncVectorEnv(VectorEnv):
     Args:
         env_fns: zero-argument callables, each returning a
             ``gymnasium.Env``.
-        shared_memory: accepted for gymnasium's signature.
+        shared_memory: the workers write the observations into shared
+            memory (True, where they are arrays: Box, Discrete,
+            MultiDiscrete, MultiBinary, and the workers processes on this
+            machine) or send them in their replies (False).
         copy: return a copy of the observations (True), or the vector
-            env's own array, valid until the next reset or step (False).
+            env's own array, valid until the next reset or step (False;
+            with shared memory, the very rows the workers write).
         context: the start method of the worker processes (the
             multiprocessing backend's ``start_method``).
         daemon: accepted for gymnasium's signature; our workers end with
@@ -368,6 +419,9 @@ class AsyncVectorEnv(VectorEnv):
             self._shares = workers.shares
             self.batch_size = self._check_batch_size(batch_size)
             self._set_spaces(workers)
+            if shared_memory and observation_mode == 'same':
+                workers.share_observations(self.single_observation_space)
+                workers.before_restart = self._keep_block
             self.metadata = dict(self._first_env('metadata'))
             self.metadata['autoreset_mode'] = self.autoreset_mode
             self.render_mode = self._first_env('render_mode')
@@ -757,10 +811,19 @@ class AsyncVectorEnv(VectorEnv):
             raise multiprocessing.TimeoutError(msg)
         return results
 
+    def _keep_block(self, k):
+        """Worker ``k`` was replaced: its rows are about to take its
+        envs' reset, so keep a copy of their last observations."""
+        if type(self._blocks[k]) is np.ndarray:
+            self._blocks[k] = self._blocks[k].copy()
+
     def _observations(self):
-        blocks = self._blocks
-        if all(type(b) is np.ndarray for b in blocks):
-            if self.observations is None:
+        blocks, shared = self._blocks, self._workers.shared_rows
+        if shared is not None and all(
+                b is v for b, v in zip(blocks, self._workers.views)):
+            self.observations = shared  # each worker wrote its rows
+        elif all(type(b) is np.ndarray for b in blocks):
+            if self.observations is None or self.observations is shared:
                 self.observations = create_empty_array(
                     self.single_observation_space, self.num_envs)
             np.concatenate(blocks, axis=0, out=self.observations)

@@ -24,6 +24,7 @@ with :func:`merge_info_blocks`.
 """
 
 import numbers
+from typing import NamedTuple
 
 import gymnasium
 import numpy as np
@@ -88,6 +89,14 @@ def as_autoreset_mode(value):
         raise ValueError(msg) from None
 
 
+class InSharedRows(NamedTuple):
+    """Stands in for a worker's observations written into its shared rows
+    (:meth:`EnvStepWorker.share_rows`): ``n`` rows from ``first_row``."""
+
+    first_row: int
+    n: int
+
+
 class NoPolicy:
     """The agent of an EnvStepWorker: the policy stays in the learner,
     which sends actions; one asked for actions says so."""
@@ -131,6 +140,7 @@ class EnvStepWorker(Worker):
         self._ended = []  # per env: its episode ended at its last step
         self._stacks = False
         self._observations = []  # per env: its last observation
+        self._shared = None  # rows in shared memory (see share_rows)
 
     @property
     def n_envs(self):
@@ -280,14 +290,33 @@ class EnvStepWorker(Worker):
                     batch_infos(InfoMerger(n), infos, finals), None)
         return observations, rewards, terminated, truncated, infos, finals
 
+    def share_rows(self, shared):
+        """From now on write the envs' observations into ``shared.rows``
+        (one row per env, in shared memory the caller reads:
+        ``sampler._arena.MappedRows``) and return :class:`InSharedRows` in
+        their place."""
+        if not self._stacks or len(shared.rows) != len(self.envs):
+            msg = (f'share_rows: {len(shared.rows)} rows for '
+                   f'{len(self.envs)} envs whose observations '
+                   f'{"stack" if self._stacks else "do not stack"}')
+            raise ValueError(msg)
+        if self._shared is not None:
+            self._shared.close()
+        self._shared = shared
+
     def _stacked(self, observations):
         """``observations`` as one array, where the observation space is
         an array space (one pickled array is sent faster than a list of
-        them); else, or if they do not stack, the list."""
+        them), or written into the shared rows (:class:`InSharedRows`);
+        else, or if they do not stack, the list."""
         if not self._stacks:
             return observations
         try:
-            return np.stack(observations)
+            if self._shared is None:
+                return np.stack(observations)
+            # Cast as gymnasium's concatenate casts into its batch array.
+            np.stack(observations, out=self._shared.rows)
+            return InSharedRows(self._shared.first_row, len(observations))
         except (ValueError, TypeError):
             return observations  # the caller batches them as it can
 

@@ -210,6 +210,31 @@ def test_call_get_set_attributes_and_copy(make_vector):
     sync.close()
 
 
+@pytest.mark.parametrize('shared_memory', [True, False])
+def test_observations_come_through_shared_memory_unless_told_not_to(
+        shared_memory, make_vector):
+    fns = [lambda: gym.make('CartPole-v1')] * 5
+    envs = make_vector(fns, n_workers=2, copy=False,
+                       shared_memory=shared_memory)
+    sync = SyncVectorEnv(fns)
+    rows = envs._workers.shared_rows
+    assert (rows is not None) == shared_memory
+    assert_same_step(envs.reset(seed=3), sync.reset(seed=3))
+    rng = np.random.default_rng(0)
+    for _ in range(40):  # episodes end and reset on the way
+        actions = rng.integers(0, 2, 5)
+        step = envs.step(actions)
+        assert_same_step(step, sync.step(actions))
+        # copy=False hands out the rows the workers write, no copy made.
+        assert (step[0] is rows) == shared_memory
+    copied = make_vector(fns, n_workers=2, shared_memory=shared_memory)
+    first, _ = copied.reset(seed=3)
+    second, *_ = copied.step(np.ones(5, np.int64))
+    assert not np.shares_memory(first, second)  # copy=True: the caller's own
+    assert_same_nest(first, sync.reset(seed=3)[0])
+    sync.close()
+
+
 class SpaceEnv(gym.Env):
     """Observations drawn from ``observation_space`` (seeded at reset),
     rewards that depend on the action, episodes of 2 to 5 steps."""
