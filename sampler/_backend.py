@@ -199,12 +199,15 @@ class Backend(Sampler):
     # A vector env's commands (sampler.vector) ---------------------------
 
     def _envs_send(self, commands):
-        """Send ``commands`` (worker number -> command of a vector env's,
-        see sampler._protocol) without waiting; returns what
-        :meth:`_envs_wait` waits on."""
-        for i, command in commands.items():
+        """Send ``commands`` (``(worker number, command)`` pairs of a vector
+        env's, see sampler._protocol; a worker may get several, answered
+        in order) without waiting; returns what :meth:`_envs_wait` waits
+        on: worker number -> its commands, in order."""
+        sent = {}
+        for i, command in commands:
             self._send(self._handles[i], command)
-        return dict(commands)
+            sent.setdefault(i, []).append(command)
+        return sent
 
     def _envs_share_rows(self, rows, slots):
         """Have the workers write their envs' observations into shared
@@ -216,14 +219,15 @@ class Backend(Sampler):
         return False
 
     def _envs_wait(self, waiting, results, deadline, enough=None):
-        """Wait for the EnvsDone of each worker in ``waiting`` (worker
-        number -> command; answered ones are removed) into ``results``
-        (worker number -> result, in the order they came), or, given
-        ``enough``, until ``enough(results)`` is true; False if
-        ``deadline`` came first (what is still waited for stays in
-        ``waiting``). A worker that failed raises its error, or, where it
-        is replaced, has its result be :data:`RESTARTED`: the replacement
-        has been sent nothing."""
+        """Wait for the EnvsDone of each command in ``waiting`` (worker
+        number -> its commands in the order sent; answered ones are
+        removed), appending ``(worker number, command, result)`` to
+        ``results`` as they come, or, given ``enough``, until
+        ``enough(results)`` is true; False if ``deadline`` came first
+        (what is still waited for stays in ``waiting``). A worker that
+        failed raises its error, or, where it is replaced, appends
+        ``(worker number, its commands that went unanswered,``
+        :data:`RESTARTED` ``)``: the replacement has been sent nothing."""
         # Replies to these commands come about as fast each time: the
         # backend may poll for them a while before it sleeps.
         spin = getattr(self, '_envs_spin', None)
@@ -249,8 +253,12 @@ class Backend(Sampler):
                     continue  # from a worker replaced since
                 kind = type(reply)
                 if kind is EnvsDone:
-                    if waiting.pop(i, None) is not None:
-                        results[i] = reply.result
+                    queue = waiting.get(i)
+                    if queue:
+                        command = queue.pop(0)
+                        if not queue:
+                            del waiting[i]
+                        results.append((i, command, reply.result))
                 elif kind is Ready:
                     handle.pid = reply.pid
                 elif kind is Failed or kind is Gone:
@@ -259,8 +267,7 @@ class Backend(Sampler):
                         raise err
                     self._retire(handle)
                     self._handles[i] = self._spawn(i)
-                    waiting.pop(i, None)
-                    results[i] = RESTARTED
+                    results.append((i, waiting.pop(i, []), RESTARTED))
                 else:
                     msg = f'worker {i} sent an unexpected reply {reply!r}'
                     raise RuntimeError(msg)

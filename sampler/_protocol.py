@@ -64,7 +64,7 @@ workers (``workers.EnvStepWorker``) run no rounds, and step their envs
 for the actions they are sent, each command answered by one EnvsDone::
 
     ResetEnvs(seeds, options, mask) --->  reset the envs
-    StepEnvs(actions) ----------------->  step each env, autoreset as the
+    StepEnvs(actions, indices) -------->  step each env, autoreset as the
                                           vector env's mode says
     CallEnvs(name, args, kwargs, how,
              indices) ----------------->  call or read an attribute
@@ -252,9 +252,11 @@ class ResetEnvs(NamedTuple):
 
 
 class StepEnvs(NamedTuple):
-    """Step each of the worker's envs with its action."""
+    """Step each of the worker's envs (``indices``: those of the worker's,
+    default all) with its action."""
 
     actions: list
+    indices: Optional[list] = None
 
 
 class CallEnvs(NamedTuple):

@@ -208,7 +208,7 @@ class Round:
             command.seeds, command.options, command.mask)))
 
     def _on_step_envs(self, command, arena, out):
-        out.append(EnvsDone(self.worker.step_envs(command.actions)))
+        out.append(EnvsDone(self.worker.step_envs(*command)))
 
     def _on_call_envs(self, command, arena, out):
         out.append(EnvsDone(self.worker.call_envs(*command)))

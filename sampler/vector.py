@@ -118,8 +118,9 @@ class EnvWorkers:
                    f'{self.n_envs}, got {n_workers!r}')
             raise ValueError(msg)
         self.shares = shares(self.n_envs, int(n_workers))
-        self._worker_of = [k for k, (_, n) in enumerate(self.shares)
-                           for _ in range(n)]
+        #: per env, the worker that holds it
+        self.worker_of = [k for k, (_, n) in enumerate(self.shares)
+                          for _ in range(n)]
         options = dict(backend_options)
         if start_method is not None:
             if backend != 'multiprocessing':
@@ -137,7 +138,7 @@ class EnvWorkers:
                          'merge_infos': merge_infos}, seed=0,
             **options)
         self.pending = None  # what the pending call is, if one is
-        self._waiting = self._results = None
+        self._waiting, self._results = None, []
         self._sent = {}  # worker number -> the last command sent to it
         #: workers replaced during the pending step: their result is that
         #: of the reset of their envs (ResetEnvs), not of the step
@@ -207,7 +208,7 @@ class EnvWorkers:
         worker's own env indices, in the order given."""
         out = {}
         for i in indices:
-            k = self._worker_of[i]
+            k = self.worker_of[i]
             out.setdefault(k, []).append(i - self.shares[k][0])
         return out
 
@@ -215,7 +216,7 @@ class EnvWorkers:
         """Per env of ``indices``, its value in ``results`` (worker number
         -> one value per env of its part of :meth:`split`)."""
         rows = {k: iter(values) for k, values in results.items()}
-        return [next(rows[self._worker_of[i]]) for i in indices]
+        return [next(rows[self.worker_of[i]]) for i in indices]
 
     def rows(self, results):
         """Per worker results holding one value per env, in env order."""
@@ -223,26 +224,31 @@ class EnvWorkers:
                 for value in results[k]]
 
     def send(self, what, commands):
-        """Send ``commands`` for the call ``what``, which is then
-        pending."""
+        """Send ``commands`` for the call ``what``, which is then pending:
+        worker number -> command, or ``(worker number, command)`` pairs
+        where a worker gets several (it answers them in order)."""
+        pairs = list(commands.items()) if isinstance(commands, dict) \
+            else list(commands)
         sampler = self.sampler
         # Sending reads nothing: no Ctrl-C guard for reads to set up.
         with sampler._one_call(f'{what}()', reads=False):
-            sent = sampler._envs_send(commands)
+            sent = sampler._envs_send(pairs)
         if what == 'recv' and self.pending == 'recv':
-            self._waiting.update(sent)  # more envs in flight
+            for k, queue in sent.items():  # more envs in flight
+                self._waiting.setdefault(k, []).extend(queue)
         else:
-            self._waiting, self._results = sent, {}
-        self._sent.update(commands)
+            self._waiting, self._results = sent, []
+        self._sent.update(pairs)
         self.pending = what
 
     def wait(self, timeout=None, enough=None):
-        """The pending call's results (worker number -> result, in the
-        order they came), or None if ``timeout`` seconds ran out first (it
-        stays pending). Given ``enough`` (the call ``'recv'``), as soon as
-        ``enough(results)``: what is still in flight stays pending. Raises
-        an env's error (see the class), or the backend's if the workers
-        are gone; either ends the call."""
+        """The pending call's results, worker number -> result (one
+        command per worker), or None if ``timeout`` seconds ran out first
+        (it stays pending). Given ``enough`` (the call ``'recv'``):
+        ``(worker number, command, result)`` in the order they came, as
+        soon as ``enough`` of them holds true; what is still in flight
+        stays pending. Raises an env's error (see the class), or the
+        backend's if the workers are gone; either ends the call."""
         sampler = self.sampler
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
@@ -250,7 +256,7 @@ class EnvWorkers:
                 done = sampler._envs_wait(self._waiting, self._results,
                                           deadline, enough)
                 while done and any(r is RESTARTED
-                                   for r in self._results.values()):
+                                   for _, _, r in self._results):
                     self._resend(sampler)
                     done = sampler._envs_wait(self._waiting, self._results,
                                               deadline, enough)
@@ -265,36 +271,49 @@ class EnvWorkers:
         # the next call's.
         if not done:
             return None
-        results, self._results = self._results, {}
-        assert not any(r is RESTARTED for r in results.values())
+        results, self._results = self._results, []
         if self.views is not None:
-            for k, result in results.items():
-                if type(result) is tuple and result and \
-                        type(result[0]) is InSharedRows:
-                    results[k] = (self.views[k],) + result[1:]
+            results = [(k, command, self._in_rows(k, result))
+                       for k, command, result in results]
         self.pending = 'recv' if enough is not None and self._waiting \
             else None
-        return results
+        if enough is not None:
+            return results
+        return {k: result for k, _, result in results}
+
+    def _in_rows(self, k, result):
+        """``result`` of worker ``k`` with the observations it wrote into
+        its shared rows in place of their InSharedRows."""
+        if type(result) is tuple and result and \
+                type(result[0]) is InSharedRows:
+            indices = result[0].indices
+            rows = self.views[k] if indices is None else \
+                self.views[k][indices]
+            return (rows,) + result[1:]
+        return result
 
     def _resend(self, sampler):
-        """Send each replaced worker its command again; a step cannot be
-        redone by envs built anew, which are reset instead."""
-        again = {}
-        for k, result in list(self._results.items()):
-            if result is RESTARTED:
-                del self._results[k]
-                if self.before_restart is not None:
-                    self.before_restart(k)
-                command = self._sent[k]
-                if type(command) is StepEnvs:
-                    command = ResetEnvs()
-                    self.restarted.add(k)
-                again[k] = command
+        """Send each replaced worker what it had not answered again; a
+        step cannot be redone by envs built anew, which are reset instead
+        (all of the worker's: :attr:`restarted`)."""
+        again = []
+        for entry in [e for e in self._results if e[2] is RESTARTED]:
+            self._results.remove(entry)
+            k, lost, _ = entry
+            if self.before_restart is not None:
+                self.before_restart(k)
+            lost = lost or [self._sent[k]]
+            if any(type(command) is StepEnvs for command in lost):
+                lost = [ResetEnvs()]
+                self.restarted.add(k)
+            again += [(k, command) for command in lost]
         self._sent.update(again)
-        self._waiting.update(sampler._envs_send(again))
+        for k, queue in sampler._envs_send(again).items():
+            self._waiting.setdefault(k, []).extend(queue)
 
     def in_flight(self):
-        """The workers whose replies to the pending call have not come."""
+        """The workers whose replies to the pending call have not all
+        come."""
         return list(self._waiting or ()) if self.pending else []
 
     def run(self, what, commands):
@@ -351,8 +370,11 @@ class AsyncVectorEnv(VectorEnv):
             ``infos["worker_restarted"]`` True (in same_step mode
             ``final_obs`` is their last observation before it). An env
             that raises still raises: only a dead worker is replaced.
-        batch_size: how many envs :meth:`recv` returns (default all): a
-            multiple of the envs each worker holds, where it is not all.
+        batch_size: how many envs :meth:`recv` returns (default all).
+            Where it is less than all, a divisor of the envs each worker
+            holds (each worker then steps the envs it is sent in groups
+            of ``batch_size``, one after the other, replying per group),
+            or a multiple of them (workers holding as many envs each).
         startup_timeout, shutdown_timeout, pin_workers, max_restarts: as
             the backend's options.
 
@@ -374,7 +396,9 @@ class AsyncVectorEnv(VectorEnv):
                  on_worker_error='raise', batch_size=None,
                  **backend_options):
         self._workers = None
-        self._ready = []  # replies received that recv() has not returned
+        # Results received that recv() has not returned: (worker, its
+        # envs' indices or None for all, result).
+        self._ready = []
         self.closed = False
         env_fns = list(env_fns)
         if not env_fns:
@@ -433,6 +457,7 @@ class AsyncVectorEnv(VectorEnv):
         # stacked them) or a list of one per env.
         self._blocks = [None] * len(workers.shares)
         self._ended = np.zeros(self.num_envs, dtype=bool)
+        self._busy = np.zeros(self.num_envs, dtype=bool)  # sent, not recv'd
         self._reset_mask_sent = None
 
     def _set_spaces(self, workers):
@@ -604,11 +629,13 @@ class AsyncVectorEnv(VectorEnv):
     # Asynchronous batches, as envpool's ------------------------------------
 
     def send(self, actions, env_ids=None):
-        """Step the envs ``env_ids`` (default all; whole workers' shares,
-        as :meth:`recv` returns them) with ``actions`` (one per id, in
-        that order) without waiting: their results come from
+        """Step the envs ``env_ids`` (default all) with ``actions`` (one
+        per id, in that order) without waiting: their results come from
         :meth:`recv`, so that the learner computes the next actions of
-        some envs while others step."""
+        some envs while others step. Each worker steps its envs among
+        them in groups of ``batch_size`` (or all of its envs, where
+        ``batch_size`` is not less than a worker's envs), in the order
+        given: send a whole number of groups of each worker's envs."""
         self._assert_is_running()
         pending = self._workers.pending
         if pending not in (None, 'recv'):
@@ -623,43 +650,59 @@ class AsyncVectorEnv(VectorEnv):
             msg = (f'env_ids must be distinct env indices from 0 to '
                    f'{self.num_envs - 1}, got {env_ids!r}')
             raise ValueError(msg)
-        position = {int(i): p for p, i in enumerate(ids)}
-        busy = set(self._workers.in_flight()) | {k for k, _ in self._ready}
-        commands = {}
-        for k, (a, n) in enumerate(self._shares):
-            held = [a + j in position for j in range(n)]
-            if not any(held):
-                continue
-            if not all(held):
-                msg = (f'env_ids must hold whole workers\' envs (as recv() '
-                       f'returns them): envs {a}..{a + n - 1} step together, '
-                       f'got only some of them in {ids.tolist()}')
-                raise ValueError(msg)
-            if k in busy:
-                msg = (f'envs {a}..{a + n - 1} are still stepping (sent and '
-                       f'not yet returned by recv())')
-                raise AlreadyPendingCallError(msg, 'recv')
-            commands[k] = [position[a + j] for j in range(n)]
         if len(actions) != len(ids):
             msg = (f'send got {len(actions)} actions for {len(ids)} '
                    f'env_ids')
             raise ValueError(msg)
+        busy = ids[self._busy[ids]]
+        if len(busy):
+            msg = (f'envs {busy.tolist()} are still stepping (sent and not '
+                   f'yet returned by recv())')
+            raise AlreadyPendingCallError(msg, 'recv')
+        if self.autoreset_mode is AutoresetMode.DISABLED:
+            ended = ids[self._ended[ids]]
+            if len(ended):
+                msg = (f'envs {ended.tolist()} ended their episodes and '
+                       f'autoreset_mode is DISABLED: reset them first')
+                raise ValueError(msg)
+        commands = self._groups(ids)
         if type(actions) is np.ndarray and \
                 type(self.action_space) in _ARRAY_SPACES:
             rows = actions
         else:
             rows = list(iterate(batch_space(self.single_action_space,
                                             len(ids)), actions))
-        if self.autoreset_mode is AutoresetMode.DISABLED:
-            ended = [int(i) for i in ids if self._ended[i]]
-            if ended:
-                msg = (f'envs {ended} ended their episodes and '
-                       f'autoreset_mode is DISABLED: reset them first')
+        self._workers.send('recv', [
+            (k, StepEnvs(rows[positions] if type(rows) is np.ndarray else
+                         [rows[p] for p in positions], indices))
+            for k, positions, indices in commands])
+        self._busy[ids] = True
+
+    def _groups(self, ids):
+        """The groups the envs ``ids`` step in: ``(worker, positions in
+        ids, the worker's own indices of them or None for all its envs in
+        order)``, or a ValueError for ids that do not make whole
+        groups."""
+        positions = {}
+        for p, i in enumerate(ids.tolist()):
+            positions.setdefault(self._workers.worker_of[i], []).append(p)
+        out = []
+        for k, held in sorted(positions.items()):
+            a, n = self._shares[k]
+            size = self._group or n
+            if len(held) % size:
+                msg = (f'env_ids hold {len(held)} of the envs {a}..'
+                       f'{a + n - 1}, which one worker steps in groups of '
+                       f'{size} (batch_size={self.batch_size}): send a '
+                       f'whole number of groups of them')
                 raise ValueError(msg)
-        self._workers.send('recv', {
-            k: StepEnvs(rows[p] if type(rows) is np.ndarray
-                        else [rows[i] for i in p])
-            for k, p in commands.items()})
+            for g in range(0, len(held), size):
+                part = held[g:g + size]
+                indices = [int(ids[p]) - a for p in part]
+                if indices == list(range(n)):
+                    indices = None  # all of them, in order
+                out.append((k, part, indices))
+        return out
 
     def recv(self, timeout=None):
         """The results of the first ``batch_size`` envs whose steps (from
@@ -667,22 +710,31 @@ class AsyncVectorEnv(VectorEnv):
         truncated, infos)`` as :meth:`step` returns them, over those envs,
         with ``infos["env_id"]`` their indices (in the order of the rows)."""
         self._assert_is_running()
-        size, shares = self.batch_size, self._shares
-        have = sum(shares[k][1] for k, _ in self._ready)
+        size = self.batch_size
+        have = sum(self._count(k, idx) for k, idx, _ in self._ready)
         if have < size:
             if self._workers.pending != 'recv':
                 msg = ('Calling `recv` without envs sent to step: call '
                        '`send` first')
                 raise NoAsyncCallError(msg, 'recv')
-            results = self._workers.wait(timeout, enough=lambda r: have + sum(
-                shares[k][1] for k in r) >= size)
+            try:
+                results = self._workers.wait(
+                    timeout, enough=lambda r: have + sum(
+                        self._count(k, getattr(c, 'indices', None))
+                        for k, c, _ in r) >= size)
+            finally:
+                if self._workers.pending is None:  # the call ended
+                    self._busy[:] = False
+                    for k, idx, _ in self._ready:
+                        self._busy[self._ids(k, idx)] = True
             if results is None:
                 msg = (f'The call to `recv` has timed out after {timeout} '
                        f'second(s); the envs still step: call recv again, '
                        f'or close the vector env.')
                 raise multiprocessing.TimeoutError(msg)
-            self._ready += results.items()
-            have = sum(shares[k][1] for k, _ in self._ready)
+            for k, command, result in results:
+                self._add_ready(k, command, result)
+            have = sum(self._count(k, idx) for k, idx, _ in self._ready)
             if have < size:
                 msg = (f'recv returns batch_size={size} envs, but only '
                        f'{have} were sent to step: send(actions, env_ids) '
@@ -691,9 +743,34 @@ class AsyncVectorEnv(VectorEnv):
         taken, count = [], 0
         while count < size:
             taken.append(self._ready.pop(0))
-            count += shares[taken[-1][0]][1]
-        replaced = self._replaced(dict(taken))
-        return self._batch_of([(k, replaced[k]) for k, _ in taken])
+            count += self._count(taken[-1][0], taken[-1][1])
+        return self._batch_of(taken)
+
+    def _count(self, k, indices):
+        return self._shares[k][1] if indices is None else len(indices)
+
+    def _ids(self, k, indices):
+        """The vector env's indices of worker ``k``'s envs ``indices``."""
+        a, n = self._shares[k]
+        return np.arange(a, a + n) if indices is None else \
+            a + np.asarray(indices, dtype=np.int64)
+
+    def _add_ready(self, k, command, result):
+        """Keep one result for recv; a replaced worker's (the reset of
+        all its envs) stands for all of them, in groups, in place of what
+        was kept of theirs."""
+        if k not in self._workers.restarted:
+            self._ready.append((k, command.indices, result))
+            return
+        result = self._replaced({k: result})[k]
+        self._ready = [entry for entry in self._ready if entry[0] != k]
+        n = self._shares[k][1]
+        size = self._group or n
+        for g in range(0, n, size):
+            part = list(range(g, g + size))
+            self._ready.append((k, None if size == n else part,
+                                _rows_of(result, part)))
+        self._busy[self._ids(k, None)] = True
 
     def _replaced(self, results):
         """``results`` of a step, where a worker that died and was
@@ -707,8 +784,12 @@ class AsyncVectorEnv(VectorEnv):
             if self.autoreset_mode is AutoresetMode.SAME_STEP:
                 last = self._blocks[k]
                 for j in range(n):
+                    # A row of ours is overwritten later: the env's own
+                    # array is what gymnasium hands out.
+                    final = last[j].copy() if type(last[j]) is np.ndarray \
+                        else last[j]
                     infos = merger._add_info(
-                        infos, {'final_obs': last[j], 'final_info': {}}, j)
+                        infos, {'final_obs': final, 'final_info': {}}, j)
             for j in range(n):
                 infos = merger._add_info(infos, {'worker_restarted': True}, j)
             results[k] = (observations, np.zeros(n), np.zeros(n, np.bool_),
@@ -716,20 +797,22 @@ class AsyncVectorEnv(VectorEnv):
         return results
 
     def _batch_of(self, taken):
-        """The rows of the workers' replies ``taken`` as one batch."""
+        """The rows of the results ``taken`` (``(worker, its envs'
+        indices or None for all, result)``) as one batch."""
         blocks, ids, info_blocks, position = [], [], [], 0
         rewards, terminated, truncated = [], [], []
-        for k, (observations, rs, terms, truncs, infos, _) in taken:
-            a, n = self._shares[k]
-            self._blocks[k] = observations
-            self._ended[a:a + n] = terms | truncs
+        for k, indices, (observations, rs, terms, truncs, infos, _) in taken:
+            env_ids = self._ids(k, indices)
+            self._keep_rows(k, indices, observations)
+            self._ended[env_ids] = terms | truncs
+            self._busy[env_ids] = False
             blocks.append(observations)
             rewards.append(rs)
             terminated.append(terms)
             truncated.append(truncs)
-            ids.append(np.arange(a, a + n, dtype=np.int32))
-            info_blocks.append((position, n, infos))
-            position += n
+            ids.append(env_ids)
+            info_blocks.append((position, len(env_ids), infos))
+            position += len(env_ids)
         if all(type(b) is np.ndarray for b in blocks):
             observations = np.concatenate(blocks)
         else:
@@ -738,30 +821,57 @@ class AsyncVectorEnv(VectorEnv):
                 space, [row for block in blocks for row in block],
                 create_empty_array(space, position))
         infos = merge_info_blocks(position, info_blocks)
-        infos['env_id'] = np.concatenate(ids)
+        infos['env_id'] = np.concatenate(ids).astype(np.int32)
         return (observations, np.concatenate(rewards),
                 np.concatenate(terminated), np.concatenate(truncated), infos)
 
+    def _keep_rows(self, k, indices, observations):
+        """Keep worker ``k``'s envs' last observations (a restart needs
+        them for ``final_obs``): those of its envs at ``indices``."""
+        if indices is None:
+            self._blocks[k] = observations
+            return
+        block = self._blocks[k]
+        views = self._workers.views
+        if views is not None and block is views[k]:
+            return  # the worker wrote them into its rows
+        if type(block) is np.ndarray and type(observations) is np.ndarray:
+            if not block.flags.writeable:
+                block = self._blocks[k] = block.copy()
+            block[indices] = observations
+        else:
+            block = self._blocks[k] = list(block)
+            for j, row in zip(indices, observations):
+                block[j] = row
+
     def _check_batch_size(self, batch_size):
+        """``batch_size`` checked; sets the size of the groups workers step
+        their envs in for recv (None: each worker's envs together)."""
         n_envs = self.num_envs
+        self._group = None
         if batch_size is None:
             return n_envs
-        sizes = {n for _, n in self._shares}
+        sizes = [n for _, n in self._shares]
         if not isinstance(batch_size, numbers.Integral) or \
                 isinstance(batch_size, bool) or \
                 not 1 <= batch_size <= n_envs:
             msg = (f'batch_size must be an int from 1 to num_envs={n_envs}, '
                    f'got {batch_size!r}')
             raise ValueError(msg)
-        if batch_size != n_envs and (len(sizes) > 1 or
-                                     batch_size % sizes.pop()):
-            msg = (f'batch_size={batch_size}: recv returns whole workers\' '
-                   f'envs, and the {len(self._shares)} workers hold '
-                   f'{[n for _, n in self._shares]} envs; give a multiple '
-                   f'of the envs a worker holds (num_envs a multiple of '
-                   f'n_workers)')
-            raise ValueError(msg)
-        return int(batch_size)
+        batch_size = int(batch_size)
+        if batch_size == n_envs or (len(set(sizes)) == 1 and
+                                    batch_size % sizes[0] == 0):
+            return batch_size  # whole workers' envs
+        if all(n % batch_size == 0 for n in sizes) and \
+                batch_size < min(sizes):
+            self._group = batch_size
+            return batch_size
+        msg = (f'batch_size={batch_size}: recv returns whole groups of '
+               f'envs that one worker steps together, and the '
+               f'{len(self._shares)} workers hold {sizes} envs; give a '
+               f'divisor of the envs each worker holds, or a multiple of '
+               f'them (with num_envs a multiple of n_workers)')
+        raise ValueError(msg)
 
     def close_extras(self, timeout=None, terminate=False):
         """End the workers. A call still pending is not waited for (its
@@ -835,6 +945,22 @@ class AsyncVectorEnv(VectorEnv):
         if type(self.observations) is np.ndarray:
             return self.observations.copy()
         return copy_module.deepcopy(self.observations)
+
+
+def _rows_of(result, rows):
+    """A step's ``result`` (merged infos) over its envs ``rows`` alone."""
+    observations, rewards, terminated, truncated, infos, _ = result
+    if type(observations) is np.ndarray:
+        observations = observations[rows]
+    else:
+        observations = [observations[j] for j in rows]
+    return (observations, rewards[rows], terminated[rows], truncated[rows],
+            _info_rows(infos, rows), None)
+
+
+def _info_rows(infos, rows):
+    return {key: _info_rows(value, rows) if type(value) is dict
+            else value[rows] for key, value in infos.items()}
 
 
 _ENV_ERRORS = {}

@@ -24,7 +24,7 @@ with :func:`merge_info_blocks`.
 """
 
 import numbers
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import gymnasium
 import numpy as np
@@ -91,10 +91,11 @@ def as_autoreset_mode(value):
 
 class InSharedRows(NamedTuple):
     """Stands in for a worker's observations written into its shared rows
-    (:meth:`EnvStepWorker.share_rows`): ``n`` rows from ``first_row``."""
+    (:meth:`EnvStepWorker.share_rows`, whose first is ``first_row``): the
+    rows of its envs at ``indices`` (None: all of them, in order)."""
 
     first_row: int
-    n: int
+    indices: Optional[list] = None
 
 
 class NoPolicy:
@@ -231,16 +232,19 @@ class EnvStepWorker(Worker):
             infos = batch_infos(InfoMerger(n), infos)
         return self._stacked(observations), infos
 
-    def step_envs(self, actions):
-        """Step every env with its action (one per env, in order), as the
-        autoreset mode says.
+    def step_envs(self, actions, indices=None):
+        """Step every env (those at ``indices`` of this worker's, in that
+        order; default all) with its action (one per env, in the same
+        order), as the autoreset mode says.
 
         Returns ``(observations, rewards, terminated, truncated, infos,
-        finals)``, one entry per env (the observations one array where
-        they stack); ``finals[j]`` is ``(final_obs,
-        final_info)`` where a same_step reset followed env ``j``'s
-        episode's end, else None."""
-        n = len(self.envs)
+        finals)``, one entry per env stepped (the observations one array
+        where they stack); ``finals[p]`` is ``(final_obs, final_info)``
+        where a same_step reset followed that env's episode's end, else
+        None."""
+        chosen = range(len(self.envs)) if indices is None else \
+            self._indices(indices)
+        n = len(chosen)
         if len(actions) != n:
             msg = f'step_envs got {len(actions)} actions for {n} envs'
             raise ValueError(msg)
@@ -248,13 +252,13 @@ class EnvStepWorker(Worker):
         observations, infos = [None] * n, [None] * n
         rewards, finals = [0.0] * n, [None] * n
         terminated, truncated = [False] * n, [False] * n
-        ended = self._ended
-        for j, (env, action) in enumerate(zip(self.envs, actions)):
-            index = self.first_index + j
+        ended, last = self._ended, self._observations
+        for p, (j, action) in enumerate(zip(chosen, actions)):
+            env, index = self.envs[j], self.first_index + j
             if ended[j] and mode is AutoresetMode.NEXT_STEP:
                 self._at('env.reset', index)
-                observations[j], infos[j] = unpack_reset(env.reset())
-                ended[j] = False
+                observations[p], infos[p] = unpack_reset(env.reset())
+                last[j], ended[j] = observations[p], False
                 continue
             if ended[j] and mode is AutoresetMode.DISABLED:
                 self._at('env.step', index)  # the caller's mistake
@@ -270,17 +274,16 @@ class EnvStepWorker(Worker):
                 obs, reward, term, trunc, info = result
             except (TypeError, ValueError):
                 raise bad_step(result) from None
-            rewards[j], terminated[j], truncated[j] = reward, term, trunc
+            rewards[p], terminated[p], truncated[p] = reward, term, trunc
             if (term or trunc) and mode is AutoresetMode.SAME_STEP:
-                finals[j] = (obs, info)
+                finals[p] = (obs, info)
                 self._at('env.reset', index)
                 obs, info = unpack_reset(env.reset())
             else:
                 ended[j] = bool(term or trunc)
-            observations[j], infos[j] = obs, info
-        self._observations = observations
+            observations[p], infos[p], last[j] = obs, info, obs
         self._done()
-        observations = self._stacked(observations)
+        observations = self._stacked(observations, indices)
         if self.merge_infos:
             # Arrays pickle many times faster than lists of numpy scalars,
             # and merging here spares the caller the per-env work.
@@ -304,19 +307,25 @@ class EnvStepWorker(Worker):
             self._shared.close()
         self._shared = shared
 
-    def _stacked(self, observations):
-        """``observations`` as one array, where the observation space is
-        an array space (one pickled array is sent faster than a list of
-        them), or written into the shared rows (:class:`InSharedRows`);
-        else, or if they do not stack, the list."""
+    def _stacked(self, observations, indices=None):
+        """``observations`` (of the envs at ``indices``, default all) as
+        one array, where the observation space is an array space (one
+        pickled array is sent faster than a list of them), or written into
+        their shared rows (:class:`InSharedRows`); else, or if they do not
+        stack, the list."""
         if not self._stacks:
             return observations
         try:
             if self._shared is None:
                 return np.stack(observations)
             # Cast as gymnasium's concatenate casts into its batch array.
-            np.stack(observations, out=self._shared.rows)
-            return InSharedRows(self._shared.first_row, len(observations))
+            rows = self._shared.rows
+            if indices is None:
+                np.stack(observations, out=rows)
+            else:
+                for j, obs in zip(indices, observations):
+                    np.copyto(rows[j], obs, casting='same_kind')
+            return InSharedRows(self._shared.first_row, indices)
         except (ValueError, TypeError):
             return observations  # the caller batches them as it can
 

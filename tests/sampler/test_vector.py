@@ -407,7 +407,7 @@ def test_send_and_recv_return_the_envs_that_are_ready_first(make_vector):
     assert obs.ravel().tolist() == [1, 1]
     with pytest.raises(NoAsyncCallError, match='send` first'):
         envs.recv()
-    with pytest.raises(ValueError, match='whole workers'):
+    with pytest.raises(ValueError, match='whole number of groups'):
         envs.send(np.zeros(1, np.int64), env_ids=[1])
     # All sent, all received: lock-step calls work again.
     envs.send(np.zeros(4, np.int64))
@@ -439,10 +439,61 @@ def test_send_and_recv_step_as_sync_vector_env_does(vector_backend,
     sync.close()
 
 
+@pytest.mark.parametrize('batch_size', [1, 2])
+def test_workers_step_groups_smaller_than_their_envs_in_turn(
+        batch_size, vector_backend, make_vector):
+    # 8 envs on 2 workers, recv'd batch_size at a time: each worker steps
+    # its 4 envs in groups of batch_size, one after the other, so that it
+    # has the next group to step while the learner acts on the last.
+    fns = [InfoEnv] * 8
+    ours = make_vector(fns, n_workers=2, batch_size=batch_size,
+                       backend=vector_backend)
+    sync = SyncVectorEnv(fns)
+    ours.reset(seed=5)
+    sync.reset(seed=5)
+    rng = np.random.default_rng(1)
+    for _ in range(12):
+        actions = rng.integers(0, 3, 8)
+        theirs = sync.step(actions)
+        ours.send(actions)
+        parts = [ours.recv() for _ in range(8 // batch_size)]
+        assert all(len(p[4]['env_id']) == batch_size for p in parts)
+        ids = np.concatenate([p[4]['env_id'] for p in parts])
+        assert sorted(ids.tolist()) == list(range(8))
+        # A worker's groups come back in the order it stepped them.
+        for worker in (ids[ids < 4], ids[ids >= 4]):
+            assert worker.tolist() == sorted(worker.tolist())
+        order = np.argsort(ids)
+        for field in range(4):
+            got = np.concatenate([p[field] for p in parts])[order]
+            np.testing.assert_array_equal(got, theirs[field])
+        for part in parts:  # each env's infos as SyncVectorEnv's
+            rows = part[4]['env_id']
+            for key in ('t', 'score'):
+                mask = theirs[4].get(f'_{key}', np.zeros(8, bool))[rows]
+                assert part[4].get(f'_{key}', np.zeros(len(rows), bool)
+                                   ).tolist() == mask.tolist()
+                if mask.any():
+                    np.testing.assert_array_equal(
+                        part[4][key][mask], theirs[4][key][rows][mask])
+    # The learner's loop, as with envpool: send back what recv returned.
+    ours.send(np.zeros(8, np.int64))
+    for _ in range(20):
+        obs, rewards, term, trunc, infos = ours.recv()
+        assert len(infos['env_id']) == batch_size
+        ours.send(np.ones(batch_size, np.int64), infos['env_id'])
+    with pytest.raises(ValueError, match='groups of 2'):
+        make_vector(fns, n_workers=2, batch_size=2).send(
+            np.zeros(3, np.int64), env_ids=[0, 1, 2])
+    sync.close()
+
+
 def test_batch_size_must_fit_the_workers_shares():
     with pytest.raises(ValueError, match=r'batch_size=3: recv returns whole '
-                                         r"workers' envs"):
+                                         r'groups.*hold \[2, 2\] envs'):
         AsyncVectorEnv([InfoEnv] * 4, n_workers=2, batch_size=3)
+    with pytest.raises(ValueError, match=r'batch_size=2.*\[3, 2\]'):
+        AsyncVectorEnv([InfoEnv] * 5, n_workers=2, batch_size=2)
     with pytest.raises(ValueError, match='batch_size must be an int'):
         AsyncVectorEnv([InfoEnv] * 4, n_workers=2, batch_size=0)
 
@@ -475,6 +526,42 @@ def test_a_dead_worker_is_replaced_and_its_envs_step_truncated(
     assert envs._workers.sampler.stats['worker_restarts'] == 1
     obs, *_ = envs.step(zeros)  # and on it goes, from the new episodes
     np.testing.assert_allclose(obs[:, 0], [0.04, 0.04, 0.01, 0.01])
+
+
+@pytest.mark.parametrize('mode', [AutoresetMode.NEXT_STEP,
+                                  AutoresetMode.SAME_STEP])
+def test_a_dead_worker_stepping_groups_comes_back_truncated_in_groups(
+        mode, make_vector, tmp_path):
+    marker = str(tmp_path / 'crashed')
+    fns = [lambda: FaultyEnv('none')] * 4 + [
+        lambda: CrashEnv('exit', after=2, marker=marker)] * 4
+    envs = make_vector(fns, n_workers=2, batch_size=2,
+                       on_worker_error='restart', autoreset_mode=mode)
+    envs.reset(seed=0)
+    envs.send(np.zeros(8, np.int64))
+    restarted, seen = [], []
+    # Worker 0's envs step on while worker 1 is replaced (the new one's
+    # start-up takes a while), until its envs come back.
+    deadline, after = time.monotonic() + 60, 0
+    while after < 8 and time.monotonic() < deadline:
+        after += len(restarted) == 4
+        obs, rewards, term, trunc, infos = envs.recv()
+        ids = infos['env_id']
+        assert len(ids) == 2
+        seen += ids.tolist()
+        if 'worker_restarted' in infos:
+            assert infos['worker_restarted'].all() and trunc.all()
+            assert not term.any() and (rewards == 0).all()
+            np.testing.assert_allclose(obs[:, 0], 0.0)  # reset anew
+            if mode is AutoresetMode.SAME_STEP:
+                assert (infos['final_obs'][0] > 0).all()  # the last one
+            restarted += ids.tolist()
+        envs.send(np.zeros(2, np.int64), ids)
+    # All four envs of the dead worker, each once, in groups of two; and
+    # they step on after it.
+    assert sorted(restarted) == [4, 5, 6, 7]
+    assert set(seen[-8:]) >= {4, 5, 6, 7} or after == 8
+    assert envs._workers.sampler.stats['worker_restarts'] == 1
 
 
 def test_restarts_stop_at_max_restarts(make_vector):

@@ -134,3 +134,45 @@ def test_call_get_and_set_attributes_of_each_env():
     assert [s[1] for s in steps] == [1.0, 1.0, 1.0]
     with pytest.raises(ValueError, match='2 values for 3 envs'):
         w.set_env_attrs('level', [1, 2])
+
+
+class _Rows:
+    """What share_rows takes: rows the worker writes observations into."""
+
+    def __init__(self, rows, first_row):
+        self.rows, self.first_row = rows, first_row
+        self.closed = False
+
+    def close(self):
+        self.closed = True
+
+
+def test_some_envs_step_alone_and_their_rows_are_written_in_place():
+    n = 4
+    sync = SyncVectorEnv(env_fns(n))
+    worker, = workers_for(n, [n], AutoresetMode.NEXT_STEP)
+    rows = np.zeros((n, 3), np.float32)
+    worker.share_rows(_Rows(rows, first_row=8))
+    theirs, _ = sync.reset(seed=2)
+    reset = worker.reset_envs([2, 3, 4, 5])
+    assert tuple(reset[0]) == (8, None)  # written: all rows, in order
+    np.testing.assert_array_equal(rows, theirs)
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        actions = rng.integers(0, 3, n)
+        theirs = sync.step(actions)
+        # The envs step in two groups, the second first: the same result.
+        second = worker.step_envs(list(actions[[3, 2]]), [3, 2])
+        first = worker.step_envs(list(actions[:2]), [0, 1])
+        assert tuple(second[0]) == (8, [3, 2])
+        np.testing.assert_array_equal(rows, theirs[0])
+        np.testing.assert_array_equal(second[1] + first[1][::-1],
+                                      theirs[1][[3, 2, 1, 0]])
+        np.testing.assert_array_equal(first[2] + second[2][::-1],
+                                      theirs[2])
+    with pytest.raises(IndexError, match='from 0 to 3'):
+        worker.step_envs([0], [4])
+    with pytest.raises(ValueError, match='1 actions for 2 envs'):
+        worker.step_envs([0], [0, 1])
+    sync.close()
+    worker.shutdown()
