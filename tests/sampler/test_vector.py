@@ -416,36 +416,15 @@ def test_send_and_recv_return_the_envs_that_are_ready_first(make_vector):
     assert envs.step(np.zeros(4, np.int64))[0].ravel().tolist() == [4, 4, 3, 3]
 
 
-def test_send_and_recv_step_as_sync_vector_env_does(vector_backend,
-                                                    make_vector):
-    fns = [InfoEnv] * 4
-    ours = make_vector(fns, n_workers=2, batch_size=2,
-                       backend=vector_backend)
-    sync = SyncVectorEnv(fns)
-    ours.reset(seed=3)
-    sync.reset(seed=3)
-    rng = np.random.default_rng(0)
-    for _ in range(15):
-        actions = rng.integers(0, 3, 4)
-        theirs = sync.step(actions)
-        ours.send(actions)
-        parts = [ours.recv(), ours.recv()]
-        ids = np.concatenate([p[4]['env_id'] for p in parts])
-        assert sorted(ids.tolist()) == [0, 1, 2, 3]
-        order = np.argsort(ids)
-        for field in range(4):
-            got = np.concatenate([p[field] for p in parts])[order]
-            np.testing.assert_array_equal(got, theirs[field])
-    sync.close()
-
-
-@pytest.mark.parametrize('batch_size', [1, 2])
-def test_workers_step_groups_smaller_than_their_envs_in_turn(
-        batch_size, vector_backend, make_vector):
-    # 8 envs on 2 workers, recv'd batch_size at a time: each worker steps
-    # its 4 envs in groups of batch_size, one after the other, so that it
-    # has the next group to step while the learner acts on the last.
-    fns = [InfoEnv] * 8
+@pytest.mark.parametrize('n_envs, batch_size', [(4, 2), (8, 2), (8, 1)],
+                         ids=['whole shares', 'groups of 2', 'groups of 1'])
+def test_send_and_recv_step_as_sync_vector_env_does(
+        n_envs, batch_size, vector_backend, make_vector):
+    # n_envs on 2 workers, recv'd batch_size at a time: below a worker's
+    # share, each worker steps its envs in groups of batch_size, one after
+    # the other, so that it has the next group to step while the learner
+    # acts on the last.
+    fns = [InfoEnv] * n_envs
     ours = make_vector(fns, n_workers=2, batch_size=batch_size,
                        backend=vector_backend)
     sync = SyncVectorEnv(fns)
@@ -453,15 +432,16 @@ def test_workers_step_groups_smaller_than_their_envs_in_turn(
     sync.reset(seed=5)
     rng = np.random.default_rng(1)
     for _ in range(12):
-        actions = rng.integers(0, 3, 8)
+        actions = rng.integers(0, 3, n_envs)
         theirs = sync.step(actions)
         ours.send(actions)
-        parts = [ours.recv() for _ in range(8 // batch_size)]
+        parts = [ours.recv() for _ in range(n_envs // batch_size)]
         assert all(len(p[4]['env_id']) == batch_size for p in parts)
         ids = np.concatenate([p[4]['env_id'] for p in parts])
-        assert sorted(ids.tolist()) == list(range(8))
+        assert sorted(ids.tolist()) == list(range(n_envs))
         # A worker's groups come back in the order it stepped them.
-        for worker in (ids[ids < 4], ids[ids >= 4]):
+        half = n_envs // 2
+        for worker in (ids[ids < half], ids[ids >= half]):
             assert worker.tolist() == sorted(worker.tolist())
         order = np.argsort(ids)
         for field in range(4):
@@ -470,14 +450,14 @@ def test_workers_step_groups_smaller_than_their_envs_in_turn(
         for part in parts:  # each env's infos as SyncVectorEnv's
             rows = part[4]['env_id']
             for key in ('t', 'score'):
-                mask = theirs[4].get(f'_{key}', np.zeros(8, bool))[rows]
+                mask = theirs[4].get(f'_{key}', np.zeros(n_envs, bool))[rows]
                 assert part[4].get(f'_{key}', np.zeros(len(rows), bool)
                                    ).tolist() == mask.tolist()
                 if mask.any():
                     np.testing.assert_array_equal(
                         part[4][key][mask], theirs[4][key][rows][mask])
     # The learner's loop, as with envpool: send back what recv returned.
-    ours.send(np.zeros(8, np.int64))
+    ours.send(np.zeros(n_envs, np.int64))
     for _ in range(20):
         obs, rewards, term, trunc, infos = ours.recv()
         assert len(infos['env_id']) == batch_size
