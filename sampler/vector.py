@@ -37,6 +37,7 @@ import builtins
 import copy as copy_module
 import multiprocessing
 import numbers
+import os
 import time
 
 import numpy as np
@@ -170,7 +171,8 @@ class EnvWorkers:
         :attr:`shared_rows` (:attr:`views`), overwritten by its next
         reset or step. A frame is then copied once on its way, and a
         step's message stays small."""
-        if type(space) not in _STACKING_SPACES:
+        if type(space) not in _STACKING_SPACES or \
+                not hasattr(os, 'memfd_create'):  # Linux only
             return
         arena = Arena(1, self.n_envs, space.shape, space.dtype)
         slots = [ArenaSlot(a, n, arena.shape, arena.dtype.str)
@@ -341,8 +343,9 @@ class AsyncVectorEnv(VectorEnv):
             ``gymnasium.Env``.
         shared_memory: the workers write the observations into shared
             memory (True, where they are arrays: Box, Discrete,
-            MultiDiscrete, MultiBinary, and the workers processes on this
-            machine) or send them in their replies (False).
+            MultiDiscrete or MultiBinary observations, worker processes
+            of the multiprocessing backend, on Linux) or send them in
+            their replies (False).
         copy: return a copy of the observations (True), or the vector
             env's own array, valid until the next reset or step (False;
             with shared memory, the very rows the workers write).
@@ -722,11 +725,12 @@ class AsyncVectorEnv(VectorEnv):
                     timeout, enough=lambda r: have + sum(
                         self._count(k, getattr(c, 'indices', None))
                         for k, c, _ in r) >= size)
-            finally:
+            except BaseException:
                 if self._workers.pending is None:  # the call ended
-                    self._busy[:] = False
+                    self._busy[:] = False  # what was in flight is lost
                     for k, idx, _ in self._ready:
                         self._busy[self._ids(k, idx)] = True
+                raise
             if results is None:
                 msg = (f'The call to `recv` has timed out after {timeout} '
                        f'second(s); the envs still step: call recv again, '

@@ -5,6 +5,7 @@ of order, and errors from the envs that name where they came from."""
 import copy
 import functools
 import multiprocessing
+import os
 import time
 
 import gymnasium as gym
@@ -218,7 +219,8 @@ def test_observations_come_through_shared_memory_unless_told_not_to(
                        shared_memory=shared_memory)
     sync = SyncVectorEnv(fns)
     rows = envs._workers.shared_rows
-    assert (rows is not None) == shared_memory
+    assert (rows is not None) == (shared_memory and
+                                  hasattr(os, 'memfd_create'))
     assert_same_step(envs.reset(seed=3), sync.reset(seed=3))
     rng = np.random.default_rng(0)
     for _ in range(40):  # episodes end and reset on the way
@@ -414,6 +416,20 @@ def test_send_and_recv_return_the_envs_that_are_ready_first(make_vector):
     envs.recv()
     envs.recv()
     assert envs.step(np.zeros(4, np.int64))[0].ravel().tolist() == [4, 4, 3, 3]
+
+
+def test_envs_received_but_not_yet_returned_by_recv_are_still_busy(
+        make_vector):
+    envs = make_vector([InfoEnv] * 4, n_workers=2, batch_size=2)
+    envs.reset(seed=0)
+    envs.send(np.zeros(4, np.int64))
+    time.sleep(0.5)  # both workers' results arrive in one wait
+    first = envs.recv()[4]['env_id'].tolist()
+    later = sorted({0, 1, 2, 3} - set(first))
+    with pytest.raises(AlreadyPendingCallError, match='still stepping'):
+        envs.send(np.zeros(2, np.int64), env_ids=later)
+    assert envs.recv()[4]['env_id'].tolist() == later
+    envs.send(np.zeros(2, np.int64), env_ids=later)  # now it may
 
 
 @pytest.mark.parametrize('n_envs, batch_size', [(4, 2), (8, 2), (8, 1)],
