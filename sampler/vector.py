@@ -43,8 +43,7 @@ import time
 import numpy as np
 from gymnasium.error import (AlreadyPendingCallError,
                              ClosedEnvironmentError, NoAsyncCallError)
-from gymnasium.spaces import (Box, Discrete, MultiBinary, MultiDiscrete,
-                              Space)
+from gymnasium.spaces import Box, MultiBinary, MultiDiscrete, Space
 from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import (
     batch_differing_spaces, batch_space, concatenate, create_empty_array,
@@ -57,16 +56,13 @@ from sampler._protocol import (ArenaSlot, CallEnvs, ResetEnvs, SetEnvAttrs,
 from sampler.errors import SamplerError, WorkerError
 from sampler.sampler import available_cpus
 from workers.env_stepper import (EnvFns, EnvStepWorker, InfoMerger,
-                                 InSharedRows, NoPolicy, as_autoreset_mode,
-                                 batch_rows, merge_info_blocks)
+                                 InSharedRows, NoPolicy, STACKING_SPACES,
+                                 as_autoreset_mode, batch_rows,
+                                 merge_info_blocks)
 
 
 #: Batched spaces whose batches are one array, iterated row by row.
 _ARRAY_SPACES = (Box, MultiDiscrete, MultiBinary)
-
-#: Observation spaces whose observations a worker stacks into one array
-#: (and may write into shared memory).
-_STACKING_SPACES = _ARRAY_SPACES + (Discrete,)
 
 
 def _backend_class(backend):
@@ -171,7 +167,7 @@ class EnvWorkers:
         :attr:`shared_rows` (:attr:`views`), overwritten by its next
         reset or step. A frame is then copied once on its way, and a
         step's message stays small."""
-        if type(space) not in _STACKING_SPACES or \
+        if type(space) not in STACKING_SPACES or \
                 not hasattr(os, 'memfd_create'):  # Linux only
             return
         arena = Arena(1, self.n_envs, space.shape, space.dtype)

@@ -36,9 +36,10 @@ from workers.env_update import EnvUpdate
 from workers.worker import Worker, bad_step, unpack_reset
 
 
-#: Observation spaces whose observations stack into one array.
-_ARRAY_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete,
-                 spaces.MultiBinary)
+#: Observation spaces whose observations stack into one array (which a
+#: worker may write into shared rows: ``share_rows``).
+STACKING_SPACES = (spaces.Box, spaces.Discrete, spaces.MultiDiscrete,
+                   spaces.MultiBinary)
 
 
 class EnvFns(EnvUpdate):
@@ -180,7 +181,7 @@ class EnvStepWorker(Worker):
                 env.close()
             raise
         self.envs, self.first_index = envs, env_update.first_index
-        self._stacks = type(envs[0].observation_space) in _ARRAY_SPACES
+        self._stacks = type(envs[0].observation_space) in STACKING_SPACES
         self._ended = [False] * len(envs)
         self._observations = [None] * len(envs)
         self._done()
