@@ -7,7 +7,8 @@ constructed, so ``import sampler`` works without it.
 
 from sampler.errors import (BrokenSamplerError, SamplerClosedError,
                             SamplerError, SamplerTimeoutError,
-                            WorkerCrashedError, WorkerError)
+                            WorkerCrashedError, WorkerError,
+                            WorkerHungError)
 from sampler.local_sampler import LocalSampler
 from sampler.multiprocessing_sampler import MultiprocessingSampler
 from sampler.ray_sampler import RaySampler
@@ -27,4 +28,5 @@ __all__ = [
     'WorkerCrashedError',
     'WorkerError',
     'WorkerFactory',
+    'WorkerHungError',
 ]

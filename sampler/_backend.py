@@ -14,7 +14,13 @@
 - a failure: break the sampler, or retire the worker, spawn its
   replacement from its recipe, and start the call's round on it;
 - a timeout: say what the call holds and where each worker it waits
-  for is.
+  for is;
+- hangs (``step_timeout``): while a call waits, watch every worker's
+  pulse (``workers.Worker.pulse``: it beats as env and agent calls
+  return, and says when its host waits for a command); a worker that is
+  not waiting and has not beaten for ``step_timeout`` seconds is hung:
+  its stack is read, it is killed, and it fails as a Hung reply (a
+  ``WorkerHungError``), restarted or raised as any failure is.
 
 A backend keeps only what is its own (all of it in its module):
 
@@ -30,6 +36,12 @@ A backend keeps only what is its own (all of it in its module):
 ``_retire(handle)``                end a failed worker, let go of it
 ``_where(numbers)``                what those workers are doing now
 ``_shutdown()``                    end every worker
+``_pulses(numbers)``               (for ``step_timeout``) those workers'
+                                   pulses, as ``(beats, env, idle)``
+``_hang_report(handle)``           (for ``step_timeout``) ``(call,
+                                   stack)`` of a hung worker, or None
+``_kill(handle)``                  (for ``step_timeout``) end a hung
+                                   worker now
 =================================  ========================================
 """
 
@@ -37,9 +49,10 @@ import time
 
 from sampler import _framing
 from sampler._protocol import (Credit, EnvsDone, Failed, Finish, Gone,
-                               Push, Ready, Segments, Start, Stop)
+                               Hung, Push, Ready, Segments, Start, Stop)
 from sampler.errors import (RemoteTraceback, SamplerTimeoutError,
-                            WorkerCrashedError, WorkerError)
+                            WorkerCrashedError, WorkerError,
+                            WorkerHungError)
 from sampler.sampler import Sampler
 
 
@@ -60,14 +73,58 @@ class WorkerHandle:
         self.pid = None
 
 
-def worker_error(number, reply):
-    """The exception for a Failed or Gone reply of worker ``number``."""
+def worker_error(number, reply, step_timeout=None):
+    """The exception for a Failed, Gone or Hung reply of worker
+    ``number``."""
     if type(reply) is Failed:
         err = WorkerError(number, reply.site, reply.exc_type, reply.message,
                           reply.traceback)
         err.__cause__ = RemoteTraceback(reply.traceback)
         return err
+    if type(reply) is Hung:
+        err = WorkerHungError(number, reply.site, reply.env, reply.seconds,
+                              step_timeout, reply.stack)
+        if reply.stack:
+            err.__cause__ = RemoteTraceback(reply.stack)
+        return err
     return WorkerCrashedError(number, reply.exitcode, reply.detail)
+
+
+class _Watch:
+    """What the caller saw of each worker's pulse: per worker number,
+    ``[handle, beats, since, checked]``: since when (``time.monotonic()``)
+    the worker has been busy with the same beat count, and when it was
+    last looked at."""
+
+    def __init__(self, step_timeout):
+        self.step_timeout = step_timeout
+        # Look four times per step_timeout (at most once a second): a
+        # hang is found within 1.25 step_timeouts of its start.
+        self.every = min(step_timeout / 4, 1.0)
+        self.seen = {}
+        self.next_check = 0.0
+
+    def hung(self, handles, pulses, now):
+        """The workers (numbers) whose pulse says they are hung, each with
+        how long it has been; ``pulses``: number -> ``(beats, env, idle)``,
+        or None for a worker whose pulse could not be read."""
+        out = []
+        # A pulse not looked at for a while (no call was waiting) says
+        # nothing of that time: watch it from now.
+        fresh_after = now - 2 * self.every - 0.5
+        for i, pulse in pulses.items():
+            handle = handles[i]
+            seen = self.seen.get(i)
+            if seen is None or seen[0] is not handle or \
+                    seen[3] < fresh_after or \
+                    (pulse is not None and (pulse[2] or pulse[0] != seen[1])):
+                beats = None if pulse is None else pulse[0]
+                self.seen[i] = [handle, beats, now, now]
+                continue
+            seen[3] = now
+            if now - seen[2] >= self.step_timeout:
+                out.append((i, now - seen[2]))
+        return out
 
 
 class Backend(Sampler):
@@ -154,7 +211,7 @@ class Backend(Sampler):
     def _wait_and_collect(self, collector, deadline, bar):
         """Wait for the next replies and hand them on; past ``deadline``
         (``time.monotonic()``, or None), SamplerTimeoutError."""
-        replies = self._wait(collector, deadline)
+        replies = self._watched_wait(collector, deadline)
         if replies is None:
             raise SamplerTimeoutError(collector.describe(self._where(
                 collector.holding())))
@@ -177,12 +234,77 @@ class Backend(Sampler):
                 bar.advance(got)
         elif kind is Ready:  # a replacement has started
             handle.pid = reply.pid
-        elif kind is Failed or kind is Gone:
-            self._on_failure(handle, worker_error(handle.number, reply),
+        elif kind is Failed or kind is Gone or kind is Hung:
+            self._on_failure(handle, self._reply_error(handle, reply),
                              collector)
         else:
             msg = f'worker {handle.number} sent an unknown reply {reply!r}'
             raise RuntimeError(msg)
+
+    def _reply_error(self, handle, reply):
+        """The exception for a Failed, Gone or Hung reply of ``handle``'s
+        worker."""
+        return worker_error(handle.number, reply,
+                            self._options.get('step_timeout'))
+
+    # Hangs (step_timeout) ------------------------------------------------
+
+    def _watched_wait(self, collector, deadline):
+        """``self._wait(collector, deadline)``; with ``step_timeout``,
+        looking at the workers' pulses while it waits: the workers found
+        hung come as ``(handle, Hung)`` replies, killed already."""
+        step_timeout = self._options.get('step_timeout')
+        if step_timeout is None:
+            return self._wait(collector, deadline)
+        watch = getattr(self, '_watch', None)
+        if watch is None:
+            watch = self._watch = _Watch(step_timeout)
+        while True:
+            now = time.monotonic()
+            if now >= watch.next_check:
+                watch.next_check = now + watch.every
+                hung = self._hung(watch)
+                if hung:
+                    return hung
+            until = watch.next_check if deadline is None else \
+                min(deadline, watch.next_check)
+            replies = self._wait(collector, until)
+            if replies is not None:
+                return replies
+            if deadline is not None and time.monotonic() >= deadline:
+                return None
+
+    def _hung(self, watch):
+        """``(handle, Hung)`` for each worker found hung now, read and
+        killed."""
+        live = [i for i, h in enumerate(self._handles) if h.pid is not None]
+        found = watch.hung(self._handles, self._pulses(live),
+                           time.monotonic())
+        out = []
+        for i, seconds in found:
+            handle = self._handles[i]
+            pulse = self._pulses([i]).get(i)
+            report = self._hang_report(handle) or (None, '')
+            self._kill(handle)
+            del watch.seen[i]
+            self._stats['worker_hangs'] += 1
+            env = None if pulse is None or pulse[1] < 0 else int(pulse[1])
+            out.append((handle, Hung(report[0], env, seconds, report[1])))
+        return out
+
+    def _pulses(self, numbers):
+        """Worker number -> its pulse ``(beats, env, idle)``, or None if it
+        cannot be read now (see :class:`workers.Worker`'s ``pulse``)."""
+        msg = f'{type(self).__name__} cannot watch for hangs (step_timeout)'
+        raise NotImplementedError(msg)
+
+    def _hang_report(self, handle):
+        """``(call, stack)`` of a hung worker (see
+        ``sampler._probe.report_frames``), or None if it cannot be read."""
+        return None
+
+    def _kill(self, handle):
+        """End a hung worker now (``_retire`` follows)."""
 
     def _on_failure(self, handle, err, collector):
         """Worker ``handle`` failed with ``err``: raise it (the sampler is
@@ -244,7 +366,7 @@ class Backend(Sampler):
 
     def _envs_wait_spinning(self, waiting, results, deadline, enough):
         while waiting and not (enough is not None and enough(results)):
-            replies = self._wait(None, deadline)
+            replies = self._watched_wait(None, deadline)
             if replies is None:
                 return False
             for handle, reply in replies:
@@ -261,8 +383,8 @@ class Backend(Sampler):
                         results.append((i, command, reply.result))
                 elif kind is Ready:
                     handle.pid = reply.pid
-                elif kind is Failed or kind is Gone:
-                    err = worker_error(i, reply)
+                elif kind is Failed or kind is Gone or kind is Hung:
+                    err = self._reply_error(handle, reply)
                     if not self._worker_failed(err):
                         raise err
                     self._retire(handle)

@@ -274,6 +274,10 @@ class Collector:
         """Worker ``worker`` failed and is replaced; call before
         :meth:`round_start` for the replacement. Returns False when the
         replacement has nothing to do in this call."""
+        if self.stream or self.kind is RoundKind.SAMPLES:
+            # The episodes its envs were running are lost with it.
+            self.stats['lost_episodes'] += self.n_envs // self.n_workers \
+                if self.n_envs else 1
         if self.stream:
             # What the failed worker sent is kept; the replacement steps
             # new envs from seeds of its own, unless the stream is ending.

@@ -40,6 +40,15 @@ def check_options(sampler_class, options):
                f'and BLAS in each worker) or None (leave them), got '
                f'{threads!r}')
         raise ValueError(msg)
+    step_timeout = merged['step_timeout']
+    if step_timeout is not None and (
+            isinstance(step_timeout, bool)
+            or not isinstance(step_timeout, numbers.Real)
+            or not step_timeout > 0):
+        msg = (f'step_timeout must be None or a number of seconds > 0 (the '
+               f'longest one env or agent call may take), got '
+               f'{step_timeout!r}')
+        raise ValueError(msg)
     init = merged['worker_init']
     if init is not None and not callable(init):
         msg = (f'worker_init must be a callable taking the worker '

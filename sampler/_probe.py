@@ -18,6 +18,7 @@ process that timed out a call.
 """
 
 import faulthandler
+import linecache
 import os
 import re
 import select
@@ -72,11 +73,12 @@ def stop_listening():
         faulthandler.unregister(PROBE_SIGNAL)
 
 
-def ask(probes, timeout=0.5):
+def ask(probes, timeout=0.5, read=None):
     """Probe worker processes: ``probes`` maps a key to ``(pid, sock)``
     (the caller's end of the worker's probe socket). Returns the key's
-    :func:`describe` for each worker that answered within ``timeout``
-    seconds."""
+    :func:`describe` (or ``read(dump)``, not None) for each worker that
+    answered within ``timeout`` seconds."""
+    read = read or describe
     if PROBE_SIGNAL is None or not probes:
         return {}
     texts = {}
@@ -110,7 +112,7 @@ def ask(probes, timeout=0.5):
         quiet = time.monotonic() + 0.05
     out = {}
     for key, _, chunks in texts.values():
-        where = describe(b''.join(chunks).decode('utf-8', 'replace'))
+        where = read(b''.join(chunks).decode('utf-8', 'replace'))
         if where:
             out[key] = where
     return out
@@ -135,16 +137,59 @@ def describe(dump):
     return None
 
 
+def hang_report(dump):
+    """``(call, stack)`` of a worker process's main thread from
+    faulthandler's dump (see :func:`report_frames`), or None if the dump
+    does not show it."""
+    for frames in _threads(dump):
+        names = [(os.path.basename(f), name) for f, _, name in frames]
+        if ('_worker_process.py', 'run') in names:
+            # From the worker's loop on: how multiprocessing started the
+            # process says nothing about the hang.
+            return report_frames(frames[:names.index(
+                ('_worker_process.py', 'run')) + 1])
+    return None
+
+
+def report_frames(frames):
+    """For a hung worker's thread, from its frames (most recent first,
+    as ``(file, line, function)``): the call of user code it is in
+    (``'env.step'``; None if it is in this project's code) and its stack
+    as a traceback's text, most recent call last, with the source lines
+    where they can be read."""
+    call = None
+    for k, (path, _, _) in enumerate(frames):
+        if path.startswith(_OURS):
+            if k:
+                name = frames[k - 1][2]
+                call = _CALLS.get(name, f'{name}()')
+            break
+    lines = []
+    for path, line, name in reversed(frames):
+        lines.append(f'  File "{path}", line {line}, in {name}\n')
+        source = linecache.getline(path, line).strip()
+        if source:
+            lines.append(f'    {source}\n')
+    return call, ''.join(lines)
+
+
+def thread_frames(ident):
+    """The frames of thread ``ident`` of this process, most recent
+    first, as ``(file, line, function)``; None if there is no such
+    thread."""
+    frame = sys._current_frames().get(ident)
+    if frame is None:
+        return None
+    return [(f.filename, f.lineno, f.name)
+            for f in reversed(traceback.extract_stack(frame))]
+
+
 def where_thread(ident):
     """:func:`describe_frames` of thread ``ident`` of this process, or
     None if there is no such thread (for a worker that runs in a thread
     of a process of another's, as a Ray actor's does)."""
-    frame = sys._current_frames().get(ident)
-    if frame is None:
-        return None
-    frames = [(f.filename, f.lineno, f.name)
-              for f in reversed(traceback.extract_stack(frame))]
-    return describe_frames(frames)
+    frames = thread_frames(ident)
+    return None if frames is None else describe_frames(frames)
 
 
 def describe_frames(frames):

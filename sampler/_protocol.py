@@ -34,6 +34,10 @@ One call (``obtain_samples(n)``, ``obtain_exact_episodes(k)``,
                                                traceback)
     a worker that died without a word: Gone(exitcode, detail), made by
     the caller's side of the backend when the worker's channel ends.
+    a worker whose env or agent call ran past step_timeout: Hung(site,
+    env, seconds, stack), made by the caller's side, which watches each
+    worker's pulse (workers.Worker.pulse) while it waits, reads the
+    worker's stack (sampler._probe) and kills it.
 
 Who moves the messages is the backend's own (sampler._backend holds what
 every backend shares): a pipe pair and a process per worker
@@ -92,6 +96,8 @@ Segments   what a round produced since the last message; ``done`` ends the
 Failed     env, agent or update code raised: where, what, the traceback;
            the worker is gone after it
 Gone       (made by the caller's side) the worker died without a word
+Hung       (made by the caller's side) a call ran past step_timeout; the
+           worker was killed
 EnvsDone   a vector env's command is done: what it returned
 =========  ==================================================================
 """
@@ -377,4 +383,22 @@ class EnvsDone(NamedTuple):
     result: object
 
 
-REPLIES = (Ready, Segments, Failed, Gone, EnvsDone)
+class Hung(NamedTuple):
+    """A worker's env or agent call ran past ``step_timeout``; the
+    caller's side found it so and killed the worker.
+
+    Attributes:
+        site: the call it hung in (``'env.step'``), or None if unknown.
+        env: the index, among the worker's envs, of the env it stepped or
+            reset last, or None.
+        seconds: how long it had been in the call when killed.
+        stack: the worker's stack then (text), or ``''``.
+    """
+
+    site: Optional[str]
+    env: Optional[int]
+    seconds: float
+    stack: str = ''
+
+
+REPLIES = (Ready, Segments, Failed, Gone, Hung, EnvsDone)

@@ -17,6 +17,14 @@ calls instead of pipes; every method returns a list of replies::
                                                          thread is doing (in a
                                                          concurrency group of
                                                          its own)
+    pulse()                   -> (beats, env, idle)      the worker's pulse
+                                                         (workers.Worker), for
+                                                         step_timeout (same
+                                                         group)
+    hang_report()             -> (call, stack) | None    where the round's
+                                                         thread is, as a
+                                                         traceback (same
+                                                         group)
     shutdown()                                           closes the envs
 
 A Ray actor runs its calls one at a time in the order they were sent, so
@@ -31,6 +39,7 @@ import threading
 from sampler import _probe
 from sampler._protocol import Ready
 from sampler._round import Round, build_worker, failed_reply
+from workers.worker import PULSE_IDLE
 
 
 class SamplerWorker:
@@ -54,6 +63,7 @@ class SamplerWorker:
             self._worker = build_worker(worker_number, factory_blob, setup,
                                         updates)
             self._round = Round(self._worker)
+            self._worker.pulse[PULSE_IDLE] = 1  # until its first call
         except Exception:
             self._failure = failed_reply(self._worker)
 
@@ -65,11 +75,34 @@ class SamplerWorker:
     def command(self, message, env=None, agent=None):
         if env is not None or agent is not None:
             message = message._replace(env=env, agent=agent)
-        return self._round.handle(message)
+        self._thread = threading.get_ident()
+        pulse = self._worker.pulse
+        pulse[PULSE_IDLE] = 0
+        try:
+            return self._round.handle(message)
+        finally:
+            pulse[PULSE_IDLE] = 1  # between calls: waiting, not hung
 
     def sample(self):
         self._thread = threading.get_ident()
-        return [self._round.produce()]
+        pulse = self._worker.pulse
+        pulse[PULSE_IDLE] = 0
+        try:
+            return [self._round.produce()]
+        finally:
+            pulse[PULSE_IDLE] = 1
+
+    def pulse(self):
+        """The worker's pulse (see ``workers.Worker.pulse``)."""
+        if self._worker is None:
+            return None
+        return tuple(self._worker.pulse)
+
+    def hang_report(self):
+        """``(call, stack)`` of the thread that runs the round (see
+        ``sampler._probe.report_frames``), or None."""
+        frames = _probe.thread_frames(self._thread)
+        return None if frames is None else _probe.report_frames(frames)
 
     def where(self):
         """What the thread that runs the round is doing now (see

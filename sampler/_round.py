@@ -28,6 +28,7 @@ from sampler._protocol import (CallEnvs, Credit, EnvsDone, Exit, Failed,
                                SetEnvAttrs, ShareRows, Start, StepEnvs,
                                Stop, UpdateKind)
 from workers import EpisodeBuffer
+from workers.worker import PULSE_BEATS
 from workers.spaces import misfit
 
 #: Longest a finished episode waits in a worker before it is sent.
@@ -87,6 +88,7 @@ def apply_update(worker, update):
         worker.set_agent(value)
     else:
         worker.set_agent_params(value)
+    worker.pulse[PULSE_BEATS] += 1
 
 
 class Round:

@@ -107,9 +107,16 @@ class CallGuard:
             msg = ('this sampler is closed; make a new one to sample again')
             raise SamplerClosedError(msg)
         if self._broken is not None:
-            msg = (f'this sampler is broken since {self._broken}; close it '
-                   f'and make a new one (or pass on_worker_error="restart" '
-                   f'to replace failed workers)')
+            msg = f'this sampler is broken since {self._broken}; close it ' \
+                'and make a new one'
+            if self._options['on_worker_error'] != 'restart':
+                msg += ' (or pass on_worker_error="restart" to replace ' \
+                    'failed workers)'
+            elif self._stats['worker_restarts'] >= \
+                    self._options['max_restarts']:
+                msg += (f' (its max_restarts='
+                        f'{self._options["max_restarts"]} restarts were '
+                        f'used up)')
             raise BrokenSamplerError(msg) from self._broken
 
     def _worker_failed(self, err):

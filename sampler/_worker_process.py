@@ -39,6 +39,7 @@ from sampler._arena import MappedRows
 from sampler._protocol import (ENV_COMMANDS, Exit, Failed, Ready, ShareRows,
                                Start)
 from sampler._round import Round, build_worker, failed_reply
+from workers.worker import PULSE_IDLE, new_pulse
 
 #: Maps of the caller's arenas a worker keeps (the caller keeps two).
 MAPS_KEPT = 2
@@ -49,7 +50,7 @@ class _ParentGone(Exception):
 
 
 def run(worker_number, factory_blob, setup, updates, commands, results,
-        handles=None, probe=None):
+        handles=None, probe=None, pulse=None):
     """Entry point of a worker process.
 
     Args:
@@ -66,6 +67,9 @@ def run(worker_number, factory_blob, setup, updates, commands, results,
         probe: this worker's end of the socket pair its stacks are dumped
             to when the caller asks where it is (:mod:`sampler._probe`),
             or None.
+        pulse: shared memory for the worker's pulse (``Worker.pulse``),
+            which the caller watches for hangs (``step_timeout``), or
+            None.
     """
     # Ctrl-C in a terminal reaches the whole process group: the caller alone
     # should raise KeyboardInterrupt, not one traceback per worker.
@@ -79,7 +83,7 @@ def run(worker_number, factory_blob, setup, updates, commands, results,
         setproctitle.setproctitle(f'{NAME_PREFIX}{worker_number}')
     except ImportError:  # pragma: no cover - a dependency, but be lenient
         pass
-    loop = _Loop(worker_number, commands, results, handles)
+    loop = _Loop(worker_number, commands, results, handles, pulse)
     try:
         if loop.build(factory_blob, setup, updates):
             loop.serve()
@@ -94,8 +98,10 @@ def run(worker_number, factory_blob, setup, updates, commands, results,
 
 class _Loop:
 
-    def __init__(self, worker_number, commands, results, handles=None):
+    def __init__(self, worker_number, commands, results, handles=None,
+                 pulse=None):
         self.worker_number = worker_number
+        self.pulse = new_pulse(pulse)
         self.handles = handles
         # The caller keeps ARENAS_KEPT arenas and reuses them: keeping
         # their maps saves mapping (populating) and unmapping the rows
@@ -123,6 +129,7 @@ class _Loop:
         except Exception:
             self._send(failed_reply(self.worker))
             return False
+        self.worker.pulse = self.pulse
         self.round = Round(self.worker)
         self._send(Ready(self.worker.env_spaces, os.getpid()))
         return True
@@ -130,15 +137,22 @@ class _Loop:
     def serve(self):
         """Answer commands and run rounds until Exit or a failure."""
         spin, spin_s, replied = _framing.Spin(), 0.0, None
+        pulse = self.pulse
         while True:
             # Handle every queued command before the next step, in order:
             # none is lost, and the last word decides the state. Idle,
             # this blocks (after a vector env's command, polling a moment
             # first: the next comes soon); running, it only looks.
             while True:
+                # Waiting for a command, the worker is idle, not hung (see
+                # Worker.pulse); it says so while it waits.
+                idle = not self.round.active
+                if idle:
+                    pulse[PULSE_IDLE] = 1
                 events = _framing.select_spinning(
-                    self.selector, 0 if self.round.active else None,
-                    spin_s)
+                    self.selector, None if idle else 0, spin_s)
+                if idle:
+                    pulse[PULSE_IDLE] = 0
                 if not events:
                     break
                 if any(key.data for key, _ in events):
@@ -228,10 +242,14 @@ class _Loop:
         self._write(_framing.encode(message))
 
     def _write(self, pieces):
+        # A full pipe waits for the caller: idle, not hung.
+        self.pulse[PULSE_IDLE] = 1
         try:
             _framing.write_pieces(self.results.fileno(), pieces)
         except (BrokenPipeError, ConnectionResetError):
             raise _ParentGone from None
+        finally:
+            self.pulse[PULSE_IDLE] = 0
 
     def close(self):
         self.selector.close()

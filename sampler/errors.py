@@ -6,6 +6,7 @@
      +-- SamplerClosedError      you called it after close()
      +-- BrokenSamplerError      a worker failed earlier; close and rebuild
      +-- WorkerError             env or agent code raised inside a worker
+     |    +-- WorkerHungError    or ran longer than step_timeout
      +-- WorkerCrashedError      a worker process died without a word
      +-- SamplerTimeoutError     timeout= ran out (also a TimeoutError)
 """
@@ -82,6 +83,56 @@ class WorkerError(_NamesCall):
         return (type(self), (self.worker_number, self.site, self.exc_type,
                              self.exc_message, self.worker_traceback,
                              self.call))
+
+
+class WorkerHungError(WorkerError):
+    """An env or agent call inside a worker ran longer than the sampler's
+    ``step_timeout``: the worker was killed (and, with
+    ``on_worker_error="restart"``, replaced). ``worker_traceback`` holds
+    the worker's stack at the moment it was found hung, where it could be
+    read.
+
+    Attributes (besides :class:`WorkerError`'s; ``site`` is the call it
+    hung in, e.g. ``'env.step'``, or None if its stack could not be
+    read):
+        env_index: the env it was stepping or resetting last, its index
+            among the worker's envs (None if unknown).
+        env_name: that env in words (``'its env 2'``; a vector env names
+            its own index, ``'env 6'``).
+        seconds: how long the call had run, at least, when the worker
+            was killed.
+        step_timeout: the limit it ran past.
+    """
+
+    #: What became of the worker, the message's last words.
+    KILLED = 'the worker was killed'
+
+    def __init__(self, worker_number, site, env_index, seconds,
+                 step_timeout, stack, call=None, env_name=None,
+                 outcome=KILLED):
+        self.outcome = outcome
+        self.env_index = env_index
+        self.env_name = env_name if env_name is not None or \
+            env_index is None else f'its env {env_index}'
+        self.seconds = seconds
+        self.step_timeout = step_timeout
+        where = 'its stack, at the moment it was found hung' if stack \
+            else 'its stack could not be read'
+        super().__init__(worker_number, site, 'WorkerHungError', where,
+                         stack or '', call)
+
+    def _message(self, during):
+        where = f' in {self.site}' if self.site else ''
+        env = f' ({self.env_name})' if self.env_name else ''
+        return (f'worker {self.worker_number} hung{where}{env}{during}: the '
+                f'call ran {self.seconds:.1f} s or more, past step_timeout='
+                f'{self.step_timeout} s; {self.outcome}')
+
+    def __reduce__(self):
+        return (type(self), (self.worker_number, self.site, self.env_index,
+                             self.seconds, self.step_timeout,
+                             self.worker_traceback, self.call,
+                             self.env_name, self.outcome))
 
 
 class WorkerCrashedError(_NamesCall):

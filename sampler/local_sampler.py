@@ -9,14 +9,20 @@ message (``Round.produce``), each worker in turn.
 """
 
 import collections
+import contextlib
+import ctypes
 import os
+import threading
 import time
 import warnings
 
-from sampler._backend import Backend, WorkerHandle
+from sampler import _probe
+from sampler._backend import Backend, WorkerHandle, _Watch
 from sampler._process_setup import ProcessSetup
-from sampler._protocol import Credit, Ready
+from sampler._protocol import Credit, Hung, Ready
 from sampler._round import Round, build_worker, failed_reply
+from sampler.errors import WorkerHungError
+from workers.worker import PULSE_BEATS, PULSE_ENV
 
 
 class LocalSampler(Backend):
@@ -30,7 +36,13 @@ class LocalSampler(Backend):
 
     ``timeout`` is checked between episodes: a single ``env.step`` that
     never returns cannot be interrupted in-process (use
-    ``MultiprocessingSampler`` for that).
+    ``MultiprocessingSampler`` for that). ``step_timeout`` here raises
+    :class:`~sampler.WorkerHungError` in the call (a watchdog thread
+    raises it inside the hung env or agent code) and leaves the sampler
+    broken whatever ``on_worker_error`` says: a call in this process
+    cannot be killed, so the worker cannot be replaced safely. A call
+    blocked in C code (a sleep, a lock, a socket) takes it only when it
+    returns, if ever; a process backend kills such a worker instead.
 
     Args:
         agents: an agent (``get_action(obs) -> (action, info)``, or a
@@ -114,7 +126,39 @@ class LocalSampler(Backend):
             return  # never built: its Failed reply waits in the inbox
         if type(command) is Credit:
             return  # asked for each message, a worker is never ahead
-        handle.inbox.extend(handle.round.handle(command))
+        with self._watched(handle):
+            handle.inbox.extend(handle.round.handle(command))
+
+    # Hangs (step_timeout): a watchdog thread, since the worker runs in
+    # the caller's thread.
+
+    def _watched_wait(self, collector, deadline):
+        return self._wait(collector, deadline)
+
+    def _watched(self, handle):
+        step_timeout = self._options['step_timeout']
+        if step_timeout is None:
+            return contextlib.nullcontext()
+        watchdog = getattr(self, '_watchdog', None)
+        if watchdog is None:
+            watchdog = self._watchdog = _Watchdog(step_timeout)
+        return watchdog.watching(handle)
+
+    def _reply_error(self, handle, reply):
+        err = super()._reply_error(handle, reply)
+        if isinstance(err, WorkerHungError):
+            err.outcome = ('a call in the caller\'s process cannot be '
+                           'killed, so the sampler is broken (a process '
+                           'backend replaces such a worker)')
+            err.name_call(None)
+        return err
+
+    def _worker_failed(self, err):
+        if isinstance(err, WorkerHungError):
+            self._stats['worker_hangs'] += 1
+            self._broken = err  # never replaced: see the class
+            return False
+        return super()._worker_failed(err)
 
     def _wait(self, collector, deadline):
         self._check_closed_during()
@@ -132,7 +176,8 @@ class LocalSampler(Backend):
             raise RuntimeError(msg)
         handle = self._handles[running[0]]
         self._turn = (handle.number + 1) % n
-        handle.inbox.append(handle.round.produce())
+        with self._watched(handle):
+            handle.inbox.append(handle.round.produce())
         return self._read(handle)
 
     @staticmethod
@@ -146,9 +191,94 @@ class LocalSampler(Backend):
             handle.worker = handle.round = None
 
     def _shutdown(self):
+        watchdog = getattr(self, '_watchdog', None)
+        if watchdog is not None:
+            watchdog.stop()
         handles, self._handles = getattr(self, '_handles', []), []
         for handle in handles:
             self._retire(handle)
+
+
+class _HungInterrupt(BaseException):
+    """Raised by the watchdog inside a worker's call that ran past
+    step_timeout (a BaseException: env code that catches Exception does
+    not swallow it)."""
+
+
+class _Watchdog:
+    """A thread that watches the pulse of the worker whose code the
+    caller's thread runs (see ``sampler._backend._Watch``), and raises
+    _HungInterrupt in that thread when the worker hangs."""
+
+    def __init__(self, step_timeout):
+        self.watch = _Watch(step_timeout)
+        self.lock = threading.Lock()
+        self.current = None  # (thread id, handle) being watched
+        self.fired = None  # (handle, seconds, (call, stack))
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True,
+                                       name='sampler-step-timeout')
+        self.thread.start()
+
+    @contextlib.contextmanager
+    def watching(self, handle):
+        ident = threading.get_ident()
+        with self.lock:
+            self.current = (ident, handle)
+            self.fired = None
+        try:
+            yield
+        except _HungInterrupt:
+            pass
+        finally:
+            with self.lock:
+                self.current = None
+                fired, self.fired = self.fired, None
+                if fired is not None:
+                    # Not delivered yet (the call returned meanwhile):
+                    # it must not land in the sampler's own code.
+                    _async_raise(ident, None)
+        if fired is not None:
+            handle, seconds, (call, stack) = fired
+            pulse = handle.worker.pulse
+            handle.inbox.append(Hung(call, int(pulse[PULSE_ENV]), seconds,
+                                     stack))
+
+    def _run(self):
+        watch = self.watch
+        while not self.stopped.wait(watch.every):
+            with self.lock:
+                if self.current is None or self.fired is not None:
+                    continue
+                ident, handle = self.current
+                pulse = handle.worker.pulse
+                found = watch.hung(
+                    {handle.number: handle},
+                    {handle.number: (pulse[PULSE_BEATS], pulse[PULSE_ENV],
+                                     0)}, time.monotonic())
+                if not found:
+                    continue
+                del watch.seen[handle.number]
+                frames = _probe.thread_frames(ident) or []
+                # From where the sampler ran the worker on.
+                for k, (path, _, _) in enumerate(frames):
+                    if path == __file__:
+                        frames = frames[:k]
+                        break
+                self.fired = (handle, found[0][1],
+                              _probe.report_frames(frames))
+                _async_raise(ident, _HungInterrupt)
+
+    def stop(self):
+        self.stopped.set()
+
+
+def _async_raise(ident, exc_type):
+    """Raise ``exc_type`` in thread ``ident`` at its next bytecode (None:
+    cancel one not raised yet)."""
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(
+        ctypes.c_ulong(ident), ctypes.py_object(exc_type) if exc_type
+        else ctypes.c_void_p(0))
 
 
 class _Local(WorkerHandle):

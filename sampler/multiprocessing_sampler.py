@@ -67,6 +67,7 @@ from sampler._protocol import (ENV_COMMANDS, SHARE_ROWS_TAG, ArenaRows,
 from sampler.errors import SamplerError
 from sampler.sampler import available_cpus
 from workers import EpisodeBatch
+from workers.worker import PULSE_BEATS, PULSE_ENV, PULSE_FIELDS, PULSE_IDLE
 
 
 def _pins(option, worker_class):
@@ -84,8 +85,9 @@ class _Process(WorkerHandle):
     """The caller's view of one worker process."""
 
     def __init__(self, number, process, commands, results, fd_socket,
-                 probe):
+                 probe, pulse=None):
         super().__init__(number)
+        self.pulse = pulse  # shared with the worker (step_timeout), or None
         self.process = process
         self.commands = commands
         self.results = results
@@ -215,11 +217,15 @@ class MultiprocessingSampler(Backend):
         probe_here, probe_there = self._ctx.Pipe(duplex=True)  # sampler._probe
         widen_pipe(reader)
         widen_pipe(command_writer)
+        # The worker's pulse, in shared memory where the caller watches it
+        # for hangs (step_timeout).
+        pulse = None if self._options['step_timeout'] is None else \
+            self._ctx.RawArray('q', PULSE_FIELDS)
         process = self._ctx.Process(
             target=_worker_process.run, name=f'{NAME_PREFIX}{i}',
             args=(i, self._factory_blob, self._setup,
                   self._recipes[i].updates(),
-                  command_reader, writer, fds_there, probe_there),
+                  command_reader, writer, fds_there, probe_there, pulse),
             daemon=True)
         process.start()
         # Only the worker may hold these ends: its death then reads as
@@ -234,7 +240,7 @@ class MultiprocessingSampler(Backend):
         probe = socket.socket(fileno=os.dup(probe_here.fileno()))
         probe_here.close()
         return _Process(i, process, Commands(command_writer), reader,
-                        fd_socket, probe)
+                        fd_socket, probe, pulse)
 
     def _startup_hint(self):
         return ('raise it on a busy machine, or for an env (or a main '
@@ -424,6 +430,21 @@ class MultiprocessingSampler(Backend):
         return _probe.ask({
             i: (self._handles[i].process.pid, self._handles[i].probe)
             for i in workers if self._handles[i].process.is_alive()})
+
+    def _pulses(self, numbers):
+        out = {}
+        for i in numbers:
+            pulse = self._handles[i].pulse
+            out[i] = (pulse[PULSE_BEATS], pulse[PULSE_ENV],
+                      pulse[PULSE_IDLE])
+        return out
+
+    def _hang_report(self, handle):
+        return _probe.ask({0: (handle.process.pid, handle.probe)},
+                          read=_probe.hang_report).get(0)
+
+    def _kill(self, handle):
+        handle.process.kill()
 
     def _arena_rows(self, segments, collector):
         """``segments`` with observations written to shared memory made

@@ -318,22 +318,42 @@ class RaySampler(Backend):
     def _where(self, workers, timeout=0.5):
         """What each of ``workers`` is doing now, for those whose actor
         answers within ``timeout`` seconds (see sampler._probe)."""
+        return {i: where for i, where in
+                self._ask_probes(workers, 'where', timeout).items() if where}
+
+    def _ask_probes(self, numbers, method, timeout):
+        """Worker number -> what its actor's ``method`` (of the probe
+        concurrency group, which runs while ``sample`` does) returned, for
+        those that answered within ``timeout`` seconds."""
         asked = {}
-        for i in workers:
-            method = self._handles[i].actor.where.options(
+        for i in numbers:
+            call = getattr(self._handles[i].actor, method).options(
                 concurrency_group=_PROBE_GROUP)
-            asked[method.remote()] = i
+            asked[call.remote()] = i
+        if not asked:
+            return {}
         ready, _ = self._ray.wait(list(asked), num_returns=len(asked),
                                   timeout=timeout)
         out = {}
         for ref in ready:
             try:
-                where = self._ray.get(ref)
+                out[asked[ref]] = self._ray.get(ref)
             except Exception:
                 continue  # an actor that died: its failure says more
-            if where:
-                out[asked[ref]] = where
         return out
+
+    def _pulses(self, numbers):
+        # An actor that does not answer (its round's thread holds the GIL
+        # in C code, say) is read as not beating.
+        answered = self._ask_probes(numbers, 'pulse', 1.0)
+        return {i: answered.get(i) for i in numbers}
+
+    def _hang_report(self, handle):
+        return self._ask_probes([handle.number], 'hang_report',
+                                0.5).get(handle.number)
+
+    def _kill(self, handle):
+        self._ray.kill(handle.actor, no_restart=True)
 
     def _wait_one(self, refs, deadline):
         """``ray.wait`` for one of ``refs`` until ``deadline``, in slices

@@ -48,7 +48,8 @@ class Sampler(StreamCalls, CallGuard):
     """
 
     _OPTIONS = {'on_worker_error': 'raise', 'max_restarts': 10,
-                'progress': None, 'worker_init': None, 'worker_threads': 1}
+                'progress': None, 'worker_init': None, 'worker_threads': 1,
+                'step_timeout': None}
 
     #: Whether the workers are processes of this process's: a fork's
     #: child may not use them (LocalSampler's workers are its own copy).
@@ -100,7 +101,8 @@ class Sampler(StreamCalls, CallGuard):
         self._broken = None
         self._stats = {'episodes': 0, 'transitions': 0, 'env_steps': 0,
                        'discarded_episodes': 0, 'discarded_transitions': 0,
-                       'worker_restarts': 0, 'calls': 0}
+                       'worker_restarts': 0, 'worker_hangs': 0,
+                       'lost_episodes': 0, 'calls': 0}
         self._next_episode_ids = [i * EPISODE_ID_STRIDE
                                   for i in range(self.n_workers)]
         self._stream = None  # the open stream's Collector
@@ -176,6 +178,11 @@ class Sampler(StreamCalls, CallGuard):
         failed worker whose part was redone); ``held_transitions``, what
         workers sent after the last stream ended, which the next stream
         yields first (or another call discards); ``worker_restarts``;
+        ``worker_hangs``, workers found hung (``step_timeout``);
+        ``lost_episodes``, the episodes a failed worker was running in a
+        call that keeps what its workers sent (``obtain_samples``, a
+        stream), one per env it held: they go with it, never returned in
+        part (other calls redo the failed worker's part instead);
         ``calls`` (streams count as one each)."""
         stats = dict(self._stats)
         stats['held_transitions'] = sum(len(b) for b in self._held)

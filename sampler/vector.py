@@ -53,7 +53,7 @@ from sampler._arena import Arena
 from sampler._backend import RESTARTED
 from sampler._protocol import (ArenaSlot, CallEnvs, ResetEnvs, SetEnvAttrs,
                                StepEnvs)
-from sampler.errors import SamplerError, WorkerError
+from sampler.errors import SamplerError, WorkerError, WorkerHungError
 from sampler.sampler import available_cpus
 from workers.env_stepper import (EnvFns, EnvStepWorker, InfoMerger,
                                  InSharedRows, NoPolicy, STACKING_SPACES,
@@ -260,6 +260,12 @@ class EnvWorkers:
                                               deadline, enough)
         except WorkerError as err:
             self.pending = None
+            if isinstance(err, WorkerHungError) and \
+                    err.env_index is not None:
+                # Named by the vector env's index of the env.
+                err.env_name = \
+                    f'env {self.shares[err.worker_number][0] + err.env_index}'
+                err.name_call(None)
             raise _as_env_error(err) from err.__cause__
         except SamplerError:
             self.pending = None  # the workers are gone
@@ -368,7 +374,14 @@ class AsyncVectorEnv(VectorEnv):
             the reset's observations, reward 0 and
             ``infos["worker_restarted"]`` True (in same_step mode
             ``final_obs`` is their last observation before it). An env
-            that raises still raises: only a dead worker is replaced.
+            that raises still raises: only a dead or hung worker is
+            replaced.
+        step_timeout: seconds one env call (a step, a reset) may take;
+            a worker whose call runs longer is killed and raises
+            :class:`~sampler.WorkerHungError` (naming the env and the
+            call, with the worker's stack where it hung), or with
+            ``"restart"`` is replaced as a dead one is. Default None: no
+            limit.
         batch_size: how many envs :meth:`recv` returns (default all).
             Where it is less than all, a divisor of the envs each worker
             holds (each worker then steps the envs it is sent in groups
@@ -970,6 +983,8 @@ def _as_env_error(err):
     """``err`` (a WorkerError) as one that is also an instance of the env's
     exception type, where that is a built-in exception class that can be
     mixed in; else ``err`` itself."""
+    if isinstance(err, WorkerHungError):
+        return err
     cls = getattr(builtins, err.exc_type, None)
     if not (isinstance(cls, type) and issubclass(cls, Exception)) or \
             issubclass(cls, WorkerError):

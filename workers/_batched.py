@@ -31,7 +31,7 @@ from workers import _nest
 from workers._episode import (BATCHED, BATCHED_WITH_ENV_INFOS,
                               EpisodeRecord, copy_nest)
 from workers.agents import batched
-from workers.worker import Worker
+from workers.worker import PULSE_BEATS, Worker
 
 
 #: The log is trimmed once it holds this many steps, and again each time it
@@ -168,15 +168,19 @@ class BatchedEnvsWorker(Worker):
         limit). Envs with no episode and none to start stay idle. Returns
         how many episodes it started."""
         run = self._begin(buffer, n_steps, max_starts)
+        pulse = self.pulse
         try:
             while self._more(run):
                 stepped = self._start_idle(run)
                 if not stepped:
                     break
                 batch = self._observe(run, stepped)
+                pulse[PULSE_BEATS] += 1
                 actions, agent_infos, sent = self._act(run, batch)
+                pulse[PULSE_BEATS] += 1
                 run.where = 'env.step'
                 result = self._step(run, stepped, sent)
+                pulse[PULSE_BEATS] += 1
                 self._record(run, batch, actions, agent_infos, result)
                 ended = self._end(run, stepped, result)
                 run.taken += 1

@@ -4,7 +4,8 @@ number of steps as segments."""
 from collections.abc import Mapping
 
 from workers._episode import EpisodeRecord, copy_nest, reuses_buffers
-from workers.worker import Worker, bad_action, bad_step, unpack_reset
+from workers.worker import (PULSE_BEATS, Worker, bad_action, bad_step,
+                            unpack_reset)
 
 
 class DefaultWorker(Worker):
@@ -113,6 +114,7 @@ class DefaultWorker(Worker):
         # error_site stays set if a call raises: it says which one did.
         self.error_site = 'env.reset'
         obs, reset_info = unpack_reset(self.env.reset(seed=self._reset_seed))
+        self.pulse[PULSE_BEATS] += 1
         self._reset_seed = None
         self._env_is_new = False
         if not self._copy_observations:
@@ -145,6 +147,7 @@ class DefaultWorker(Worker):
         copy_obs = self._copy_observations
         refused = self._action_check(batched=False)
         obs, t, taken, ended = self._obs, self._t, 0, False
+        pulse = self.pulse
         where = 'agent.get_action'
         try:
             while taken < limit:
@@ -163,6 +166,7 @@ class DefaultWorker(Worker):
                     raise error
                 where = 'env.step'
                 result = step(sent)
+                pulse[PULSE_BEATS] += 1
                 try:
                     next_obs, reward, terminated, truncated, env_info = \
                         result

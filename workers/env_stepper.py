@@ -33,7 +33,8 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import concatenate, create_empty_array
 
 from workers.env_update import EnvUpdate
-from workers.worker import Worker, bad_step, unpack_reset
+from workers.worker import (PULSE_BEATS, PULSE_ENV, Worker, bad_step,
+                            unpack_reset)
 
 
 #: Observation spaces whose observations stack into one array (which a
@@ -190,9 +191,14 @@ class EnvStepWorker(Worker):
         # The site names the env: a sampler's error says "in env.step of
         # env 5".
         self.error_site, self.error_env = f'{site} of env {index}', index
+        # A call begins: the one before it returned (see Worker.pulse).
+        pulse = self.pulse
+        pulse[PULSE_BEATS] += 1
+        pulse[PULSE_ENV] = index - self.first_index
 
     def _done(self):
         self.error_site = self.error_env = None
+        self.pulse[PULSE_BEATS] += 1
 
     # The calls -----------------------------------------------------------
 

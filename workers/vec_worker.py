@@ -8,7 +8,7 @@ import numpy as np
 from workers import _nest
 from workers._batched import BatchedEnvsWorker
 from workers._episode import copy_nest, reuses_buffers
-from workers.worker import bad_step, unpack_reset
+from workers.worker import PULSE_BEATS, PULSE_ENV, bad_step, unpack_reset
 
 
 class VecWorker(BatchedEnvsWorker):
@@ -93,9 +93,12 @@ class VecWorker(BatchedEnvsWorker):
 
     def _reset_envs(self, envs):
         reset_infos = []
+        pulse = self.pulse
         for i in envs:
+            pulse[PULSE_ENV] = i
             obs, info = unpack_reset(self.envs[i].reset(
                 seed=self._reset_seeds[i]))
+            pulse[PULSE_BEATS] += 1
             self._reset_seeds[i] = None
             self._new_envs[i] = False
             self._first_observations[i] = obs
@@ -126,8 +129,11 @@ class VecWorker(BatchedEnvsWorker):
             action_of = functools.partial(_nest.index, sent)
         envs = self.envs
         results = []
+        pulse = self.pulse
         for i in stepped:
+            pulse[PULSE_ENV] = i
             result = envs[i].step(action_of(i))
+            pulse[PULSE_BEATS] += 1
             if type(result) is not tuple or len(result) != 5:
                 result = _five(result)
             results.append(result)

@@ -17,6 +17,20 @@ from workers.spaces import action_check, check_stackable
 EPISODE_ID_STRIDE = 2 ** 40
 
 
+#: The fields of a worker's pulse (see :attr:`Worker.pulse`).
+PULSE_BEATS, PULSE_ENV, PULSE_IDLE = 0, 1, 2
+PULSE_FIELDS = 3
+
+
+def new_pulse(buffer=None):
+    """A worker's pulse: PULSE_FIELDS int64s, in ``buffer`` (any writable
+    buffer of ``8 * PULSE_FIELDS`` bytes, shared memory say) or in memory
+    of its own, all 0."""
+    if buffer is None:
+        buffer = bytearray(8 * PULSE_FIELDS)
+    return memoryview(buffer).cast('B').cast('q')
+
+
 class Worker:
     """Runs episodes with an agent in an environment it owns.
 
@@ -63,6 +77,15 @@ class Worker:
         next_episode_id: the id the next episode started gets; a
             replacement for a failed worker is set past its predecessor's.
         env_steps: ``env.step`` calls made so far, returned or not.
+        pulse: PULSE_FIELDS int64s (:func:`new_pulse`) that show from
+            outside whether the worker is getting on:
+            ``pulse[PULSE_BEATS]`` goes up as env and agent calls return
+            (at least once per step of each env, and per reset),
+            ``pulse[PULSE_ENV]`` is the index, among the worker's envs,
+            of the env it stepped or reset last, and ``pulse[PULSE_IDLE]``
+            is its host's: 1 while the host waits for a command. A host
+            may put it in shared memory; a sampler's ``step_timeout``
+            reads it there to tell a hung call from a slow call.
     """
 
     threads_alternate = False
@@ -90,6 +113,7 @@ class Worker:
         self.agent = None
         self.next_episode_id = self._worker_number * EPISODE_ID_STRIDE
         self.env_steps = 0
+        self.pulse = new_pulse()
         self._round = None
         self._checked = None  # (action space, its action_check)
         self._steps_left = 0  # of every env, of the steps begun
