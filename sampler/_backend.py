@@ -59,6 +59,10 @@ from sampler.sampler import Sampler
 #: A vector env's command result of a worker that failed and was replaced.
 RESTARTED = object()
 
+#: The least time a worker must have spent in one env or agent call for a
+#: timed-out call to take it for hung (see Backend._heal).
+HUNG_AFTER_S = 1.0
+
 
 class WorkerHandle:
     """The caller's view of one worker, whatever runs it.
@@ -96,11 +100,14 @@ class _Watch:
     the worker has been busy with the same beat count, and when it was
     last looked at."""
 
-    def __init__(self, step_timeout):
+    def __init__(self, step_timeout=None):
         self.step_timeout = step_timeout
         # Look four times per step_timeout (at most once a second): a
-        # hang is found within 1.25 step_timeouts of its start.
-        self.every = min(step_timeout / 4, 1.0)
+        # hang is found within 1.25 step_timeouts of its start. Without
+        # one, it only keeps track, four times a second, for a call that
+        # times out (Backend._heal).
+        self.every = 0.25 if step_timeout is None else \
+            min(step_timeout / 4, 1.0)
         self.seen = {}
         self.next_check = 0.0
 
@@ -122,7 +129,8 @@ class _Watch:
                 self.seen[i] = [handle, beats, now, now]
                 continue
             seen[3] = now
-            if now - seen[2] >= self.step_timeout:
+            if self.step_timeout is not None and \
+                    now - seen[2] >= self.step_timeout:
                 out.append((i, now - seen[2]))
         return out
 
@@ -184,6 +192,12 @@ class Backend(Sampler):
         """Start ``collector``'s round on every worker with ``updates``
         (per worker: env Update or None, agent Update or None)."""
         for handle, (env, agent) in zip(list(self._handles), updates):
+            if handle.pid is None and self._places_late():
+                # Not placed yet: it gets the call's Start (and the
+                # updates it missed) once it is, if the call still wants
+                # it; a call that can go on without it does.
+                collector.wait_for_placement(handle.number)
+                continue
             self._send(handle, Start(collector.round_start(handle.number),
                                      env, agent))
 
@@ -213,8 +227,13 @@ class Backend(Sampler):
         (``time.monotonic()``, or None), SamplerTimeoutError."""
         replies = self._watched_wait(collector, deadline)
         if replies is None:
-            raise SamplerTimeoutError(collector.describe(self._where(
-                collector.holding())))
+            held = collector.holding()
+            where = self._where(held)
+            for i, note in self._heal(held, collector).items():
+                where[i] = f'{where[i]}; {note}' if i in where else note
+            if collector.done:
+                return  # the replacements leave it nothing to wait for
+            raise SamplerTimeoutError(collector.describe(where, held))
         for handle, reply in replies:
             self._dispatch(handle, reply, collector, bar)
             # Stop once the call has what it needs: what a streaming call
@@ -233,7 +252,7 @@ class Backend(Sampler):
             if bar is not None:
                 bar.advance(got)
         elif kind is Ready:  # a replacement has started
-            handle.pid = reply.pid
+            self._ready(handle, reply, collector)
         elif kind is Failed or kind is Gone or kind is Hung:
             self._on_failure(handle, self._reply_error(handle, reply),
                              collector)
@@ -254,8 +273,11 @@ class Backend(Sampler):
         looking at the workers' pulses while it waits: the workers found
         hung come as ``(handle, Hung)`` replies, killed already."""
         step_timeout = self._options.get('step_timeout')
-        if step_timeout is None:
+        if step_timeout is None and \
+                self._options['on_worker_error'] != 'restart':
             return self._wait(collector, deadline)
+        # Without step_timeout the pulses are watched all the same with
+        # "restart": a call that times out replaces the hung (_heal).
         watch = getattr(self, '_watch', None)
         if watch is None:
             watch = self._watch = _Watch(step_timeout)
@@ -273,6 +295,43 @@ class Backend(Sampler):
                 return replies
             if deadline is not None and time.monotonic() >= deadline:
                 return None
+
+    def _heal(self, held, collector):
+        """A call timed out waiting for the workers ``held``: with
+        ``on_worker_error="restart"``, replace those that are hung (in one
+        env or agent call for half the call's time or more, and
+        HUNG_AFTER_S at least), and say of each why or why not (worker
+        number -> a note for the error)."""
+        watch = getattr(self, '_watch', None)
+        if self._options['on_worker_error'] != 'restart' or watch is None:
+            return {}
+        now = time.monotonic()
+        ran = now - collector.started
+        notes = {}
+        for i in held:
+            handle = self._handles[i]
+            seen = watch.seen.get(i)
+            if handle.pid is None or seen is None or seen[0] is not handle:
+                continue
+            quiet = now - seen[2]
+            if quiet < max(ran / 2, HUNG_AFTER_S):
+                notes[i] = (f'still stepping (a call of its returned '
+                            f'{quiet:.1f} s ago), so not replaced: raise '
+                            f'timeout=, or set step_timeout= to bound one '
+                            f'env or agent call')
+                continue
+            report = self._hang_report(handle) or (None, '')
+            pulse = self._pulses([i]).get(i)
+            self._kill(handle)
+            del watch.seen[i]
+            self._stats['worker_hangs'] += 1
+            env = None if pulse is None or pulse[1] < 0 else int(pulse[1])
+            err = self._reply_error(handle, Hung(report[0], env, quiet,
+                                                 report[1]))
+            self._on_failure(handle, err, collector)
+            notes[i] = (f'hung (no env or agent call of its returned in '
+                        f'{quiet:.1f} s), so killed and replaced')
+        return notes
 
     def _hung(self, watch):
         """``(handle, Hung)`` for each worker found hung now, read and
@@ -316,7 +375,29 @@ class Backend(Sampler):
         # Its recipe already holds this call's updates.
         self._handles[i] = replacement = self._spawn(i)
         if collector.restarted(i):
-            self._send(replacement, Start(collector.round_start(i)))
+            if self._places_late():
+                collector.wait_for_placement(i)  # see _placed
+            else:
+                self._send(replacement, Start(collector.round_start(i)))
+
+    def _ready(self, handle, reply, collector):
+        """A Ready reply during a call (``collector``, or None for a
+        vector env's): a replacement has started."""
+        placed = handle.pid is None
+        handle.pid = reply.pid
+        if placed:
+            self._placed(handle, collector)
+
+    def _places_late(self):
+        """Whether a replacement may wait long to be placed (no resources
+        free): commands are then not sent to it until it is, and calls
+        that can go on without it do (see :meth:`_placed`)."""
+        return False
+
+    def _placed(self, handle, collector):
+        """A replacement that :meth:`_places_late` has started: bring it up
+        to date and into the call (``collector``) if the call wants it
+        (``collector.joined``)."""
 
     # A vector env's commands (sampler.vector) ---------------------------
 
@@ -382,7 +463,7 @@ class Backend(Sampler):
                             del waiting[i]
                         results.append((i, command, reply.result))
                 elif kind is Ready:
-                    handle.pid = reply.pid
+                    self._ready(handle, reply, None)
                 elif kind is Failed or kind is Gone or kind is Hung:
                     err = self._reply_error(handle, reply)
                     if not self._worker_failed(err):

@@ -151,7 +151,8 @@ class Collector:
         self.attempts = [0] * n_workers
         # Per worker, for a timeout's message: when the caller last heard
         # from it, and what of this call it sent.
-        self.heard = [time.monotonic()] * n_workers
+        self.started = time.monotonic()
+        self.heard = [self.started] * n_workers
         self.sent = [0] * n_workers
 
     def round_start(self, worker):
@@ -197,6 +198,10 @@ class Collector:
             return self.transitions >= self.count
         if self.keeps_sampling:
             return self.transitions >= self.count
+        if self.kind is RoundKind.SAMPLES and not self.finished:
+            # Workers say done only after Finish, except replacements not
+            # placed yet (wait_for_placement): never done without count.
+            return False
         return len(self.done_workers) == self.n_workers
 
     def push(self, version):
@@ -276,8 +281,9 @@ class Collector:
         replacement has nothing to do in this call."""
         if self.stream or self.kind is RoundKind.SAMPLES:
             # The episodes its envs were running are lost with it.
-            self.stats['lost_episodes'] += self.n_envs // self.n_workers \
-                if self.n_envs else 1
+            self.stats['lost_episodes'] = self.stats.get(
+                'lost_episodes', 0) + (self.n_envs // self.n_workers
+                                       if self.n_envs else 1)
         if self.stream:
             # What the failed worker sent is kept; the replacement steps
             # new envs from seeds of its own, unless the stream is ending.
@@ -309,6 +315,26 @@ class Collector:
         self.done_workers.discard(worker)
         return True
 
+    def wait_for_placement(self, worker):
+        """Worker ``worker`` is a replacement not placed yet (a Ray actor
+        waiting for a free CPU): an ``obtain_samples`` call goes on
+        without it until it is (:meth:`joined`); other calls wait for
+        it (a stream never waits for any one worker)."""
+        if self.kind is RoundKind.SAMPLES:
+            self.done_workers.add(worker)
+
+    def joined(self, worker):
+        """Worker ``worker``, a replacement placed late, has started:
+        whether it is to run this call's round now."""
+        if self.stream:
+            return not self.draining
+        if self.kind is RoundKind.SAMPLES:
+            if self.finished or self.done:
+                return False
+            self.done_workers.discard(worker)
+            return True
+        return worker not in self.done_workers
+
     def batches(self):
         """What the call returns: samples in the order they arrived;
         exact episodes and steps worker by worker, exact episodes in the
@@ -327,11 +353,13 @@ class Collector:
         return [i for i in range(self.n_workers)
                 if i not in self.done_workers]
 
-    def describe(self, where=None):
+    def describe(self, where=None, workers=None):
         """What the call has, and which workers held it up and how, for a
         timeout's message (the same words for every kind of call).
         ``where`` maps a worker to what it was doing when the time ran
-        out (``'inside env.step (File ...)'``), where a backend knows."""
+        out (``'inside env.step (File ...)'``), where a backend knows;
+        ``workers``: the workers that held it up (default those it still
+        waits for)."""
         where = where or {}
         per_worker = self.n_envs // self.n_workers if self.n_envs else 1
         if self.kind is RoundKind.EPISODES:
@@ -348,7 +376,7 @@ class Collector:
             part = '{} transitions'
         now = time.monotonic()
         held = []
-        for i in self.holding():
+        for i in self.holding() if workers is None else workers:
             said = [part.format(self.sent[i])]
             if i in where:
                 said.append(where[i])

@@ -5,6 +5,10 @@ It speaks the messages of :mod:`sampler._protocol`, carried by method
 calls instead of pipes; every method returns a list of replies::
 
     ready()                   -> [Ready] | [Failed]      once, after building
+    rebuild(factory, setup, *updates)
+                              -> [Ready] | [Failed]      build the worker anew
+                                                         (a replacement placed
+                                                         after updates)
     command(message, env, agent)
                               -> replies due now         Start, Finish, Stop,
                                                          Push (their updates
@@ -55,17 +59,33 @@ class SamplerWorker:
     """
 
     def __init__(self, worker_number, factory_blob, setup, *updates):
+        self._number = worker_number
         self._worker = None
         self._round = None
         self._failure = None
         self._thread = threading.get_ident()
+        self._build(factory_blob, setup, updates)
+
+    def _build(self, factory_blob, setup, updates):
         try:
-            self._worker = build_worker(worker_number, factory_blob, setup,
+            self._worker = build_worker(self._number, factory_blob, setup,
                                         updates)
             self._round = Round(self._worker)
             self._worker.pulse[PULSE_IDLE] = 1  # until its first call
         except Exception:
             self._failure = failed_reply(self._worker)
+
+    def rebuild(self, factory_blob, setup, *updates):
+        """Build the worker anew from these updates (a replacement Ray
+        placed after updates it missed); returns what ``ready`` does."""
+        if self._worker is not None:
+            try:
+                self._worker.shutdown()
+            except Exception:
+                pass  # its env goes anyway; the new one is what counts
+        self._worker = self._round = self._failure = None
+        self._build(factory_blob, setup, updates)
+        return self.ready()
 
     def ready(self):
         if self._failure is not None:

@@ -186,6 +186,10 @@ each call, untimed.
               default=None,
               help='with --sweep-workers: draw transitions/s per worker '
                    'count to this PNG (needs the plot extra)')
+@click.option('--step-timeout', type=click.FloatRange(min=0, min_open=True),
+              default=None,
+              help="our samplers' and vector env's step_timeout (seconds): "
+                   'what watching for hung workers costs')
 @click.option('--json', 'json_path', type=click.Path(dir_okay=False),
               default=None, help='also write every figure to this file')
 @click.option('--progress/--no-progress', default=None,
@@ -193,7 +197,7 @@ each call, untimed.
 def bench(env, backend, workers, envs_per_worker, mode, train_ms,
           train_sleep, agent, samples, iterations, max_episode_length, seed,
           step_cost_us, baseline, compare, compare_with, sweep_workers,
-          plot_path, json_path, progress):
+          step_timeout, plot_path, json_path, progress):
     """Measure sampling throughput (transitions per second).
 
     Prints one line per configuration timed: ours, the plain loop and
@@ -222,6 +226,7 @@ def bench(env, backend, workers, envs_per_worker, mode, train_ms,
         baseline=baseline, compare_with=compare_with,
         progress=progress, sweep_workers=sweep_workers, mode=mode,
         train_ms=train_ms, train_sleep=train_sleep,
+        step_timeout=step_timeout,
         echo=lambda line: click.echo(line, err=True))
     if compare and note:
         result['note'] = note

@@ -87,7 +87,7 @@ class _Process(WorkerHandle):
     def __init__(self, number, process, commands, results, fd_socket,
                  probe, pulse=None):
         super().__init__(number)
-        self.pulse = pulse  # shared with the worker (step_timeout), or None
+        self.pulse = pulse  # shared with the worker: its Worker.pulse
         self.process = process
         self.commands = commands
         self.results = results
@@ -218,9 +218,8 @@ class MultiprocessingSampler(Backend):
         widen_pipe(reader)
         widen_pipe(command_writer)
         # The worker's pulse, in shared memory where the caller watches it
-        # for hangs (step_timeout).
-        pulse = None if self._options['step_timeout'] is None else \
-            self._ctx.RawArray('q', PULSE_FIELDS)
+        # for hangs (step_timeout, and timed-out calls with "restart").
+        pulse = self._ctx.RawArray('q', PULSE_FIELDS)
         process = self._ctx.Process(
             target=_worker_process.run, name=f'{NAME_PREFIX}{i}',
             args=(i, self._factory_blob, self._setup,

@@ -31,13 +31,14 @@ import os
 import re
 import threading
 import time
+import warnings
 import weakref
 
 from sampler import _pickling
 from sampler._backend import Backend, WorkerHandle
 from sampler._options import check_streaming_options, process_setup
-from sampler._protocol import (Credit, Failed, Gone, Push, Segments, Start,
-                               Stop)
+from sampler._protocol import (ENV_COMMANDS, Credit, Failed, Gone, Push,
+                               Segments, Start, Stop)
 from sampler._ray_actor import SamplerWorker
 from sampler.sampler import available_cpus
 
@@ -49,6 +50,10 @@ WAKE_S = 0.1
 
 #: The actors' concurrency group for ``where()`` (sampler._probe).
 _PROBE_GROUP = 'probe'
+
+#: Seconds a replacement may wait for Ray to place it before a
+#: ResourceWarning says so (once).
+PLACE_NOTICE_S = 3.0
 
 _PIP_HINT = 'pip install "rollout-sampler[ray]"'
 
@@ -107,10 +112,15 @@ def _nothing(ray):
 class _Actor(WorkerHandle):
     """The caller's view of one actor."""
 
-    def __init__(self, number, actor):
+    def __init__(self, number, actor, version):
         super().__init__(number)
         self.actor = actor
         self.running = False  # sample() calls are asked for
+        # The sampler's version its recipe held when it was spawned: one
+        # placed later than updates came is rebuilt (see _placed).
+        self.version = version
+        self.spawned = time.monotonic()
+        self.noticed = False  # the notice that it waits was given
 
 
 class RaySampler(Backend):
@@ -212,7 +222,7 @@ class RaySampler(Backend):
         actor = self._actor_class.remote(
             i, self._factory_ref, self._setup,
             *[refs[id(u.blob)] for u in updates])
-        handle = _Actor(i, actor)
+        handle = _Actor(i, actor, self._version)
         self._pending[actor.ready.remote()] = (handle, 'ready')
         return handle
 
@@ -257,6 +267,13 @@ class RaySampler(Backend):
         kind = type(command)
         if kind is Credit:
             return  # asked for each message, an actor is never ahead
+        if handle.pid is None and kind not in ENV_COMMANDS:
+            # A replacement Ray has not placed yet (no resources free,
+            # say): calls queued on it would pile up for as long as it
+            # waits. What it needs is sent when it is placed (_placed). A
+            # vector env's commands wait for it instead: it cannot go on
+            # without its envs, and sends one at a time.
+            return
         actor = handle.actor
         if kind is Start or kind is Push:
             ref = actor.command.remote(
@@ -298,6 +315,7 @@ class RaySampler(Backend):
         heads = {}
         for ref, (handle, _) in self._pending.items():
             heads.setdefault(id(handle), ref)
+        self._notice_unplaced()
         ready = self._wait_one(list(heads.values()), deadline)
         if not ready:
             return None
@@ -317,9 +335,69 @@ class RaySampler(Backend):
 
     def _where(self, workers, timeout=0.5):
         """What each of ``workers`` is doing now, for those whose actor
-        answers within ``timeout`` seconds (see sampler._probe)."""
-        return {i: where for i, where in
-                self._ask_probes(workers, 'where', timeout).items() if where}
+        answers within ``timeout`` seconds (see sampler._probe), and for
+        those not placed yet, what they wait for."""
+        placed = [i for i in workers if self._handles[i].pid is not None]
+        out = {i: where for i, where in
+               self._ask_probes(placed, 'where', timeout).items() if where}
+        for i in workers:
+            if self._handles[i].pid is None:
+                out[i] = self._unplaced(self._handles[i])
+        return out
+
+    # Replacements Ray cannot place yet ------------------------------------
+
+    def _unplaced(self, handle):
+        """What a replacement not placed yet waits for, in words."""
+        ray = self._ray
+        try:
+            total = ray.cluster_resources().get('CPU', 0)
+            free = ray.available_resources().get('CPU', 0)
+        except Exception:
+            total = free = float('nan')
+        return (f'its replacement has waited '
+                f'{time.monotonic() - handle.spawned:.1f} s for Ray to place '
+                f'it: it asks for num_cpus={self._options["num_cpus"]} and '
+                f'the cluster has {free:g} of {total:g} CPUs free')
+
+    def _placed(self, handle, collector):
+        # Updates came while it waited: it rebuilds its worker from the
+        # recipe as it is now (ahead of anything sent to it after).
+        if handle.version != self._version:
+            handle.version = self._version
+            ref = self._rebuild(handle)
+            self._pending[ref] = (handle, 'rebuild')
+        if collector is not None and collector.joined(handle.number):
+            self._send(handle, Start(collector.round_start(handle.number)))
+
+    def _rebuild(self, handle):
+        updates = self._recipes[handle.number].updates()
+        refs = {}
+        for update in updates:
+            if id(update.blob) not in refs:
+                refs[id(update.blob)] = self._ray.put(update)
+        return handle.actor.rebuild.remote(
+            self._factory_ref, self._setup,
+            *[refs[id(u.blob)] for u in updates])
+
+    def _places_late(self):
+        return True
+
+    def _notice_unplaced(self):
+        """Say once per replacement that it waits to be placed (after
+        PLACE_NOTICE_S), and that calls go on without it."""
+        now = time.monotonic()
+        for handle in self._handles:
+            if handle.pid is None and not handle.noticed and \
+                    now - handle.spawned > PLACE_NOTICE_S and \
+                    self._serving:
+                handle.noticed = True
+                msg = (f'worker {handle.number}: {self._unplaced(handle)}. '
+                       f'Calls go on with the {self.stats["live_workers"]} '
+                       f'live workers (obtain_samples and streams; '
+                       f'obtain_exact_episodes and obtain_steps wait for '
+                       f'it); it joins once Ray places it')
+                warnings.warn(msg, ResourceWarning, stacklevel=2)
 
     def _ask_probes(self, numbers, method, timeout):
         """Worker number -> what its actor's ``method`` (of the probe
@@ -383,6 +461,12 @@ class RaySampler(Backend):
             cause = getattr(err, 'cause', None) or err
             return [Failed('returning the episodes', type(cause).__name__,
                            str(cause), str(err))]
+        except ray.exceptions.RayError as err:
+            # The reply is lost (with its node's object store, say): the
+            # worker's part cannot be trusted, so it fails as a dead one.
+            said = (str(err).strip().splitlines() or [''])[0]
+            return [Gone(None, f'; Ray lost its reply '
+                               f'({type(err).__name__}: {said})')]
 
     def _retire(self, handle):
         for ref, (owner, _) in list(self._pending.items()):

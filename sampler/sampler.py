@@ -183,9 +183,13 @@ class Sampler(StreamCalls, CallGuard):
         call that keeps what its workers sent (``obtain_samples``, a
         stream), one per env it held: they go with it, never returned in
         part (other calls redo the failed worker's part instead);
-        ``calls`` (streams count as one each)."""
+        ``calls`` (streams count as one each); ``live_workers``, the
+        workers started and not known to have failed (a replacement Ray
+        has not placed yet is not)."""
         stats = dict(self._stats)
         stats['held_transitions'] = sum(len(b) for b in self._held)
+        stats['live_workers'] = sum(
+            1 for h in getattr(self, '_handles', ()) if h.pid is not None)
         return stats
 
     @property

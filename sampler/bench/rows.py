@@ -75,8 +75,9 @@ class SamplerRow(Row):
     def __init__(self, sampler_class, agent, env_fn, *, workers,
                  envs_per_worker, seed, max_episode_length, progress,
                  mode='episodes', train_ms=0.0, train_sleep=False,
-                 worker_class=None):
+                 worker_class=None, step_timeout=None):
         self.mode = mode
+        self.step_timeout = step_timeout
         self.worker_class = worker_class
         self.train_s = train_ms / 1000
         self.train_sleep = train_sleep
@@ -95,8 +96,10 @@ class SamplerRow(Row):
             if envs_per_worker > 1 or kind else ''
         steps = {'steps': ', obtain_steps', 'stream': ', stream'}.get(
             mode, '')
+        limit = '' if step_timeout is None else \
+            f', step_timeout={step_timeout:g}'
         self.name = (f'{sampler_class.__name__} ({workers} workers{envs}'
-                     f'{steps})')
+                     f'{steps}{limit})')
         self.backend = backend
         self.sampler = None
         self.batch = None
@@ -109,6 +112,8 @@ class SamplerRow(Row):
             worker_args = {'n_envs': self.envs_per_worker}
         options = {} if self.backend == 'local' else \
             {'progress': self.progress}
+        if self.step_timeout is not None:
+            options['step_timeout'] = self.step_timeout
         if self.sampler_class.__name__ == 'RaySampler':
             # Rows are set up together but timed one at a time: CPUs
             # reserved per actor would only keep later rows from starting.
@@ -277,8 +282,10 @@ class VectorEnvRow(Row):
              'ours-send-recv': 'our AsyncVectorEnv send/recv',
              'sb3': 'SB3 SubprocVecEnv'}
 
-    def __init__(self, kind, n_envs, agent, env_fn, seed, workers=None):
+    def __init__(self, kind, n_envs, agent, env_fn, seed, workers=None,
+                 step_timeout=None):
         self.kind = kind
+        self.step_timeout = step_timeout
         self.n_envs = n_envs
         self.agent = agent
         self.env_fn = env_fn
@@ -288,6 +295,8 @@ class VectorEnvRow(Row):
         where = f'{n_envs} envs'
         if kind.startswith('ours'):
             where += f', {workers} workers'
+            if step_timeout is not None:
+                where += f', step_timeout={step_timeout:g}'
         self.name = f'{self.NAMES[kind]} ({where})'
         self.short_name = self.name.split(' ', 1)[1] if kind == 'sync' \
             else self.name
@@ -314,7 +323,8 @@ class VectorEnvRow(Row):
                     if self.kind == 'ours-send-recv' else None
                 self.envs = AsyncVectorEnv(fns, autoreset_mode=same_step,
                                            n_workers=self.workers,
-                                           batch_size=batch)
+                                           batch_size=batch,
+                                           step_timeout=self.step_timeout)
             elif self.kind == 'sync':
                 self.envs = gymnasium.vector.SyncVectorEnv(
                     fns, autoreset_mode=same_step)

@@ -70,7 +70,7 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                max_episode_length, step_cost_us, compare, progress,
                sweep_workers=(), mode='episodes', train_ms=0.0,
                train_sleep=False, baseline=True, skipped=None,
-               compare_with=('vector', 'envpool')):
+               compare_with=('vector', 'envpool'), step_timeout=None):
     """The rows of a run: ours, one per combination; with ``baseline``
     the plain loop and the limit (plain loops in parallel processes);
     with ``compare`` also gymnasium's vector envs and their limit
@@ -92,14 +92,15 @@ def build_rows(*, env, backend, workers, envs_per_worker, agent, seed,
                        envs_per_worker=k, seed=seed,
                        max_episode_length=max_episode_length,
                        progress=progress, mode=m, train_ms=train_ms,
-                       train_sleep=train_sleep)
+                       train_sleep=train_sleep, step_timeout=step_timeout)
             for b in backend.split(',') for m in modes if m != 'vector'
             for n in counts for k in per_worker]
     # Mode vector: our vector env, the policy in this process, its
     # n * k envs on n workers.
     vector_envs = sorted({n * k for n in counts for k in per_worker}) \
         if 'vector' in modes else []
-    rows += [VectorEnvRow(kind, n * k, copy(), env_fn, seed, workers=n)
+    rows += [VectorEnvRow(kind, n * k, copy(), env_fn, seed, workers=n,
+                          step_timeout=step_timeout)
              for n in counts for k in per_worker if 'vector' in modes
              for kind in ('ours', 'ours-send-recv')]
     if compare or baseline:
@@ -156,7 +157,7 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         max_episode_length=None, seed=0, step_cost_us=0, compare=False,
         progress=None, sweep_workers=(), echo=None, mode='episodes',
         train_ms=0.0, train_sleep=False, baseline=True,
-        compare_with=('vector', 'envpool')):
+        compare_with=('vector', 'envpool'), step_timeout=None):
     """Time ``iterations`` calls of every row; return every figure.
 
     ``envs_per_worker`` and ``sweep_workers`` may be tuples, and ``mode``
@@ -174,7 +175,8 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         max_episode_length=max_episode_length, step_cost_us=step_cost_us,
         compare=compare, progress=progress, sweep_workers=sweep_workers,
         mode=mode, train_ms=train_ms, train_sleep=train_sleep,
-        baseline=baseline, skipped=skipped, compare_with=compare_with)
+        baseline=baseline, skipped=skipped, compare_with=compare_with,
+        step_timeout=step_timeout)
     with _ray_runtime('ray' in backend.split(',')):
         results, best = time_rows(rows, the_agent.get_params(),
                                   samples=samples, iterations=iterations,
@@ -186,6 +188,7 @@ def run(*, env='CartPole-v1', backend='multiprocessing', workers=1,
         'samples': samples, 'iterations': iterations,
         'max_episode_length': max_episode_length, 'seed': seed,
         'step_cost_us': step_cost_us, 'step_cost_loops': loops,
+        'step_timeout': step_timeout,
         'cpus': len(psutil.Process().cpu_affinity()),
         'best_single_process_row': best,
         'rows': results,
