@@ -16,8 +16,8 @@ import pytest
 from gymnasium import spaces
 
 from helpers import closing_samplers
-from sampler import (BrokenSamplerError, LocalSampler, WorkerError,
-                     WorkerHungError)
+from sampler import (BrokenSamplerError, LocalSampler,
+                     SamplerTimeoutError, WorkerError, WorkerHungError)
 from sampler.vector import AsyncVectorEnv
 
 pytestmark = pytest.mark.timeout(120)
@@ -294,3 +294,43 @@ def test_vector_env_hung_worker_is_replaced(process_backend, where,
         assert envs._workers.sampler.stats['worker_hangs'] == 1
     finally:
         envs.close()
+
+
+# A call that times out heals too (on_worker_error="restart", no
+# step_timeout).
+
+
+def test_a_timed_out_call_replaces_the_hung_worker(process_backend,
+                                                   tmp_path):
+    # Worker 0's env hangs at its 40th step; the call held up by it
+    # replaces it and returns what it holds, and the next calls go on.
+    envs = [functools.partial(HangingEnv, 'step', 40,
+                              str(tmp_path / 'hung')),
+            functools.partial(HangingEnv, 'none')]
+    with closing_samplers(process_backend) as make:
+        s = make(HangingAgent(at=10 ** 9), envs, seed=0,
+                 on_worker_error='restart')
+        started = time.monotonic()
+        batch = s.obtain_samples(200, timeout=3)
+        assert len(batch) >= 200
+        assert 3 <= time.monotonic() - started < 3 + 10
+        assert s.stats['worker_hangs'] == 1
+        assert s.stats['worker_restarts'] == 1
+        for _ in range(3):
+            assert len(s.obtain_samples(200, timeout=3)) >= 200
+        assert s.stats['worker_restarts'] == 1
+
+
+def test_a_timed_out_call_says_why_a_slow_worker_stays(process_backend):
+    # Steps of 0.3 s: each call of the env returns, so the worker holding
+    # up the call is slow, not hung, and stays.
+    env = functools.partial(HangingEnv, 'none', seconds_per_step=0.3)
+    with closing_samplers(process_backend) as make:
+        s = make(HangingAgent(at=10 ** 9), [env, env], seed=0,
+                 on_worker_error='restart')
+        with pytest.raises(SamplerTimeoutError, match=(
+                r'still stepping \(a call of its returned \d\.\d s ago\), '
+                r'so not replaced: raise timeout=, or set step_timeout=')):
+            s.obtain_exact_episodes(3, timeout=2)
+        assert s.stats['worker_restarts'] == 0
+        assert s.stats['worker_hangs'] == 0

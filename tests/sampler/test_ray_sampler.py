@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from helpers import FirstObsAgent, OneStepEnv, ParamAgent, closing_samplers
-from sampler import RaySampler, SamplerTimeoutError
+from sampler import RaySampler, SamplerTimeoutError, WorkerCrashedError
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -97,6 +97,46 @@ def test_workers_the_cluster_cannot_place_time_out_with_the_reason(
             r'nodes$')):
         ray_sampler(FirstObsAgent(), 'CartPole-v1', n_workers=2,
                     num_cpus=100, startup_timeout=1)
+
+
+class LosingRay:
+    """Ray, whose ``get`` loses the next reply it is asked for once armed,
+    as Ray does when the node that held it died."""
+
+    def __init__(self, ray):
+        self.ray = ray
+        self.armed = False
+
+    def __getattr__(self, name):
+        return getattr(self.ray, name)
+
+    def get(self, ref, *args, **kwargs):
+        if self.armed:
+            self.armed = False
+            raise self.ray.exceptions.ObjectReconstructionFailedError(
+                ref.hex())
+        return self.ray.get(ref, *args, **kwargs)
+
+
+@pytest.mark.parametrize('mode', ['raise', 'restart'])
+def test_a_lost_reply_fails_the_worker_and_is_never_a_raw_ray_error(
+        ray_sampler, ray_runtime, mode):
+    s = ray_sampler(ParamAgent(), OneStepEnv, n_workers=2,
+                    on_worker_error=mode)
+    s.obtain_exact_episodes(2)
+    s._ray = LosingRay(ray_runtime)
+    s._ray.armed = True
+    if mode == 'raise':
+        with pytest.raises(WorkerCrashedError, match=(
+                r'died during obtain_exact_episodes\(2\): exit code '
+                r'unknown; Ray lost its reply '
+                r'\(ObjectReconstructionFailedError: ')):
+            s.obtain_exact_episodes(2)
+    else:
+        # The worker is replaced and redoes its part of the call.
+        batch = s.obtain_exact_episodes(2)
+        assert batch.n_episodes == 4
+        assert s.stats['worker_restarts'] == 1
 
 
 RUNTIME_SCRIPT = '''
