@@ -320,14 +320,7 @@ class Backend(Sampler):
                             f'timeout=, or set step_timeout= to bound one '
                             f'env or agent call')
                 continue
-            report = self._hang_report(handle) or (None, '')
-            pulse = self._pulses([i]).get(i)
-            self._kill(handle)
-            del watch.seen[i]
-            self._stats['worker_hangs'] += 1
-            env = None if pulse is None or pulse[1] < 0 else int(pulse[1])
-            err = self._reply_error(handle, Hung(report[0], env, quiet,
-                                                 report[1]))
+            err = self._reply_error(handle, self._end_hung(handle, quiet))
             self._on_failure(handle, err, collector)
             notes[i] = (f'hung (no env or agent call of its returned in '
                         f'{quiet:.1f} s), so killed and replaced')
@@ -339,17 +332,18 @@ class Backend(Sampler):
         live = [i for i, h in enumerate(self._handles) if h.pid is not None]
         found = watch.hung(self._handles, self._pulses(live),
                            time.monotonic())
-        out = []
-        for i, seconds in found:
-            handle = self._handles[i]
-            pulse = self._pulses([i]).get(i)
-            report = self._hang_report(handle) or (None, '')
-            self._kill(handle)
-            del watch.seen[i]
-            self._stats['worker_hangs'] += 1
-            env = None if pulse is None or pulse[1] < 0 else int(pulse[1])
-            out.append((handle, Hung(report[0], env, seconds, report[1])))
-        return out
+        return [(self._handles[i], self._end_hung(self._handles[i], seconds))
+                for i, seconds in found]
+
+    def _end_hung(self, handle, seconds):
+        """Read a hung worker's stack and env, kill it; its Hung reply."""
+        pulse = self._pulses([handle.number]).get(handle.number)
+        call, stack = self._hang_report(handle) or (None, '')
+        self._kill(handle)
+        self._watch.seen.pop(handle.number, None)
+        self._stats['worker_hangs'] += 1
+        env = None if pulse is None or pulse[1] < 0 else int(pulse[1])
+        return Hung(call, env, seconds, stack)
 
     def _pulses(self, numbers):
         """Worker number -> its pulse ``(beats, env, idle)``, or None if it

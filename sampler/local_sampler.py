@@ -231,13 +231,18 @@ class _Watchdog:
         except _HungInterrupt:
             pass
         finally:
-            with self.lock:
-                self.current = None
-                fired, self.fired = self.fired, None
-                if fired is not None:
-                    # Not delivered yet (the call returned meanwhile):
-                    # it must not land in the sampler's own code.
-                    _async_raise(ident, None)
+            # The watchdog may have raised it just as the call returned:
+            # cancel it if still pending, and take it if it lands here.
+            while True:
+                try:
+                    with self.lock:
+                        self.current = None
+                        if self.fired is not None:
+                            _async_raise(ident, None)
+                    break
+                except _HungInterrupt:
+                    pass
+        fired, self.fired = self.fired, None
         if fired is not None:
             handle, seconds, (call, stack) = fired
             pulse = handle.worker.pulse
