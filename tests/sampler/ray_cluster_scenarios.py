@@ -85,6 +85,23 @@ def cpus_held():
         time.sleep(0.2)
 
 
+def node_running(sampler, i, nodes):
+    """Of ``nodes``, the one that runs worker ``i``'s actor."""
+    return {n.node_id: n for n in nodes}[node_of(sampler, i)]
+
+
+def finish(sampler, cluster, out):
+    """Close the sampler (timed), see that it let go of every CPU, and end
+    the cluster."""
+    out['restarts'] = sampler.stats['worker_restarts']
+    closing = time.monotonic()
+    sampler.close()
+    out['close_s'] = time.monotonic() - closing
+    out['cpus_held'] = cpus_held()
+    ray.shutdown()
+    cluster.shutdown()
+
+
 def start(n_nodes):
     """A head with no CPU (the driver's) and ``n_nodes`` nodes of one CPU."""
     cluster = Cluster(initialize_head=True, head_node_args={'num_cpus': 0})
@@ -102,9 +119,8 @@ def node_lost_without_spare_cpu(out):
     cluster, nodes = start(3)
     s = RaySampler(Agent(), SlowEnv, n_workers=3, seed=0,
                    on_worker_error='restart', shutdown_timeout=5)
-    by_node = {n.node_id: n for n in nodes}
     victim = 1
-    node = by_node[node_of(s, victim)]
+    node = node_running(s, victim, nodes)
     seen, calls = set(), []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter('always')
@@ -132,15 +148,9 @@ def node_lost_without_spare_cpu(out):
                           'live': s.stats['live_workers'],
                           'queued_for_victim': queued})
     out['calls'] = calls
-    out['restarts'] = s.stats['worker_restarts']
     out['notices'] = [str(w.message) for w in caught
                       if issubclass(w.category, ResourceWarning)]
-    closing = time.monotonic()
-    s.close()
-    out['close_s'] = time.monotonic() - closing
-    out['cpus_held'] = cpus_held()
-    ray.shutdown()
-    cluster.shutdown()
+    finish(s, cluster, out)
 
 
 def node_lost_with_batches_in_its_store(out):
@@ -151,8 +161,7 @@ def node_lost_with_batches_in_its_store(out):
     cluster.add_node(num_cpus=1)  # a spare CPU: the replacement places
     s = RaySampler(Agent(), SlowEnv, n_workers=3, seed=0,
                    on_worker_error='restart', shutdown_timeout=5)
-    by_node = {n.node_id: n for n in nodes}
-    node = by_node[node_of(s, 2)]
+    node = node_running(s, 2, nodes)
     seen, errors, sizes = set(), [], []
     stream = s.stream(150, budget=300)
     for k in range(12):
@@ -172,13 +181,7 @@ def node_lost_with_batches_in_its_store(out):
     stream.close()
     out['sizes'] = sizes
     out['errors'] = errors
-    out['restarts'] = s.stats['worker_restarts']
-    closing = time.monotonic()
-    s.close()
-    out['close_s'] = time.monotonic() - closing
-    out['cpus_held'] = cpus_held()
-    ray.shutdown()
-    cluster.shutdown()
+    finish(s, cluster, out)
 
 
 def close_after_loss(out):
@@ -188,16 +191,11 @@ def close_after_loss(out):
     s = RaySampler(Agent(), SlowEnv, n_workers=2, seed=0,
                    on_worker_error='restart', shutdown_timeout=3)
     s.obtain_samples(100)
-    cluster.remove_node({n.node_id: n for n in nodes}[node_of(s, 0)])
+    cluster.remove_node(node_running(s, 0, nodes))
     batch = s.obtain_samples(100, timeout=30)
     out['n'] = len(batch)
     out['live'] = s.stats['live_workers']
-    closing = time.monotonic()
-    s.close()
-    out['close_s'] = time.monotonic() - closing
-    out['cpus_held'] = cpus_held()
-    ray.shutdown()
-    cluster.shutdown()
+    finish(s, cluster, out)
 
 
 SCENARIOS = {f.__name__: f for f in (node_lost_without_spare_cpu,
