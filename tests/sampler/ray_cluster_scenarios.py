@@ -158,7 +158,8 @@ def node_lost_with_batches_in_its_store(out):
     (a stream runs ahead of the learner): the stream goes on from the
     others and the replacement, and no Ray exception escapes."""
     cluster, nodes = start(3)
-    cluster.add_node(num_cpus=1)  # a spare CPU: the replacement places
+    nodes.append(cluster.add_node(num_cpus=1))  # a spare CPU for the
+    # replacement, wherever the workers were placed
     s = RaySampler(Agent(), SlowEnv, n_workers=3, seed=0,
                    on_worker_error='restart', shutdown_timeout=5)
     node = node_running(s, 2, nodes)
