@@ -60,6 +60,11 @@ class EpisodeBatch:
             segment (0 where ``starts``; zeros if omitted).
         prior_returns: ``(E,)`` floats, reward the episode gathered before
             the segment (0 where ``starts``; zeros if omitted).
+        agent_ids: ``(E,)`` ids (ints or strings) of the env agent whose
+            steps each segment holds, in a multi-agent batch (None, the
+            default: one agent per episode). The agents of one env episode
+            share its ``episode_ids``; every check of how segments fit
+            together then holds per episode and agent.
 
     Example:
         >>> import numpy as np
@@ -78,13 +83,14 @@ class EpisodeBatch:
                  'truncated', 'last_observations', 'env_infos',
                  'agent_infos', 'episode_infos', 'lengths', 'versions',
                  'worker_numbers', 'episode_ids', 'starts', 'cut',
-                 'prior_steps', 'prior_returns', '_starts')
+                 'prior_steps', 'prior_returns', 'agent_ids', '_starts')
 
     def __init__(self, *, observations, actions, rewards, terminated,
                  truncated, last_observations, lengths, env_infos=None,
                  agent_infos=None, episode_infos=None, versions=None,
                  worker_numbers=None, episode_ids=None, starts=None,
-                 cut=None, prior_steps=None, prior_returns=None):
+                 cut=None, prior_steps=None, prior_returns=None,
+                 agent_ids=None):
         lengths = np.asarray(lengths)
         if lengths.ndim != 1 or lengths.dtype.kind not in 'iu':
             msg = (f'lengths must be a 1-D integer array, got shape '
@@ -123,6 +129,7 @@ class EpisodeBatch:
         self.prior_returns = _check_flat(
             'prior_returns', np.zeros(n_eps) if prior_returns is None
             else prior_returns, n_eps, 'f', 'E, the number of segments')
+        self.agent_ids = _check_agent_ids(agent_ids, n_eps)
         _check_alike('last_observations', self.last_observations,
                      'observations', self.observations, 'they must match')
         self._starts = _starts(lengths)
@@ -139,7 +146,8 @@ class EpisodeBatch:
         """
         self = object.__new__(cls)
         for name in _FIELDS:
-            setattr(self, name, fields[name])
+            setattr(self, name, fields.get(name) if name in _OPTIONAL
+                    else fields[name])
         self._starts = _starts(self.lengths)
         return self
 
@@ -194,25 +202,38 @@ class EpisodeBatch:
                    f'prior_steps={int(self.prior_steps[ep])}; it must be '
                    f'>= 1')
             raise ValueError(msg)
-        order = np.lexsort((self.prior_steps, self.episode_ids))
+        # Segments of one episode (and agent, in a multi-agent batch), in
+        # the order of their steps.
+        agents = np.zeros(self.n_episodes, dtype=np.int64) \
+            if self.agent_ids is None else \
+            np.unique(self.agent_ids, return_inverse=True)[1].reshape(-1)
+        order = np.lexsort((self.prior_steps, agents, self.episode_ids))
         ids = self.episode_ids[order]
-        same = ids[1:] == ids[:-1]
+        same = (ids[1:] == ids[:-1]) & (agents[order][1:] ==
+                                        agents[order][:-1])
         twice = same & (self.prior_steps[order][1:] ==
                         self.prior_steps[order][:-1])
         if twice.any():
             a, b = sorted(order[np.argmax(twice):][:2].tolist())
             msg = (f'episode_ids: segments {a} and {b} are the same steps of '
-                   f'episode {int(self.episode_ids[a])} (prior_steps '
-                   f'{int(self.prior_steps[a])}); no segment may come twice')
+                   f'episode {int(self.episode_ids[a])}{self._of_agent(a)} '
+                   f'(prior_steps {int(self.prior_steps[a])}); no segment '
+                   f'may come twice')
             raise ValueError(msg)
         after_end = same & ~self.cut[order][:-1]
         if after_end.any():
             i = int(np.argmax(after_end))
             a, b = int(order[i]), int(order[i + 1])
             msg = (f'cut: segment {a} ends episode '
-                   f'{int(self.episode_ids[a])}, but segment {b} has later '
-                   f'steps of it')
+                   f'{int(self.episode_ids[a])}{self._of_agent(a)}, but '
+                   f'segment {b} has later steps of it')
             raise ValueError(msg)
+
+    def _of_agent(self, segment):
+        """`` of agent X`` for a segment of a multi-agent batch."""
+        if self.agent_ids is None:
+            return ''
+        return f' of agent {self.agent_ids[segment].item()!r}'
 
     # Sizes -------------------------------------------------------------
 
@@ -274,15 +295,19 @@ class EpisodeBatch:
         Returns:
             dict of ``(F,)`` arrays for the F segments that end their
             episode (not ``cut``), in batch order: ``episode_ids``,
-            ``returns`` (undiscounted) and ``lengths``.
+            ``returns`` (undiscounted) and ``lengths``; in a multi-agent
+            batch, per agent, with its ``agent_ids``.
         """
         ends = ~self.cut
-        return {
+        stats = {
             'episode_ids': self.episode_ids[ends],
             'returns': self.prior_returns[ends] +
             self.episode_returns[ends],
             'lengths': self.prior_steps[ends] + self.lengths[ends],
         }
+        if self.agent_ids is not None:
+            stats['agent_ids'] = self.agent_ids[ends]
+        return stats
 
     # Combining and splitting -------------------------------------------
 
@@ -335,6 +360,15 @@ class EpisodeBatch:
                              f'batch 0 {name}', getattr(first, name),
                              'only batches of the same spaces can be '
                              'concatenated')
+        multi = [b.agent_ids is not None for b in batches]
+        if any(multi) and not all(multi):
+            i = multi.index(not multi[0])
+            which = ('has', 'does not') if multi[i] else ('does not have',
+                                                          'does')
+            msg = (f'batch {i} {which[0]} agent_ids and batch 0 {which[1]}: '
+                   f'a multi-agent batch cannot be joined with a '
+                   f'single-agent one')
+            raise ValueError(msg)
         n_sizes = [len(b) for b in batches]
         e_sizes = [b.n_episodes for b in batches]
 
@@ -364,7 +398,8 @@ class EpisodeBatch:
             starts=cat('starts'),
             cut=cat('cut'),
             prior_steps=cat('prior_steps'),
-            prior_returns=cat('prior_returns'))
+            prior_returns=cat('prior_returns'),
+            agent_ids=cat('agent_ids') if multi[0] else None)
 
     def split(self) -> List['EpisodeBatch']:
         """A list of single-episode batches, in order."""
@@ -406,7 +441,9 @@ class EpisodeBatch:
             starts=self.starts[eps],
             cut=self.cut[eps],
             prior_steps=self.prior_steps[eps],
-            prior_returns=self.prior_returns[eps])
+            prior_returns=self.prior_returns[eps],
+            agent_ids=None if self.agent_ids is None
+            else self.agent_ids[eps])
 
     def padded(self, max_length: Optional[int] = None) -> Dict[str, Any]:
         """Per-step fields as ``(E, T, ...)`` arrays, zero-padded.
@@ -421,7 +458,7 @@ class EpisodeBatch:
             ``env_infos``, ``agent_infos`` (nests of ``(E, T, ...)``
             arrays), ``valids`` (``(E, T)`` bool, True on real steps), and
             per segment ``lengths``, ``episode_ids``, ``starts`` and
-            ``cut`` (``(E,)``).
+            ``cut`` (``(E,)``), and ``agent_ids`` in a multi-agent batch.
         """
         longest = int(self.lengths.max()) if self.n_episodes else 0
         if max_length is None:
@@ -443,7 +480,7 @@ class EpisodeBatch:
 
         valids = np.zeros((self.n_episodes, max_length), dtype=bool)
         valids[rows, cols] = True
-        return {
+        out = {
             'observations': _nest.map_nest(pad, self.observations),
             'actions': _nest.map_nest(pad, self.actions),
             'rewards': pad(self.rewards),
@@ -459,6 +496,9 @@ class EpisodeBatch:
             'starts': self.starts,
             'cut': self.cut,
         }
+        if self.agent_ids is not None:
+            out['agent_ids'] = self.agent_ids
+        return out
 
     # Comparison and display --------------------------------------------
 
@@ -472,16 +512,21 @@ class EpisodeBatch:
 
     def __repr__(self):
         cut = int(self.cut.sum())
+        agents = '' if self.agent_ids is None else \
+            f' of {len(set(self.agent_ids.tolist()))} agents'
         return (f'<EpisodeBatch: {self.n_episodes} '
                 f'{"segments" if cut or not self.starts.all() else "episodes"}'
-                f', {len(self)} transitions, versions '
+                f'{agents}, {len(self)} transitions, versions '
                 f'{sorted(set(self.versions.tolist()))}>')
 
 
 _FIELDS = ('observations', 'actions', 'rewards', 'terminated', 'truncated',
            'last_observations', 'env_infos', 'agent_infos', 'episode_infos',
            'lengths', 'versions', 'worker_numbers', 'episode_ids', 'starts',
-           'cut', 'prior_steps', 'prior_returns')
+           'cut', 'prior_steps', 'prior_returns', 'agent_ids')
+
+#: Fields that may be None (absent): the agents of a multi-agent batch.
+_OPTIONAL = frozenset(['agent_ids'])
 
 
 def _starts(lengths):
@@ -558,6 +603,20 @@ def _check_per_episode(name, values, n_eps):
                f'expected ({n_eps},) integers (E, the number of segments)')
         raise ValueError(msg)
     return arr.astype(np.int64, copy=False)
+
+
+def _check_agent_ids(values, n_eps):
+    if values is None:
+        return None
+    arr = np.asarray(values)
+    if arr.dtype == object and all(isinstance(v, str) for v in arr.flat):
+        arr = arr.astype(str)
+    if arr.shape != (n_eps,) or (n_eps and arr.dtype.kind not in 'iuU'):
+        msg = (f'agent_ids has shape {arr.shape} and dtype {arr.dtype}, '
+               f'expected ({n_eps},) ints or strings (E, the number of '
+               f'segments), or None')
+        raise ValueError(msg)
+    return arr
 
 
 def _check_alike(name, nest, ref_name, ref, hint):

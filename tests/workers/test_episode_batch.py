@@ -377,3 +377,72 @@ def test_segments_survive_concatenate_split_and_padded():
     with pytest.raises(ValueError, match='^episode_ids: segments 0 and 2 '
                                          'are the same steps of episode 7'):
         EpisodeBatch.concatenate(first, first).check()
+
+
+# Multi-agent batches: segments are told apart by agent too. -------------
+
+
+def agent_fields(episode_ids, agent_ids, **overrides):
+    """The two segments of fields() as two agents' steps of episodes."""
+    return fields(episode_ids=np.array(episode_ids), agent_ids=agent_ids,
+                  **overrides)
+
+
+def test_agents_of_one_episode_share_its_id():
+    batch = EpisodeBatch(**agent_fields([7, 7], ['pursuer_0', 'pursuer_1']))
+    assert batch.agent_ids.tolist() == ['pursuer_0', 'pursuer_1']
+    stats = batch.episode_stats()
+    assert stats['episode_ids'].tolist() == [7, 7]
+    assert stats['agent_ids'].tolist() == ['pursuer_0', 'pursuer_1']
+    assert stats['returns'].tolist() == [6.0, 9.0]
+    assert 'of 2 agents' in repr(batch)
+    assert batch.padded()['agent_ids'].tolist() == ['pursuer_0',
+                                                    'pursuer_1']
+    # Without agent ids, the same two segments are one episode twice.
+    with pytest.raises(ValueError, match='no segment may come twice'):
+        EpisodeBatch(**agent_fields([7, 7], None))
+
+
+def test_a_segment_twice_is_refused_per_agent():
+    with pytest.raises(ValueError, match=(
+            r"^episode_ids: segments 0 and 1 are the same steps of episode "
+            r"7 of agent 'a' \(prior_steps 0\); no segment may come "
+            r"twice$")):
+        EpisodeBatch(**agent_fields([7, 7], ['a', 'a']))
+    # An agent's segment after the one that ended its episode.
+    with pytest.raises(ValueError, match=(
+            r"^cut: segment 0 ends episode 7 of agent 3, but segment 1 has "
+            r"later steps of it$")):
+        EpisodeBatch(**agent_fields(
+            [7, 7], [3, 3], starts=np.array([True, False]),
+            prior_steps=np.array([0, 3]),
+            prior_returns=np.array([0.0, 6.0])))
+
+
+@pytest.mark.parametrize('agent_ids, pattern', [
+    (['a'], r'agent_ids has shape \(1,\)'),
+    ([0.5, 1.5], r'and dtype float64, expected \(2,\) ints or strings'),
+])
+def test_bad_agent_ids_are_refused(agent_ids, pattern):
+    with pytest.raises(ValueError, match=pattern):
+        EpisodeBatch(**agent_fields([0, 1], agent_ids))
+
+
+def test_agent_ids_survive_concatenate_split_and_check():
+    a = EpisodeBatch(**agent_fields([1, 1], ['x', 'y']))
+    b = EpisodeBatch(**agent_fields([2, 2], ['x', 'yy']))
+    joined = EpisodeBatch.concatenate(a, b)
+    assert joined.agent_ids.tolist() == ['x', 'y', 'x', 'yy']
+    assert [s.agent_ids.tolist() for s in joined.split()] == \
+        [['x'], ['y'], ['x'], ['yy']]
+    assert EpisodeBatch.concatenate(*joined.split()) == joined
+    joined.check()
+    # The same steps under other agent ids are another batch.
+    assert a != EpisodeBatch(**agent_fields([1, 1], ['x', 'z']))
+    assert a == EpisodeBatch(**agent_fields([1, 1], ['x', 'y']))
+    single = EpisodeBatch(**fields())
+    assert single.agent_ids is None
+    with pytest.raises(ValueError, match=(
+            r'^batch 1 does not have agent_ids and batch 0 does: a '
+            r'multi-agent batch cannot be joined with a single-agent one$')):
+        EpisodeBatch.concatenate(a, single)
