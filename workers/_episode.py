@@ -57,10 +57,10 @@ class EpisodeRecord:
 
     __slots__ = ('observations', 'actions', 'rewards', 'env_infos',
                  'agent_infos', 'reset_info', 'column', 'episode_id',
-                 'prior_steps', 'prior_return', 'batched')
+                 'prior_steps', 'prior_return', 'batched', 'agent_id')
 
     def __init__(self, reset_info, column=None, episode_id=0, prior_steps=0,
-                 prior_return=0.0, batched=BATCHED):
+                 prior_return=0.0, batched=BATCHED, agent_id=None):
         self.observations = []
         self.actions = []
         self.rewards = []
@@ -72,13 +72,14 @@ class EpisodeRecord:
         self.prior_steps = prior_steps
         self.prior_return = prior_return
         self.batched = batched
+        self.agent_id = agent_id  # the env agent's, in a multi-agent env
 
     def continuation(self):
         """An empty record for the next segment of the same episode."""
         return EpisodeRecord(self.reset_info, self.column, self.episode_id,
                              self.prior_steps + len(self.rewards),
                              self.prior_return + float(sum(self.rewards)),
-                             self.batched)
+                             self.batched, self.agent_id)
 
     def __len__(self):
         return len(self.rewards)
@@ -219,7 +220,9 @@ class EpisodeBuffer:
             prior_steps=np.array([r.prior_steps for r in records],
                                  dtype=np.int64),
             prior_returns=np.array([r.prior_return for r in records],
-                                   dtype=np.float64))
+                                   dtype=np.float64),
+            agent_ids=None if records[0].agent_id is None else
+            np.array([r.agent_id for r in records]))
 
 
 def _structure(value):

@@ -1,0 +1,452 @@
+"""Multi-agent envs in a worker: PettingZoo's Parallel API, one policy for
+every env agent or several mapped to them (issue 27's worker side; the
+samplers take it up next).
+
+Data flow of one env step::
+
+    env.agents ---policy_mapping---> per policy, its live agents
+    per policy: stack their observations -> agent.get_actions (one call)
+    env.step({agent: action}) -> observations, rewards, terminations,
+                                 truncations, infos (dicts by agent)
+    per agent: its step goes to its own EpisodeRecord; an agent that
+    terminates, truncates or leaves ``env.agents`` ends its segment
+    the env episode ends when no agent is left (or at
+    max_episode_length): all its agents' segments go to the buffer
+    together, under the env episode's id, each with its agent id
+
+A :class:`MultiAgentBuffer` keeps one EpisodeBuffer per policy and builds
+a :class:`MultiAgentBatch`: per policy id, an EpisodeBatch whose segments
+are single agents' trajectories (``agent_ids``), the agents of one env
+episode sharing its ``episode_ids``.
+"""
+
+from typing import Any, Callable, Dict, Optional
+
+import numpy as np
+
+from workers import _nest
+from workers._episode import EpisodeBuffer, EpisodeRecord, copy_nest
+from workers.agents import as_agent, batched
+from workers.env_update import EnvUpdate
+from workers.episode_batch import EpisodeBatch
+from workers.worker import PULSE_BEATS, Worker
+
+#: The policy id of a single agent given for every env agent.
+SHARED = 'shared'
+
+
+def is_parallel_env(env):
+    """Whether ``env`` is a PettingZoo ``ParallelEnv``, or looks like one
+    (its API without subclassing it)."""
+    kind = _pettingzoo_kind(env)
+    if kind is not None:
+        return kind == 'parallel'
+    return all(hasattr(env, name) for name in (
+        'possible_agents', 'agents', 'step', 'reset')) and \
+        callable(getattr(env, 'observation_space', None)) and \
+        not hasattr(env, 'agent_iter')
+
+
+def is_aec_env(env):
+    """Whether ``env`` is a PettingZoo AEC env (agents act in turn)."""
+    kind = _pettingzoo_kind(env)
+    if kind is not None:
+        return kind == 'aec'
+    return hasattr(env, 'agent_iter') and hasattr(env, 'last')
+
+
+def _pettingzoo_kind(env):
+    """'parallel' or 'aec' for PettingZoo's own classes, else None."""
+    try:
+        from pettingzoo import AECEnv, ParallelEnv
+    except ImportError:
+        return None
+    if isinstance(env, ParallelEnv):
+        return 'parallel'
+    if isinstance(env, AECEnv):
+        return 'aec'
+    return None
+
+
+class ParallelEnvUpdate(EnvUpdate):
+    """Replace the env with a PettingZoo ``ParallelEnv``: ``env`` itself
+    (in another process, an unpickled copy) or what the zero-argument
+    callable ``env`` returns."""
+
+    replaces_env = True
+
+    def __init__(self, env):
+        if not (is_parallel_env(env) or callable(env)):
+            msg = (f'a MultiAgentWorker steps PettingZoo ParallelEnvs: pass '
+                   f'one or a zero-argument constructor of one, got {env!r}')
+            raise TypeError(msg)
+        self.env = env
+
+    def __call__(self, old_env):
+        return self.env if is_parallel_env(self.env) else self.env()
+
+
+def as_parallel_env_update(env):
+    """An :class:`~workers.EnvUpdate` as it is, anything else a
+    :class:`ParallelEnvUpdate`."""
+    return env if isinstance(env, EnvUpdate) else ParallelEnvUpdate(env)
+
+
+class MultiAgentBatch:
+    """Per policy id, an :class:`~workers.EpisodeBatch` of the segments of
+    the env agents it acted for.
+
+    ``len()`` is every policy's transitions (agent steps) together, and
+    ``n_episodes`` the env episodes whose segments it holds.
+    """
+
+    def __init__(self, batches: Dict[Any, EpisodeBatch]):
+        self.batches = dict(batches)
+
+    def __getitem__(self, policy_id):
+        return self.batches[policy_id]
+
+    def keys(self):
+        return self.batches.keys()
+
+    def items(self):
+        return self.batches.items()
+
+    def __len__(self):
+        return sum(len(b) for b in self.batches.values())
+
+    @property
+    def episode_ids(self) -> np.ndarray:
+        """Every segment's env episode id, policy after policy."""
+        return np.concatenate([b.episode_ids for b in self.batches.values()]
+                              or [np.zeros(0, np.int64)])
+
+    @property
+    def n_episodes(self) -> int:
+        """The env episodes whose segments this batch holds."""
+        return len(set(self.episode_ids.tolist()))
+
+    @classmethod
+    def concatenate(cls, *batches: 'MultiAgentBatch',
+                    missing_infos: str = 'raise') -> 'MultiAgentBatch':
+        """One batch: per policy, its batches' segments in order."""
+        by_policy = {}
+        for batch in batches:
+            for policy_id, part in batch.items():
+                by_policy.setdefault(policy_id, []).append(part)
+        return cls({policy_id: EpisodeBatch.concatenate(
+            *parts, missing_infos=missing_infos)
+            for policy_id, parts in by_policy.items()})
+
+    def __eq__(self, other):
+        if not isinstance(other, MultiAgentBatch):
+            return NotImplemented
+        return self.batches == other.batches
+
+    __hash__ = None
+
+    def __repr__(self):
+        parts = ', '.join(f'{policy_id!r}: {batch!r}'
+                          for policy_id, batch in self.batches.items())
+        return f'<MultiAgentBatch {{{parts}}}>'
+
+
+class MultiAgentBuffer:
+    """What a :class:`MultiAgentWorker` completed: per policy an
+    :class:`~workers._episode.EpisodeBuffer`; ``n_episodes`` counts env
+    episodes, ``transitions`` agent steps."""
+
+    def __init__(self):
+        self.buffers = {}
+        self.n_episodes = 0
+
+    @property
+    def transitions(self):
+        return sum(b.transitions for b in self.buffers.values())
+
+    def add_episode(self, segments, version, worker_number):
+        """One ended env episode: ``segments`` holds ``(policy id,
+        EpisodeRecord, last observation, terminated, truncated)`` per
+        agent."""
+        for policy_id, record, last, terminated, truncated in segments:
+            buffer = self.buffers.get(policy_id)
+            if buffer is None:
+                buffer = self.buffers[policy_id] = EpisodeBuffer()
+            buffer.add(record, last, terminated, truncated, version,
+                       worker_number)
+        self.n_episodes += 1
+
+    def to_batch(self):
+        """One :class:`MultiAgentBatch` of all held; the buffer empties."""
+        buffers, self.buffers = self.buffers, {}
+        self.n_episodes = 0
+        return MultiAgentBatch({policy_id: buffer.to_batch()
+                                for policy_id, buffer in buffers.items()
+                                if buffer.n_episodes})
+
+
+class MultiAgentWorker(Worker):
+    """Runs one PettingZoo ``ParallelEnv`` and one or several policies.
+
+    The agent given (``set_agent``) is one agent for every env agent
+    (parameter sharing: all their observations go to one ``get_actions``
+    call per step, policy id :data:`SHARED`), or a dict ``{policy id:
+    agent}`` with ``policy_mapping(env agent id) -> policy id``. Params
+    (``set_agent_params``) are a dict by policy id, or one value for a
+    single shared agent; a policy left out of the dict keeps its own
+    (frozen, as an older copy in self-play is).
+
+    Args:
+        seed, max_episode_length, worker_number: as every worker's;
+            ``max_episode_length`` counts env steps.
+        policy_mapping: env agent id -> policy id, for a dict of agents.
+    """
+
+    def __init__(self, *, seed, max_episode_length, worker_number,
+                 policy_mapping: Optional[Callable[[Any], Any]] = None):
+        super().__init__(seed=seed, max_episode_length=max_episode_length,
+                         worker_number=worker_number)
+        self.env = None
+        self.policy_mapping = policy_mapping
+        self.agents = {}  # policy id -> agent
+        self._reset_seed = None
+        self._env_is_new = True
+        self._episode = None  # the running env episode (see _start)
+
+    # Agents --------------------------------------------------------------
+
+    def set_agent(self, agent):
+        self.error_site = 'setting the agent'
+        if isinstance(agent, dict):
+            if self.policy_mapping is None:
+                msg = (f'a dict of agents (policies {sorted(agent, key=str)}) '
+                       f'needs policy_mapping=callable(env agent id) -> '
+                       f'policy id')
+                raise ValueError(msg)
+            self.agents = {policy_id: as_agent(a, f'agents[{policy_id!r}]')
+                           for policy_id, a in agent.items()}
+        else:
+            self.agents = {SHARED: as_agent(agent)}
+        self.agent = self.agents
+        self.error_site = None
+        self._on_agent_changed()
+
+    def update_agent(self, agent_update):
+        """As every worker's; a dict of agents (each with
+        ``get_action``) replaces the policies, a dict of anything else
+        is parameters by policy id."""
+        if isinstance(agent_update, dict) and agent_update and all(
+                hasattr(a, 'get_action') for a in agent_update.values()):
+            self.set_agent(agent_update)
+        else:
+            super().update_agent(agent_update)
+
+    def set_agent_params(self, params):
+        self.error_site = 'agent.set_params'
+        if not isinstance(params, dict) or SHARED in self.agents and \
+                len(self.agents) == 1:
+            params = {policy_id: params for policy_id in self.agents}
+        for policy_id, value in params.items():
+            agent = self.agents.get(policy_id)
+            if agent is None:
+                msg = (f'parameters for policy {policy_id!r}, which is not '
+                       f'one of {sorted(self.agents, key=str)}')
+                raise KeyError(msg)
+            set_params = getattr(agent, 'set_params', None)
+            if set_params is None:
+                msg = (f'the agent of policy {policy_id!r} has no '
+                       f'set_params, so it cannot take parameters')
+                raise TypeError(msg)
+            set_params(value)
+        self.error_site = None
+        self._on_agent_changed()
+
+    def policy_of(self, env_agent):
+        """The policy that acts for ``env_agent``."""
+        if self.policy_mapping is None:
+            return SHARED
+        policy_id = self.policy_mapping(env_agent)
+        if policy_id not in self.agents:
+            msg = (f'policy_mapping({env_agent!r}) returned {policy_id!r}, '
+                   f'which is not one of the policies '
+                   f'{sorted(self.agents, key=str)}')
+            raise KeyError(msg)
+        return policy_id
+
+    # Env -----------------------------------------------------------------
+
+    @staticmethod
+    def _as_env_update(env_update):
+        return as_parallel_env_update(env_update)
+
+    def update_env(self, env_update):
+        update = self._as_env_update(env_update)
+        self.error_site = 'env update'
+        env = update(self.env)
+        if not is_parallel_env(env):
+            hint = (' It is an AEC env: pass pettingzoo.utils.conversions.'
+                    'aec_to_parallel(env) instead' if is_aec_env(env)
+                    else '')
+            msg = (f'a MultiAgentWorker steps PettingZoo ParallelEnvs, got '
+                   f'{env!r}.{hint}')
+            raise TypeError(msg)
+        if env is not self.env and self.env is not None:
+            self.error_site = 'env.close'
+            self.env.close()
+        self.error_site = None
+        if env is not self.env:
+            self._env_is_new = True
+        self.env = env
+        self._episode = None
+
+    @property
+    def env_spaces(self):
+        """Per policy, ``(observation_space, action_space)`` of its env
+        agents (they must agree)."""
+        if self.env is None or not self.agents:
+            return None
+        spaces = {}
+        for env_agent in self.env.possible_agents:
+            policy_id = self.policy_of(env_agent)
+            pair = (self.env.observation_space(env_agent),
+                    self.env.action_space(env_agent))
+            seen = spaces.setdefault(policy_id, (pair, env_agent))
+            if seen[0] != pair:
+                msg = (f'env agents {seen[1]!r} and {env_agent!r} both act '
+                       f'under policy {policy_id!r} but have the spaces '
+                       f'{seen[0]} and {pair}; one policy needs one '
+                       f'observation and action space')
+                raise ValueError(msg)
+        return {policy_id: pair for policy_id, (pair, _) in spaces.items()}
+
+    # Rounds --------------------------------------------------------------
+
+    def _on_new_round(self, env_seeds, reseed_envs):
+        if reseed_envs or self._env_is_new:
+            self._reset_seed = env_seeds[0]
+
+    def abandon_episodes(self):
+        dropped = 0
+        if self._episode is not None:
+            dropped = sum(len(r) for _, r in
+                          self._episode['records'].values())
+        self._episode = None
+        return dropped
+
+    @property
+    def in_progress(self):
+        return int(self._episode is not None)
+
+    def rollout_into(self, buffer, max_starts=None):
+        """Run until the env episode ends; add its agents' segments to
+        ``buffer`` (a :class:`MultiAgentBuffer`). Returns how many env
+        episodes it started (0 or 1)."""
+        self._check_ready(self.env)
+        started = 0
+        if self._episode is None:
+            if max_starts == 0:
+                return 0
+            self._start()
+            started = 1
+        while not self._step():
+            pass
+        episode, self._episode = self._episode, None
+        buffer.add_episode(episode['ended'], self.version,
+                           self._worker_number)
+        return started
+
+    def _start(self):
+        self.error_site = 'env.reset'
+        observations, infos = self.env.reset(seed=self._reset_seed)
+        self.pulse[PULSE_BEATS] += 1
+        self._reset_seed = None
+        self._env_is_new = False
+        self.error_site = None
+        episode_id = self._new_episode_id()
+        self._episode = {'id': episode_id, 't': 0, 'records': {},
+                         'obs': {}, 'ended': []}
+        for env_agent in self.env.agents:
+            self._join(env_agent, observations[env_agent],
+                       infos.get(env_agent, {}))
+
+    def _join(self, env_agent, observation, info):
+        """``env_agent`` enters the running episode (at its reset, or
+        later) with this observation."""
+        record = EpisodeRecord(dict(info), episode_id=self._episode['id'],
+                               agent_id=env_agent)
+        self._episode['records'][env_agent] = (self.policy_of(env_agent),
+                                               record)
+        self._episode['obs'][env_agent] = copy_nest(observation)
+
+    def _step(self):
+        """One env step; True once the env episode has ended."""
+        episode = self._episode
+        records, last = episode['records'], episode['obs']
+        acting = [a for a in self.env.agents if a in records]
+        by_policy = {}
+        for env_agent in acting:
+            by_policy.setdefault(records[env_agent][0], []).append(env_agent)
+        actions, agent_infos = {}, {}
+        for policy_id, group in by_policy.items():
+            self.error_site = 'agent.get_actions'
+            batch = _nest.stack([last[a] for a in group])
+            acts, infos = batched(self.agents[policy_id])(batch)
+            self.error_site = None
+            for k, env_agent in enumerate(group):
+                actions[env_agent] = _nest.index(acts, k)
+                agent_infos[env_agent] = {key: _nest.index(value, k)
+                                          for key, value in infos.items()}
+        self.pulse[PULSE_BEATS] += 1
+        self.error_site = 'env.step'
+        observations, rewards, terminations, truncations, infos = \
+            self.env.step(actions)
+        self.pulse[PULSE_BEATS] += 1
+        self.env_steps += 1
+        self.error_site = None
+        episode['t'] += 1
+        capped = self._max_episode_length is not None and \
+            episode['t'] >= self._max_episode_length
+        still = set(self.env.agents)
+        for env_agent in acting:
+            policy_id, record = records[env_agent]
+            record.observations.append(last[env_agent])
+            record.actions.append(actions[env_agent])
+            record.rewards.append(float(rewards.get(env_agent, 0.0)))
+            record.env_infos.append(dict(infos.get(env_agent, {})))
+            record.agent_infos.append(agent_infos[env_agent])
+            obs = observations.get(env_agent, last[env_agent])
+            last[env_agent] = copy_nest(obs)
+            terminated = bool(terminations.get(env_agent, False))
+            truncated = bool(truncations.get(env_agent, False)) or \
+                (capped and not terminated) or \
+                (env_agent not in still and not terminated)
+            if terminated or truncated:
+                episode['ended'].append((policy_id, record, last[env_agent],
+                                         terminated, truncated))
+                del records[env_agent]
+        for env_agent in self.env.agents:
+            if env_agent not in records and env_agent in observations and \
+                    not any(env_agent == r.agent_id
+                            for _, r, _, _, _ in episode['ended']):
+                # An agent that appeared during the episode.
+                self._join(env_agent, observations[env_agent],
+                           infos.get(env_agent, {}))
+        return not records or capped and self._end_all()
+
+    def _end_all(self):
+        """At max_episode_length: every agent still in is truncated."""
+        episode = self._episode
+        for env_agent, (policy_id, record) in list(
+                episode['records'].items()):
+            if len(record):
+                episode['ended'].append((policy_id, record,
+                                         episode['obs'][env_agent], False,
+                                         True))
+        episode['records'].clear()
+        return True
+
+    def shutdown(self):
+        if self.env is not None:
+            self.env.close()
+            self.env = None
+        self._episode = None
