@@ -13,6 +13,7 @@ import numpy as np
 from sampler._protocol import RoundKind, RoundStart
 from sampler.errors import SamplerError
 from workers import EpisodeBatch, _nest
+from workers._multi_agent import MultiAgentBatch
 
 
 def progress_bar(show, kind, count, n_workers, n_envs=None):
@@ -395,6 +396,9 @@ def _and(items):
 def _in_start_order(batches):
     """One batch of a worker's whole episodes, ordered by their ids: the
     order it started them in."""
+    if isinstance(batches[0], MultiAgentBatch):
+        # One env's episodes: they end in the order they start.
+        return MultiAgentBatch.concatenate(*batches, missing_infos='mask')
     batch = EpisodeBatch.concatenate(*batches, missing_infos='mask')
     order = np.argsort(batch.episode_ids, kind='stable')
     if (order == np.arange(len(order))).all():
@@ -406,6 +410,8 @@ def _in_start_order(batches):
 def join_batches(batches):
     """One EpisodeBatch of what a call kept; batches whose workers' data
     do not fit each other are named, with where they differ."""
+    if batches and isinstance(batches[0], MultiAgentBatch):
+        return MultiAgentBatch.concatenate(*batches, missing_infos='mask')
     try:
         return EpisodeBatch.concatenate(*batches, missing_infos='mask')
     except (ValueError, TypeError) as err:

@@ -27,7 +27,6 @@ from sampler._protocol import (CallEnvs, Credit, EnvsDone, Exit, Failed,
                                Finish, Push, ResetEnvs, RoundKind, Segments,
                                SetEnvAttrs, ShareRows, Start, StepEnvs,
                                Stop, UpdateKind)
-from workers import EpisodeBuffer
 from workers.worker import PULSE_BEATS
 from workers.spaces import misfit
 
@@ -91,6 +90,19 @@ def apply_update(worker, update):
     worker.pulse[PULSE_BEATS] += 1
 
 
+def _misfit(batch, env_spaces):
+    """Where ``batch`` does not fit the worker's spaces (see
+    ``workers.spaces.misfit``): ``env_spaces`` is ``(observation space,
+    action space)``, or per policy id for a multi-agent batch."""
+    if isinstance(env_spaces, dict):
+        for policy_id, part in batch.items():
+            problem = misfit(part, *env_spaces[policy_id])
+            if problem is not None:
+                return problem
+        return None
+    return misfit(batch, *env_spaces)
+
+
 class Round:
     """A worker's part of one call (a round): the Start's updates, what the
     round asks (see :class:`~sampler._protocol.RoundStart`), what it has
@@ -124,7 +136,7 @@ class Round:
         self.in_flight = 0  # stream rounds: sent, not yet credited
         self.deferred = None  # a Push that waits for the round's end
         self.arena = None  # MappedRows of a steps round, or None
-        self.pending = EpisodeBuffer()  # produced, not sent yet
+        self.pending = worker.new_buffer()  # produced, not sent yet
         self.pending_since = 0.0
         # A steps round's steps are begun and not all taken; they are
         # taken ``piece`` steps of every env at a time (see LOOK_EVERY_S),
@@ -175,7 +187,7 @@ class Round:
             self.halt()
             if self.pending.n_episodes:
                 out.append(self.message())
-        self.pending = EpisodeBuffer()
+        self.pending = self.worker.new_buffer()
         self.start(command.plan, command.env, command.agent, arena)
 
     def _on_finish(self, command, arena, out):
@@ -247,7 +259,7 @@ class Round:
         # alone. Other rounds seed only envs never reset yet (a seeded
         # reset can be costly), which keeps their episodes distinct.
         if self.stepping:  # a round not halted: its segments are lost
-            self.halt(EpisodeBuffer())
+            self.halt(self.worker.new_buffer())
         kind = plan.kind
         worker.start_round(
             plan.round, plan.version, attempt=plan.attempt,
@@ -397,7 +409,7 @@ class Round:
         """The Segments reply for what is pending (which is emptied),
         saying whether the round is done."""
         worker = self.worker
-        buffer, self.pending = self.pending, EpisodeBuffer()
+        buffer, self.pending = self.pending, self.worker.new_buffer()
         batch = None
         if buffer.n_episodes:
             worker.error_site = 'building the message'
@@ -409,7 +421,7 @@ class Round:
             except Exception as err:
                 worker.error_site = getattr(err, 'site', worker.error_site)
                 raise
-            problem = misfit(batch, *worker.env_spaces)
+            problem = _misfit(batch, worker.env_spaces)
             if problem is not None:
                 worker.error_site = problem[0]
                 raise ValueError(problem[1])

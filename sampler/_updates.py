@@ -7,8 +7,6 @@ import warnings
 
 from sampler import _pickling
 from sampler._protocol import Update, UpdateKind
-from workers.agents import as_agent
-from workers.env_update import as_env_update
 
 #: Env updates a restart recipe holds before it warns (see WorkerRecipe).
 RECIPE_WARN_AT = 100
@@ -83,10 +81,10 @@ class Updates:
         self._worker_class = worker_class
         agent_list = self._per_worker(agents, 'agents')
         for i, agent in enumerate(agent_list):
-            as_agent(agent, what=self._name('agents', agents, i))
+            worker_class.check_agent(agent, self._name('agents', agents, i))
         env_list = self._per_worker(envs, 'envs')
-        env_updates = [as_env_update(e, what=self._name('envs', envs, i))
-                       for i, e in enumerate(env_list)]
+        env_updates = [worker_class.env_update_of(
+            e, self._name('envs', envs, i)) for i, e in enumerate(env_list)]
         for i, update in enumerate(env_updates):
             worker_class.check_env_update(update,
                                           self._name('envs', envs, i))
@@ -94,7 +92,8 @@ class Updates:
                                         UpdateKind.AGENT)
         env_blobs = self._pickle_each('envs', envs, env_updates,
                                       UpdateKind.ENV, originals=env_list)
-        self._can_set_params = [hasattr(a, 'set_params') for a in agent_list]
+        self._can_set_params = [worker_class.takes_params(a)
+                                for a in agent_list]
         #: Per worker, the WorkerRecipe that rebuilds it.
         self.recipes = [WorkerRecipe(a, e)
                         for a, e in zip(agent_blobs, env_blobs)]
@@ -121,7 +120,7 @@ class Updates:
         items = self._per_worker(update, 'agent_update')
         kinds = []
         for i, item in enumerate(items):
-            if hasattr(item, 'get_action'):
+            if self._worker_class.is_agent(item):
                 kinds.append(UpdateKind.AGENT)
             elif self._can_set_params[i]:
                 kinds.append(UpdateKind.PARAMS)
@@ -133,7 +132,7 @@ class Updates:
                        f'agent, or give the agent set_params(params)')
                 raise TypeError(msg)
         pickled = self._pickle_each('agent_update', update, items, kinds)
-        can_set_params = [hasattr(item, 'set_params')
+        can_set_params = [self._worker_class.takes_params(item)
                           if kind is UpdateKind.AGENT
                           else old for item, kind, old in
                           zip(items, kinds, self._can_set_params)]
@@ -143,8 +142,9 @@ class Updates:
         if update is None:
             return None, None
         items = self._per_worker(update, 'env_update')
-        objects = [as_env_update(e, what=self._name('env_update', update, i))
-                   for i, e in enumerate(items)]
+        objects = [self._worker_class.env_update_of(
+            e, self._name('env_update', update, i))
+            for i, e in enumerate(items)]
         for i, item in enumerate(objects):
             self._worker_class.check_env_update(
                 item, self._name('env_update', update, i))

@@ -201,7 +201,11 @@ class MultiprocessingSampler(Backend):
         try:
             with _framing.reads_finish_first():
                 spaces = self._start_workers(deadline)
-            self._observation_space = spaces[0][0]
+            # (observation_space, action_space), or per policy for a
+            # multi-agent worker: no shared rows for those.
+            first = spaces[0]
+            self._observation_space = first[0] \
+                if isinstance(first, tuple) else None
         except BaseException:
             # Nothing to save from workers that never started: end them
             # in a second at most, not shutdown_timeout.
@@ -450,7 +454,8 @@ class MultiprocessingSampler(Backend):
         views of this call's rows; ones of an earlier call's rows (whose
         call ended) are discarded here, their rows gone with it."""
         batch = segments.batch
-        if batch is None or type(batch.observations) is not ArenaRows:
+        if batch is None or type(getattr(batch, 'observations', None)) \
+                is not ArenaRows:
             return segments
         if self._arena is not None and segments.round == collector.round:
             batch = batch._with(observations=self._arena.view(

@@ -25,9 +25,38 @@ from sampler._stream import StreamCalls
 from sampler._updates import Updates
 from sampler.errors import SamplerTimeoutError
 from workers import DefaultWorker
+from workers._multi_agent import (MultiAgentBatch, MultiAgentWorker,
+                                  makes_multi_agent_env)
 from workers import WorkerFactory
 from workers.worker import EPISODE_ID_STRIDE
 from workers.episode_batch import EpisodeBatch
+
+
+def _multi_agent_worker(agents, envs, worker_class, worker_args,
+                        policy_mapping):
+    """``(worker_class, worker_args)``: a MultiAgentWorker with the
+    policy mapping where the envs are PettingZoo ParallelEnvs (or their
+    classes), the agents a dict by policy id, or a policy mapping is
+    given."""
+    multi = worker_class is MultiAgentWorker or \
+        policy_mapping is not None or isinstance(agents, dict) or \
+        any(makes_multi_agent_env(e) for e in
+            (envs if isinstance(envs, list) else [envs]))
+    if not multi:
+        return worker_class, worker_args
+    if worker_class is not DefaultWorker and \
+            worker_class is not MultiAgentWorker:
+        msg = (f'multi-agent envs and policies run in a MultiAgentWorker, '
+               f'not {worker_class.__name__}; leave worker_class out')
+        raise ValueError(msg)
+    if policy_mapping is not None and not callable(policy_mapping):
+        msg = (f'policy_mapping must be a callable env agent id -> policy '
+               f'id, got {policy_mapping!r}')
+        raise TypeError(msg)
+    args = dict(worker_args or {})
+    if policy_mapping is not None:
+        args['policy_mapping'] = policy_mapping
+    return MultiAgentWorker, args
 
 
 def available_cpus() -> int:
@@ -62,6 +91,7 @@ class Sampler(StreamCalls, CallGuard):
                  seed: Optional[int] = None,
                  worker_class: type = DefaultWorker,
                  worker_args: Optional[dict] = None,
+                 policy_mapping: Optional[Any] = None,
                  **backend_options: Any) -> None:
         self._closed = True  # until constructed, so __del__ does nothing
         # A worker process re-importing a script that samples without the
@@ -88,6 +118,8 @@ class Sampler(StreamCalls, CallGuard):
                 lists = [len(x) for x in (agents, envs)
                          if isinstance(x, list)]
                 n_workers = lists[0] if lists else available_cpus()
+            worker_class, worker_args = _multi_agent_worker(
+                agents, envs, worker_class, worker_args, policy_mapping)
             worker_factory = WorkerFactory(
                 max_episode_length=max_episode_length, n_workers=n_workers,
                 seed=seed, worker_class=worker_class,
@@ -265,8 +297,17 @@ class Sampler(StreamCalls, CallGuard):
             segments first, all of the current version.
         """
         count = check_count(steps_per_env, 'steps_per_env')
+        self._check_takes_steps('obtain_steps')
         return self._call((RoundKind.STEPS, count), agent_update, env_update,
                           timeout, f'obtain_steps({count})')
+
+    def _check_takes_steps(self, what):
+        worker_class = self._factory.worker_class
+        if not getattr(worker_class, 'takes_steps', True):
+            msg = (f'{what} does not take multi-agent envs yet '
+                   f'({worker_class.__name__}); use obtain_samples or '
+                   f'obtain_exact_episodes')
+            raise TypeError(msg)
 
     def _call(self, goal, agent_update, env_update, timeout, what):
         check_timeout(timeout)
@@ -295,7 +336,9 @@ class Sampler(StreamCalls, CallGuard):
             msg = f'{what} timed out after {timeout} s: {err}'
             raise SamplerTimeoutError(msg) from None
         batch = self._concatenate(batches)
-        self._stats['episodes'] += int((~batch.cut).sum())
+        # Env episodes: a multi-agent one ends with all its agents' ends.
+        self._stats['episodes'] += batch.n_episodes if isinstance(
+            batch, MultiAgentBatch) else int((~batch.cut).sum())
         self._stats['transitions'] += len(batch)
         return batch
 
@@ -370,6 +413,7 @@ class Sampler(StreamCalls, CallGuard):
         """
         count = check_count(num_samples, 'num_samples')
         check_timeout(timeout)
+        self._check_takes_steps('stream')
         if max_staleness is not None and (
                 isinstance(max_staleness, bool) or
                 not isinstance(max_staleness, numbers.Integral) or

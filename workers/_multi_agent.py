@@ -20,8 +20,10 @@ are single agents' trajectories (``agent_ids``), the agents of one env
 episode sharing its ``episode_ids``.
 """
 
+import functools
 from typing import Any, Callable, Dict, Optional
 
+import gymnasium
 import numpy as np
 
 from workers import _nest
@@ -45,6 +47,26 @@ def is_parallel_env(env):
         'possible_agents', 'agents', 'step', 'reset')) and \
         callable(getattr(env, 'observation_space', None)) and \
         not hasattr(env, 'agent_iter')
+
+
+def makes_multi_agent_env(env):
+    """Whether ``env`` (an env, a class or a ``functools.partial`` of
+    one, as given to a sampler) is, or builds, a PettingZoo env, seen
+    without building one: other constructors (a lambda) can't be told."""
+    while isinstance(env, functools.partial):
+        env = env.func
+    if not isinstance(env, type):
+        return is_parallel_env(env) or is_aec_env(env)
+    if issubclass(env, gymnasium.Env):
+        return False
+    try:
+        from pettingzoo import AECEnv, ParallelEnv
+        if issubclass(env, (AECEnv, ParallelEnv)):
+            return True
+    except ImportError:
+        pass
+    return hasattr(env, 'possible_agents') and \
+        callable(getattr(env, 'observation_space', None))
 
 
 def is_aec_env(env):
@@ -115,11 +137,40 @@ class MultiAgentBatch:
     def __len__(self):
         return sum(len(b) for b in self.batches.values())
 
+    def _per_segment(self, field, dtype):
+        return np.concatenate([getattr(b, field) for b in
+                               self.batches.values()] or
+                              [np.zeros(0, dtype)])
+
     @property
     def episode_ids(self) -> np.ndarray:
         """Every segment's env episode id, policy after policy."""
-        return np.concatenate([b.episode_ids for b in self.batches.values()]
-                              or [np.zeros(0, np.int64)])
+        return self._per_segment('episode_ids', np.int64)
+
+    @property
+    def starts(self) -> np.ndarray:
+        """Every segment's ``starts``, policy after policy."""
+        return self._per_segment('starts', bool)
+
+    @property
+    def cut(self) -> np.ndarray:
+        """Every segment's ``cut``, policy after policy."""
+        return self._per_segment('cut', bool)
+
+    @property
+    def versions(self) -> np.ndarray:
+        """Every segment's version, policy after policy."""
+        return self._per_segment('versions', np.int64)
+
+    @property
+    def worker_numbers(self) -> np.ndarray:
+        """Every segment's worker, policy after policy."""
+        return self._per_segment('worker_numbers', np.int64)
+
+    def check(self) -> None:
+        """Check every policy's batch (see ``EpisodeBatch.check``)."""
+        for batch in self.batches.values():
+            batch.check()
 
     @property
     def n_episodes(self) -> int:
@@ -176,8 +227,12 @@ class MultiAgentBuffer:
                        worker_number)
         self.n_episodes += 1
 
-    def to_batch(self):
-        """One :class:`MultiAgentBatch` of all held; the buffer empties."""
+    def to_batch(self, observations_out=None):
+        """One :class:`MultiAgentBatch` of all held; the buffer empties.
+        (``observations_out`` is for an EpisodeBuffer's shared rows, which
+        multi-agent batches do not use: it must be None.)"""
+        if observations_out is not None:
+            raise ValueError('a MultiAgentBuffer writes no shared rows')
         buffers, self.buffers = self.buffers, {}
         self.n_episodes = 0
         return MultiAgentBatch({policy_id: buffer.to_batch()
@@ -202,6 +257,9 @@ class MultiAgentWorker(Worker):
         policy_mapping: env agent id -> policy id, for a dict of agents.
     """
 
+    #: obtain_steps and streams do not take multi-agent envs yet.
+    takes_steps = False
+
     def __init__(self, *, seed, max_episode_length, worker_number,
                  policy_mapping: Optional[Callable[[Any], Any]] = None):
         super().__init__(seed=seed, max_episode_length=max_episode_length,
@@ -212,6 +270,54 @@ class MultiAgentWorker(Worker):
         self._reset_seed = None
         self._env_is_new = True
         self._episode = None  # the running env episode (see _start)
+
+    # What a sampler checks in the caller ----------------------------------
+
+    @classmethod
+    def env_update_of(cls, env, what='env'):
+        if isinstance(env, EnvUpdate) or is_parallel_env(env) or \
+                (callable(env) and not isinstance(env, str)):
+            return as_parallel_env_update(env)
+        hint = ' It is an AEC env: pass pettingzoo.utils.conversions.' \
+            'aec_to_parallel(env) instead.' if is_aec_env(env) else ''
+        msg = (f'{what} must be a PettingZoo ParallelEnv, a zero-argument '
+               f'constructor of one or an EnvUpdate for a multi-agent '
+               f'worker, got {env!r}.{hint}')
+        raise TypeError(msg)
+
+    @classmethod
+    def check_agent(cls, agent, what='agent'):
+        if isinstance(agent, dict):
+            if not agent:
+                raise TypeError(f'{what} is an empty dict of policies')
+            for policy_id, one in agent.items():
+                as_agent(one, what=f'{what}[{policy_id!r}]')
+        else:
+            as_agent(agent, what=what)
+
+    @staticmethod
+    def is_agent(update):
+        if isinstance(update, dict):
+            return bool(update) and all(hasattr(a, 'get_action')
+                                        for a in update.values())
+        return hasattr(update, 'get_action')
+
+    @staticmethod
+    def takes_params(agent):
+        if isinstance(agent, dict):
+            return any(hasattr(a, 'set_params') for a in agent.values())
+        return hasattr(agent, 'set_params')
+
+    def new_buffer(self):
+        return MultiAgentBuffer()
+
+    def begin_steps(self, steps_per_env):
+        msg = ('obtain_steps and stream do not take multi-agent envs yet; '
+               'use obtain_samples or obtain_exact_episodes')
+        raise TypeError(msg)
+
+    def step_into(self, buffer, steps_per_env):
+        self.begin_steps(steps_per_env)
 
     # Agents --------------------------------------------------------------
 
@@ -235,8 +341,7 @@ class MultiAgentWorker(Worker):
         """As every worker's; a dict of agents (each with
         ``get_action``) replaces the policies, a dict of anything else
         is parameters by policy id."""
-        if isinstance(agent_update, dict) and agent_update and all(
-                hasattr(a, 'get_action') for a in agent_update.values()):
+        if self.is_agent(agent_update):
             self.set_agent(agent_update)
         else:
             super().update_agent(agent_update)

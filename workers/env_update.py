@@ -188,10 +188,10 @@ def _not_one_env(env):
                 f'constructor of a single env) and worker_class=VecWorker, '
                 f'worker_args={{"n_envs": {n}}} for {n} envs per worker')
     if any(c.__module__.split('.')[0] == 'pettingzoo' for c in classes):
-        return ('a PettingZoo multi-agent env, which the workers do not '
-                'step yet (multi-agent envs are not supported yet); give '
-                'each agent a single-agent gymnasium env, or sample it '
-                'yourself for now')
+        return ('a PettingZoo multi-agent env, which a sampler steps in '
+                'multi-agent workers when it can tell: pass the env, its '
+                'class, policy_mapping= or worker_class=MultiAgentWorker '
+                '(from workers._multi_agent) with a constructor of it')
     return None
 
 

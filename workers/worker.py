@@ -196,6 +196,35 @@ class Worker:
         return as_env_update(env_update, what='env_update')
 
     @classmethod
+    def env_update_of(cls, env: Any, what: str = 'env') -> Any:
+        """What workers of this class make of ``env`` (an env id, env,
+        constructor or ``EnvUpdate``): an ``EnvUpdate``; raises naming
+        ``what`` if they cannot take it. A sampler calls this in the
+        caller."""
+        return as_env_update(env, what=what)
+
+    @classmethod
+    def check_agent(cls, agent: Any, what: str = 'agent') -> None:
+        """Raise TypeError unless workers of this class can take
+        ``agent`` as their agent (a sampler calls this in the caller)."""
+        as_agent(agent, what=what)
+
+    @staticmethod
+    def is_agent(update: Any) -> bool:
+        """Whether an agent update replaces the agent (else it is
+        parameters for it)."""
+        return hasattr(update, 'get_action')
+
+    @staticmethod
+    def takes_params(agent: Any) -> bool:
+        """Whether ``agent``, once a worker's, can take parameters."""
+        return hasattr(agent, 'set_params')
+
+    def new_buffer(self) -> EpisodeBuffer:
+        """An empty buffer of what this worker's rounds produce."""
+        return EpisodeBuffer()
+
+    @classmethod
     def check_env_update(cls, update: Any, what: str = 'env') -> None:
         """Raise TypeError if workers of this class cannot take
         ``update`` (an ``EnvUpdate``); ``what`` names it in the message.

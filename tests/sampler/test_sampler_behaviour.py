@@ -475,9 +475,9 @@ BAD_CONSTRUCTIONS = [
      r'worker_class=VecWorker, worker_args=\{"n_envs": 3\} for 3 envs '
      r'per worker$'),
     ('a PettingZoo env', dict(envs=ParallelLike()), TypeError,
-     r'^envs is a ParallelLike: a PettingZoo multi-agent env, which the '
-     r'workers do not step yet \(multi-agent envs are not supported '
-     r'yet\)'),
+     r'^envs is a ParallelLike: a PettingZoo multi-agent env, which a '
+     r'sampler steps in multi-agent workers when it can tell: pass the '
+     r'env, its class, policy_mapping= or worker_class=MultiAgentWorker'),
     ('not an agent', dict(agents=42), TypeError,
      r'^agents must have get_action\(observation\) -> \(action, info\) or '
      r'be a callable observation -> action, got 42$'),

@@ -5,93 +5,10 @@ import numpy as np
 import pytest
 from gymnasium import spaces
 
+from helpers import ComingAndGoingEnv, CountingAgent
 from workers import EpisodeBatch
 from workers._multi_agent import (SHARED, MultiAgentBatch, MultiAgentBuffer,
                                   MultiAgentWorker, is_parallel_env)
-
-
-class ComingAndGoingEnv:
-    """A ParallelEnv of our own (PettingZoo's API, duck-typed): agents
-    'a', 'b' and 'c' start; 'd' comes at step 1; 'c' terminates at step
-    2; 'b' leaves at step 3 without a flag; 'a' and 'd' terminate at step
-    5. An observation is ``[t, agent number, noise]`` (noise from the
-    reset's seed), a reward ``agent number + t / 10``, an action is
-    echoed in the info."""
-
-    possible_agents = ['a', 'b', 'c', 'd']
-    metadata = {}
-
-    def __init__(self, obs_size=3):
-        self.obs_size = obs_size
-        self.agents = []
-        self.rng = np.random.default_rng()
-        self.closed = False
-
-    def observation_space(self, agent):
-        return spaces.Box(-100, 100, (self.obs_size,), np.float32)
-
-    def action_space(self, agent):
-        return spaces.Discrete(2)
-
-    def _obs(self, agent):
-        obs = np.zeros(self.obs_size, np.float32)
-        obs[:3] = [self.t, self.possible_agents.index(agent),
-                   self.rng.random()]
-        return obs
-
-    def reset(self, seed=None, options=None):
-        if seed is not None:
-            self.rng = np.random.default_rng(seed)
-        self.t = 0
-        self.agents = ['a', 'b', 'c']
-        return {a: self._obs(a) for a in self.agents}, \
-            {a: {'start': 1} for a in self.agents}
-
-    def step(self, actions):
-        assert set(actions) == set(self.agents), (actions, self.agents)
-        self.t += 1
-        acted = list(self.agents)
-        obs = {a: self._obs(a) for a in acted}
-        rewards = {a: self.possible_agents.index(a) + self.t / 10
-                   for a in acted}
-        terms = {a: False for a in acted}
-        truncs = {a: False for a in acted}
-        infos = {a: {'echo': int(actions[a])} for a in acted}
-        if self.t == 1:
-            self.agents.append('d')
-            obs['d'] = self._obs('d')
-            infos['d'] = {}
-        if self.t == 2:
-            terms['c'] = True
-            self.agents.remove('c')
-        if self.t == 3:
-            self.agents.remove('b')  # gone without a flag
-        if self.t == 5:
-            terms = {a: True for a in acted}
-            self.agents = []
-        return obs, rewards, terms, truncs, infos
-
-    def close(self):
-        self.closed = True
-
-
-class CountingAgent:
-    """Acts ``observation[1] % 2``; records each batch it was asked for."""
-
-    def __init__(self, offset=0):
-        self.calls = []
-        self.offset = offset
-
-    def get_actions(self, observations):
-        self.calls.append(observations[:, 1].tolist())
-        actions = (observations[:, 1].astype(int) + self.offset) % 2
-        return actions, {'offset': np.full(len(actions), self.offset)}
-
-    def get_action(self, observation):
-        raise AssertionError('batched agents are asked for batches')
-
-    def set_params(self, params):
-        self.offset = params
 
 
 def make_worker(agent, mapping=None, seed=0, **kwargs):

@@ -1,0 +1,159 @@
+"""Multi-agent envs on every backend: a PettingZoo-style ParallelEnv whose
+agents come and go, one shared policy or two mapped ones, whole-episode
+calls (obtain_steps and streams refuse them for now)."""
+
+import functools
+import os
+
+import numpy as np
+import pytest
+
+from helpers import (ComingAndGoingEnv, CountingAgent, closing_samplers,
+                     write_atomically)
+from sampler import LocalSampler, WorkerError
+from workers._multi_agent import SHARED, MultiAgentBatch
+
+pytestmark = pytest.mark.timeout(120)
+
+#: Steps of each agent of one ComingAndGoingEnv episode.
+STEPS = {'a': 5, 'b': 3, 'c': 2, 'd': 4}
+
+
+def check_whole_episodes(batch):
+    """Every env episode has each of its agents once, with all its steps
+    in order and its own rewards; returns the episode ids."""
+    segments = {}
+    for part in batch.batches.values():
+        for segment in part.split():
+            key = (int(segment.episode_ids[0]), str(segment.agent_ids[0]))
+            assert key not in segments, f'{key} twice'
+            segments[key] = segment
+    episodes = {e for e, _ in segments}
+    for episode in episodes:
+        agents = {a: s for (e, a), s in segments.items() if e == episode}
+        assert {a: len(s) for a, s in agents.items()} == STEPS
+        for name, segment in agents.items():
+            first = 1 if name == 'd' else 0
+            np.testing.assert_array_equal(
+                segment.observations[:, 0],
+                np.arange(first, first + len(segment)))
+            np.testing.assert_allclose(
+                segment.rewards, 'abcd'.index(name) +
+                np.arange(first + 1, first + 1 + len(segment)) / 10)
+    return episodes
+
+
+def mapped(env_agent):
+    return 'p1' if env_agent in 'ab' else 'p2'
+
+
+def test_exact_episodes_with_one_shared_policy_match_local(backend):
+    with closing_samplers(backend) as make:
+        s = make(CountingAgent(), ComingAndGoingEnv(), n_workers=2, seed=3)
+        batch = s.obtain_exact_episodes(2)
+        assert isinstance(batch, MultiAgentBatch)
+        assert list(batch.keys()) == [SHARED]
+        assert len(check_whole_episodes(batch)) == 4
+        assert batch.n_episodes == 4 and len(batch) == 4 * 14
+        assert s.stats['episodes'] == 4
+        assert sorted(set(batch.worker_numbers.tolist())) == [0, 1]
+    # Reproducible, and the same on every backend.
+    with closing_samplers(LocalSampler) as make:
+        local = make(CountingAgent(), ComingAndGoingEnv(), n_workers=2,
+                     seed=3).obtain_exact_episodes(2)
+    assert batch == local
+
+
+def test_two_mapped_policies_and_a_frozen_one(backend):
+    with closing_samplers(backend) as make:
+        s = make({'p1': CountingAgent(), 'p2': CountingAgent(offset=1)},
+                 ComingAndGoingEnv, n_workers=2, seed=0,
+                 policy_mapping=mapped)
+        batch = s.obtain_exact_episodes(1)
+        assert sorted(batch.keys()) == ['p1', 'p2']
+        assert set(batch['p1'].agent_ids.tolist()) == {'a', 'b'}
+        assert set(batch['p2'].agent_ids.tolist()) == {'c', 'd'}
+        check_whole_episodes(batch)
+        # New parameters for p1 only: p2 keeps its own (frozen).
+        batch = s.obtain_exact_episodes(1, agent_update={'p1': 1})
+        assert s.version == 1
+        assert (batch['p1'].agent_infos['offset'] == 1).all()
+        assert (batch['p2'].agent_infos['offset'] == 1).all()
+        assert set(batch.versions.tolist()) == {1}
+
+
+def test_obtain_samples_returns_whole_env_episodes(backend):
+    with closing_samplers(backend) as make:
+        s = make(CountingAgent(), ComingAndGoingEnv, n_workers=2, seed=0)
+        seen = set()
+        for _ in range(3):
+            batch = s.obtain_samples(100)
+            assert len(batch) >= 100
+            episodes = check_whole_episodes(batch)
+            assert not seen & episodes
+            seen |= episodes
+
+
+def test_calls_that_keep_envs_running_refuse_multi_agent_envs(backend):
+    with closing_samplers(backend) as make:
+        s = make(CountingAgent(), ComingAndGoingEnv, n_workers=1, seed=0)
+        with pytest.raises(TypeError, match=(
+                r'^obtain_steps does not take multi-agent envs yet')):
+            s.obtain_steps(5)
+        with pytest.raises(TypeError, match=r'^stream does not take'):
+            s.stream(5)
+        assert s.obtain_exact_episodes(1).n_episodes == 1
+
+
+def test_an_aec_env_is_refused_with_the_fix(backend):
+    class AecEnv(ComingAndGoingEnv):
+        def agent_iter(self):
+            return iter(self.agents)
+
+        def last(self):
+            return None
+
+    with pytest.raises(TypeError, match='aec_to_parallel'):
+        backend(CountingAgent(), AecEnv(), n_workers=1)
+
+
+class CrashOnceEnv(ComingAndGoingEnv):
+    """Raises at its 2nd reset while the file ``trigger`` exists (which
+    it removes)."""
+
+    def __init__(self, trigger):
+        super().__init__()
+        self.trigger = trigger
+        self.resets = 0
+
+    def reset(self, seed=None, options=None):
+        self.resets += 1
+        if self.resets == 2:
+            try:
+                os.remove(self.trigger)  # the first worker there wins
+            except FileNotFoundError:
+                pass
+            else:
+                raise RuntimeError('triggered failure')
+        return super().reset(seed=seed, options=options)
+
+
+def test_a_restart_loses_and_repeats_nothing(process_backend, tmp_path):
+    trigger = str(tmp_path / 'crash')
+    env = functools.partial(CrashOnceEnv, trigger)
+    with closing_samplers(process_backend) as make:
+        clean = make(CountingAgent(), env, n_workers=2,
+                     seed=5).obtain_exact_episodes(3)
+        write_atomically(trigger, 'x')
+        s = make(CountingAgent(), env, n_workers=2, seed=5,
+                 on_worker_error='restart')
+        batch = s.obtain_exact_episodes(3)
+        assert s.stats['worker_restarts'] == 1
+        # The replacement redid the worker's part from the call's seeds.
+        assert batch == clean
+        check_whole_episodes(batch)
+    with closing_samplers(process_backend) as make:
+        write_atomically(trigger, 'x')
+        s = make(CountingAgent(), env, n_workers=2, seed=5)
+        with pytest.raises(WorkerError, match='triggered failure'):
+            s.obtain_exact_episodes(3)
