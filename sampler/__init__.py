@@ -13,12 +13,13 @@ from sampler.local_sampler import LocalSampler
 from sampler.multiprocessing_sampler import MultiprocessingSampler
 from sampler.ray_sampler import RaySampler
 from sampler.sampler import Sampler
-from workers import EpisodeBatch, WorkerFactory
+from workers import EpisodeBatch, MultiAgentBatch, WorkerFactory
 
 __all__ = [
     'BrokenSamplerError',
     'EpisodeBatch',
     'LocalSampler',
+    'MultiAgentBatch',
     'MultiprocessingSampler',
     'RaySampler',
     'Sampler',

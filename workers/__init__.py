@@ -11,6 +11,7 @@ from workers.env_pool_worker import EnvPoolWorker
 from workers.env_update import EnvPool, EnvUpdate, NewEnvUpdate, \
     SetTaskUpdate
 from workers.gae import compute_gae
+from workers._multi_agent import MultiAgentBatch, MultiAgentWorker
 from workers.torch_agent import TorchAgent
 from workers.episode_batch import EpisodeBatch
 from workers.vec_worker import VecWorker
@@ -26,6 +27,8 @@ __all__ = [
     'EpisodeBatch',
     'EpisodeBuffer',
     'MLPAgent',
+    'MultiAgentBatch',
+    'MultiAgentWorker',
     'NewEnvUpdate',
     'RandomAgent',
     'SetTaskUpdate',

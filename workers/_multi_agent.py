@@ -426,9 +426,21 @@ class MultiAgentWorker(Worker):
 
     # Rounds --------------------------------------------------------------
 
+    def _n_seeds(self):
+        # The round's seeds: one for the env, one per policy (the agent
+        # dict is not seeded as one agent).
+        return 2 + len(self.agents)
+
     def _on_new_round(self, env_seeds, reseed_envs):
         if reseed_envs or self._env_is_new:
             self._reset_seed = env_seeds[0]
+        for seed, (policy_id, agent) in zip(env_seeds[1:],
+                                            sorted(self.agents.items(),
+                                                   key=lambda p: str(p[0]))):
+            if hasattr(agent, 'seed'):
+                self.error_site = 'agent.seed'
+                agent.seed(seed)
+        self.error_site = None
 
     def abandon_episodes(self):
         dropped = 0

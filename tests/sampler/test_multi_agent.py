@@ -11,7 +11,8 @@ import pytest
 from helpers import (ComingAndGoingEnv, CountingAgent, closing_samplers,
                      write_atomically)
 from sampler import LocalSampler, WorkerError
-from workers._multi_agent import SHARED, MultiAgentBatch
+from workers import MultiAgentBatch, MultiAgentWorker
+from workers._multi_agent import SHARED
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -157,3 +158,57 @@ def test_a_restart_loses_and_repeats_nothing(process_backend, tmp_path):
         s = make(CountingAgent(), env, n_workers=2, seed=5)
         with pytest.raises(WorkerError, match='triggered failure'):
             s.obtain_exact_episodes(3)
+
+
+# Real PettingZoo envs (the multiagent extra; mpe2 for the particle envs).
+
+
+def pursuit():
+    from pettingzoo.sisl import pursuit_v5
+    return pursuit_v5.parallel_env(max_cycles=500)
+
+
+def spread():
+    from mpe2 import simple_spread_v3
+    return simple_spread_v3.parallel_env(max_cycles=500)
+
+
+class SeededRandom:
+    """Random Discrete(5) actions from a generator the worker seeds."""
+
+    def __init__(self):
+        self.rng = np.random.default_rng(0)
+
+    def seed(self, seed):
+        self.rng = np.random.default_rng(seed)
+
+    def get_actions(self, observations):
+        return self.rng.integers(0, 5, len(observations)), {}
+
+    def get_action(self, observation):
+        return int(self.rng.integers(0, 5)), {}
+
+
+@pytest.mark.parametrize('make_env, module, agents', [
+    (pursuit, 'pettingzoo.sisl', 8), (spread, 'mpe2', 3)])
+def test_pettingzoo_envs_on_every_backend(backend, make_env, module,
+                                          agents):
+    pytest.importorskip(module)
+    with closing_samplers(backend) as make:
+        # A constructor that is a plain function says nothing of what it
+        # builds: worker_class says it (or policy_mapping, below).
+        s = make(SeededRandom(), make_env, n_workers=2, seed=1,
+                 max_episode_length=20, worker_class=MultiAgentWorker)
+        batch = s.obtain_exact_episodes(1)[SHARED]
+        # Every agent of both env episodes, 20 steps each, truncated.
+        assert batch.n_episodes == 2 * agents
+        assert (batch.lengths == 20).all() and batch.truncated.sum() == \
+            2 * agents
+        assert len(set(zip(batch.episode_ids.tolist(),
+                           batch.agent_ids.tolist()))) == 2 * agents
+        batch.check()
+    with closing_samplers(LocalSampler) as make:
+        local = make(SeededRandom(), make_env, n_workers=2, seed=1,
+                     max_episode_length=20, policy_mapping=lambda a: SHARED,
+                     ).obtain_exact_episodes(1)[SHARED]
+    assert batch == local

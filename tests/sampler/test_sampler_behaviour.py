@@ -477,7 +477,8 @@ BAD_CONSTRUCTIONS = [
     ('a PettingZoo env', dict(envs=ParallelLike()), TypeError,
      r'^envs is a ParallelLike: a PettingZoo multi-agent env, which a '
      r'sampler steps in multi-agent workers when it can tell: pass the '
-     r'env, its class, policy_mapping= or worker_class=MultiAgentWorker'),
+     r'env, its class, policy_mapping= or worker_class=workers\.'
+     r'MultiAgentWorker'),
     ('not an agent', dict(agents=42), TypeError,
      r'^agents must have get_action\(observation\) -> \(action, info\) or '
      r'be a callable observation -> action, got 42$'),
