@@ -190,8 +190,8 @@ def _not_one_env(env):
     if any(c.__module__.split('.')[0] == 'pettingzoo' for c in classes):
         return ('a PettingZoo multi-agent env, which a sampler steps in '
                 'multi-agent workers when it can tell: pass the env, its '
-                'class, policy_mapping= or worker_class=MultiAgentWorker '
-                '(from workers._multi_agent) with a constructor of it')
+                'class, policy_mapping= or worker_class=workers.'
+                'MultiAgentWorker with a constructor of it')
     return None
 
 
