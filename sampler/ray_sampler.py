@@ -213,15 +213,19 @@ class RaySampler(Backend):
             self._finalizer()
             raise
 
-    def _spawn(self, i):
+    def _recipe_refs(self, i):
+        """Worker ``i``'s recipe, each distinct update put in the object
+        store once: the arguments that build it."""
         updates = self._recipes[i].updates()
         refs = {}
         for update in updates:
             if id(update.blob) not in refs:
                 refs[id(update.blob)] = self._ray.put(update)
-        actor = self._actor_class.remote(
-            i, self._factory_ref, self._setup,
-            *[refs[id(u.blob)] for u in updates])
+        return [self._factory_ref, self._setup] + \
+            [refs[id(u.blob)] for u in updates]
+
+    def _spawn(self, i):
+        actor = self._actor_class.remote(i, *self._recipe_refs(i))
         handle = _Actor(i, actor, self._version)
         self._pending[actor.ready.remote()] = (handle, 'ready')
         return handle
@@ -371,14 +375,7 @@ class RaySampler(Backend):
             self._send(handle, Start(collector.round_start(handle.number)))
 
     def _rebuild(self, handle):
-        updates = self._recipes[handle.number].updates()
-        refs = {}
-        for update in updates:
-            if id(update.blob) not in refs:
-                refs[id(update.blob)] = self._ray.put(update)
-        return handle.actor.rebuild.remote(
-            self._factory_ref, self._setup,
-            *[refs[id(u.blob)] for u in updates])
+        return handle.actor.rebuild.remote(*self._recipe_refs(handle.number))
 
     def _places_late(self):
         return True
