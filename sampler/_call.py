@@ -407,6 +407,17 @@ def _in_start_order(batches):
         *[batch.episode(int(i)) for i in order], missing_infos='mask')
 
 
+def ended_episodes(batch):
+    """How many episodes ended in ``batch``: its segments not cut; for a
+    multi-agent batch, the env episodes none of whose agents' segments
+    in it is cut (an agent that left earlier ended its segment while the
+    episode went on)."""
+    if not isinstance(batch, MultiAgentBatch):
+        return int((~batch.cut).sum())
+    ids, cut = batch.episode_ids, batch.cut
+    return len(set(ids[~cut].tolist()) - set(ids[cut].tolist()))
+
+
 def join_batches(batches):
     """One EpisodeBatch of what a call kept; batches whose workers' data
     do not fit each other are named, with where they differ."""

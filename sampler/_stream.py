@@ -6,7 +6,7 @@ lives across ``next()`` calls."""
 
 import time
 
-from sampler._call import Collector
+from sampler._call import Collector, ended_episodes
 from sampler._protocol import RoundKind
 from sampler.errors import SamplerError, SamplerTimeoutError
 
@@ -74,7 +74,7 @@ class StreamCalls:
             msg = f'{what} timed out after {timeout} s: {err}'
             raise SamplerTimeoutError(msg) from None
         batch = self._concatenate(collector.take())
-        self._stats['episodes'] += int((~batch.cut).sum())
+        self._stats['episodes'] += ended_episodes(batch)
         self._stats['transitions'] += len(batch)
         return batch
 

@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any, Dict, Iterator, Optional
 
-from sampler._call import Collector, join_batches
+from sampler._call import Collector, ended_episodes, join_batches
 from sampler._options import check_count, check_options, check_timeout
 from sampler._process_setup import exit_if_importing_main
 from sampler._protocol import RoundKind
@@ -297,17 +297,8 @@ class Sampler(StreamCalls, CallGuard):
             segments first, all of the current version.
         """
         count = check_count(steps_per_env, 'steps_per_env')
-        self._check_takes_steps('obtain_steps')
         return self._call((RoundKind.STEPS, count), agent_update, env_update,
                           timeout, f'obtain_steps({count})')
-
-    def _check_takes_steps(self, what):
-        worker_class = self._factory.worker_class
-        if not getattr(worker_class, 'takes_steps', True):
-            msg = (f'{what} does not take multi-agent envs yet '
-                   f'({worker_class.__name__}); use obtain_samples or '
-                   f'obtain_exact_episodes')
-            raise TypeError(msg)
 
     def _call(self, goal, agent_update, env_update, timeout, what):
         check_timeout(timeout)
@@ -337,8 +328,7 @@ class Sampler(StreamCalls, CallGuard):
             raise SamplerTimeoutError(msg) from None
         batch = self._concatenate(batches)
         # Env episodes: a multi-agent one ends with all its agents' ends.
-        self._stats['episodes'] += batch.n_episodes if isinstance(
-            batch, MultiAgentBatch) else int((~batch.cut).sum())
+        self._stats['episodes'] += ended_episodes(batch)
         self._stats['transitions'] += len(batch)
         return batch
 
@@ -413,7 +403,6 @@ class Sampler(StreamCalls, CallGuard):
         """
         count = check_count(num_samples, 'num_samples')
         check_timeout(timeout)
-        self._check_takes_steps('stream')
         if max_staleness is not None and (
                 isinstance(max_staleness, bool) or
                 not isinstance(max_staleness, numbers.Integral) or

@@ -1,6 +1,6 @@
 """Multi-agent envs in a worker: PettingZoo's Parallel API, one policy for
-every env agent or several mapped to them (issue 27's worker side; the
-samplers take it up next).
+every env agent or several mapped to them, in whole episodes or in steps
+(segments cut at a call's end, as a single-agent worker's).
 
 Data flow of one env step::
 
@@ -216,15 +216,16 @@ class MultiAgentBuffer:
         return sum(b.transitions for b in self.buffers.values())
 
     def add_episode(self, segments, version, worker_number):
-        """One ended env episode: ``segments`` holds ``(policy id,
-        EpisodeRecord, last observation, terminated, truncated)`` per
+        """The segments of one env episode (its end, or the part a steps
+        call ends; counted as one): ``segments`` holds ``(policy id,
+        EpisodeRecord, last observation, terminated, truncated, cut)`` per
         agent."""
-        for policy_id, record, last, terminated, truncated in segments:
+        for policy_id, record, last, terminated, truncated, cut in segments:
             buffer = self.buffers.get(policy_id)
             if buffer is None:
                 buffer = self.buffers[policy_id] = EpisodeBuffer()
             buffer.add(record, last, terminated, truncated, version,
-                       worker_number)
+                       worker_number, cut=cut)
         self.n_episodes += 1
 
     def to_batch(self, observations_out=None):
@@ -256,9 +257,6 @@ class MultiAgentWorker(Worker):
             ``max_episode_length`` counts env steps.
         policy_mapping: env agent id -> policy id, for a dict of agents.
     """
-
-    #: obtain_steps and streams do not take multi-agent envs yet.
-    takes_steps = False
 
     def __init__(self, *, seed, max_episode_length, worker_number,
                  policy_mapping: Optional[Callable[[Any], Any]] = None):
@@ -312,12 +310,39 @@ class MultiAgentWorker(Worker):
         return MultiAgentBuffer()
 
     def begin_steps(self, steps_per_env):
-        msg = ('obtain_steps and stream do not take multi-agent envs yet; '
-               'use obtain_samples or obtain_exact_episodes')
-        raise TypeError(msg)
+        self._check_ready(self.env)
+        super().begin_steps(steps_per_env)
 
-    def step_into(self, buffer, steps_per_env):
-        self.begin_steps(steps_per_env)
+    def _take_steps(self, buffer, n_steps):
+        for _ in range(n_steps):
+            if self._episode is None:
+                self._start()
+            if self._step():
+                self._end_episode(buffer)
+
+    def end_steps(self, buffer):
+        """The agents that ended since the last call's end go to
+        ``buffer`` as they are, the running ones' segments cut (they go
+        on as new segments of the same agents at the next steps)."""
+        self._steps_left = 0
+        episode = self._episode
+        if episode is None:
+            return
+        segments, episode['ended'] = episode['ended'], []
+        records, last = episode['records'], episode['obs']
+        for env_agent, (policy_id, record) in list(records.items()):
+            if len(record):
+                segments.append((policy_id, record, last[env_agent], False,
+                                 False, True))
+                records[env_agent] = (policy_id, record.continuation())
+        if segments:
+            buffer.add_episode(segments, self.version, self._worker_number)
+
+    def _end_episode(self, buffer):
+        episode, self._episode = self._episode, None
+        if episode['ended']:
+            buffer.add_episode(episode['ended'], self.version,
+                               self._worker_number)
 
     # Agents --------------------------------------------------------------
 
@@ -446,7 +471,8 @@ class MultiAgentWorker(Worker):
         dropped = 0
         if self._episode is not None:
             dropped = sum(len(r) for _, r in
-                          self._episode['records'].values())
+                          self._episode['records'].values()) + \
+                sum(len(s[1]) for s in self._episode['ended'])
         self._episode = None
         return dropped
 
@@ -467,9 +493,7 @@ class MultiAgentWorker(Worker):
             started = 1
         while not self._step():
             pass
-        episode, self._episode = self._episode, None
-        buffer.add_episode(episode['ended'], self.version,
-                           self._worker_number)
+        self._end_episode(buffer)
         return started
 
     def _start(self):
@@ -480,8 +504,11 @@ class MultiAgentWorker(Worker):
         self._env_is_new = False
         self.error_site = None
         episode_id = self._new_episode_id()
+        # records and obs: of the agents in it now; ended: the segments
+        # of agents that ended, not yet in a buffer; gone: every agent
+        # that ended (it does not come back in the same episode).
         self._episode = {'id': episode_id, 't': 0, 'records': {},
-                         'obs': {}, 'ended': []}
+                         'obs': {}, 'ended': [], 'gone': set()}
         for env_agent in self.env.agents:
             self._join(env_agent, observations[env_agent],
                        infos.get(env_agent, {}))
@@ -539,12 +566,12 @@ class MultiAgentWorker(Worker):
                 (env_agent not in still and not terminated)
             if terminated or truncated:
                 episode['ended'].append((policy_id, record, last[env_agent],
-                                         terminated, truncated))
+                                         terminated, truncated, False))
+                episode['gone'].add(env_agent)
                 del records[env_agent]
         for env_agent in self.env.agents:
             if env_agent not in records and env_agent in observations and \
-                    not any(env_agent == r.agent_id
-                            for _, r, _, _, _ in episode['ended']):
+                    env_agent not in episode['gone']:
                 # An agent that appeared during the episode.
                 self._join(env_agent, observations[env_agent],
                            infos.get(env_agent, {}))
@@ -558,7 +585,7 @@ class MultiAgentWorker(Worker):
             if len(record):
                 episode['ended'].append((policy_id, record,
                                          episode['obs'][env_agent], False,
-                                         True))
+                                         True, False))
         episode['records'].clear()
         return True
 

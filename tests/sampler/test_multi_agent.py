@@ -1,9 +1,10 @@
 """Multi-agent envs on every backend: a PettingZoo-style ParallelEnv whose
 agents come and go, one shared policy or two mapped ones, whole-episode
-calls (obtain_steps and streams refuse them for now)."""
+calls, steps and streams."""
 
 import functools
 import os
+import time
 
 import numpy as np
 import pytest
@@ -95,15 +96,104 @@ def test_obtain_samples_returns_whole_env_episodes(backend):
             seen |= episodes
 
 
-def test_calls_that_keep_envs_running_refuse_multi_agent_envs(backend):
+def join_pieces(batches, worker=None):
+    """Per (env episode, agent), its segments from ``batches`` (in call
+    order; only worker ``worker``'s if given) joined: ``(observation
+    times, rewards, ended)``, checking that each piece goes on where the
+    one before it was cut."""
+    joined = {}
+    for batch in batches:
+        batch.check()
+        for part in batch.batches.values():
+            for segment in part.split():
+                if worker is not None and \
+                        segment.worker_numbers[0] != worker:
+                    continue
+                key = (int(segment.episode_ids[0]),
+                       str(segment.agent_ids[0]))
+                times = segment.observations[:, 0].tolist()
+                if key in joined:
+                    seen, rewards, ended = joined[key]
+                    assert not ended, f'{key} goes on after it ended'
+                    assert not segment.starts[0]
+                    assert times[0] == seen[-1] + 1, (key, seen, times)
+                else:
+                    seen, rewards = [], []
+                    assert segment.starts[0]
+                joined[key] = (seen + times,
+                               rewards + segment.rewards.tolist(),
+                               not segment.cut[-1])
+    return joined
+
+
+def check_joined(joined):
+    """The env episodes all of whose agents ended are whole: each agent's
+    steps once, in order, with its own rewards. Returns how many."""
+    episodes = {e for e, _ in joined}
+    whole = 0
+    for episode in episodes:
+        agents = {a: v for (e, a), v in joined.items() if e == episode}
+        if len(agents) < len(STEPS) or \
+                not all(ended for _, _, ended in agents.values()):
+            continue
+        whole += 1
+        for name, (times, rewards, _) in agents.items():
+            first = 1 if name == 'd' else 0
+            assert times == list(range(first, first + STEPS[name]))
+            np.testing.assert_allclose(
+                rewards, 'abcd'.index(name) +
+                np.arange(first + 1, first + 1 + STEPS[name]) / 10)
+    return whole
+
+
+def test_obtain_steps_steps_every_env_and_cuts_agents_segments(backend):
     with closing_samplers(backend) as make:
-        s = make(CountingAgent(), ComingAndGoingEnv, n_workers=1, seed=0)
-        with pytest.raises(TypeError, match=(
-                r'^obtain_steps does not take multi-agent envs yet')):
-            s.obtain_steps(5)
-        with pytest.raises(TypeError, match=r'^stream does not take'):
-            s.stream(5)
-        assert s.obtain_exact_episodes(1).n_episodes == 1
+        s = make({'p1': CountingAgent(), 'p2': CountingAgent()},
+                 ComingAndGoingEnv, n_workers=2, seed=0,
+                 policy_mapping=mapped)
+        batches = []
+        for _ in range(4):
+            batch = s.obtain_steps(3)
+            assert isinstance(batch, MultiAgentBatch)
+            for worker in (0, 1):
+                # Its env stepped 3 times: the (episode, time) pairs of
+                # every agent's steps.
+                env_steps = set()
+                for part in batch.batches.values():
+                    mine = part.worker_numbers[
+                        np.repeat(np.arange(len(part.lengths)),
+                                  part.lengths)] == worker
+                    ids = np.repeat(part.episode_ids, part.lengths)[mine]
+                    env_steps |= set(zip(
+                        ids.tolist(), part.observations[mine, 0].tolist()))
+                assert len(env_steps) == 3
+            batches.append(batch)
+        joined = join_pieces(batches)
+        # 12 steps of each worker's env: two whole episodes of 5 each.
+        assert check_joined(joined) == 4
+        assert s.stats['episodes'] == 4
+        # Agent 'c' ended at step 2 of the first episode, cut by nobody.
+        assert joined[(0, 'c')][2]
+        # The episodes go on into whole-episode calls no more: those
+        # start afresh.
+        check_whole_episodes(s.obtain_exact_episodes(1))
+
+
+def test_a_stream_of_agents_segments_with_pushes(backend):
+    with closing_samplers(backend) as make:
+        s = make(CountingAgent(), ComingAndGoingEnv, n_workers=2, seed=0)
+        batches = []
+        for batch in s.stream(20, timeout=60):
+            batches.append(batch)
+            assert len(batch) >= 20
+            if len(batches) == 3:
+                s.push_update(1)
+            if len(batches) == 8:
+                break
+        assert set(batches[-1].versions.tolist()) == {1}
+        for worker in (0, 1):
+            assert check_joined(join_pieces(batches, worker)) >= 2
+        assert s.stats['episodes'] >= 4
 
 
 def test_an_aec_env_is_refused_with_the_fix(backend):
@@ -158,6 +248,51 @@ def test_a_restart_loses_and_repeats_nothing(process_backend, tmp_path):
         s = make(CountingAgent(), env, n_workers=2, seed=5)
         with pytest.raises(WorkerError, match='triggered failure'):
             s.obtain_exact_episodes(3)
+
+
+class HangOnceEnv(ComingAndGoingEnv):
+    """Hangs in every 3rd step while the file ``trigger`` exists (the
+    first to hang removes it)."""
+
+    def __init__(self, trigger):
+        super().__init__()
+        self.trigger = trigger
+        self.steps = 0
+
+    def step(self, actions):
+        self.steps += 1
+        if self.steps % 3 == 0:
+            try:
+                os.remove(self.trigger)
+            except FileNotFoundError:
+                pass
+            else:
+                time.sleep(600)
+        return super().step(actions)
+
+
+def test_a_hung_env_is_replaced_and_nothing_is_lost_or_repeated(
+        process_backend, tmp_path):
+    trigger = str(tmp_path / 'hang')
+    env = functools.partial(HangOnceEnv, trigger)
+    with closing_samplers(process_backend) as make:
+        clean = make(CountingAgent(), env, n_workers=2,
+                     seed=5).obtain_exact_episodes(3)
+        write_atomically(trigger, 'x')
+        s = make(CountingAgent(), env, n_workers=2, seed=5, step_timeout=1,
+                 on_worker_error='restart')
+        assert s.obtain_exact_episodes(3) == clean
+        assert s.stats['worker_hangs'] == 1
+        write_atomically(trigger, 'x')
+        batch = s.obtain_samples(100)
+        assert s.stats['worker_hangs'] == 2
+        check_whole_episodes(batch)
+        # Steps: the episode the hung worker ran is lost with it, and
+        # every piece of the others goes on where it was cut.
+        write_atomically(trigger, 'x')
+        steps = [s.obtain_steps(4) for _ in range(3)]
+        assert s.stats['worker_hangs'] == 3
+        check_joined(join_pieces(steps))
 
 
 # Real PettingZoo envs (the multiagent extra; mpe2 for the particle envs).
