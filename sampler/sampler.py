@@ -25,8 +25,7 @@ from sampler._stream import StreamCalls
 from sampler._updates import Updates
 from sampler.errors import SamplerTimeoutError
 from workers import DefaultWorker
-from workers._multi_agent import (MultiAgentBatch, MultiAgentWorker,
-                                  makes_multi_agent_env)
+from workers._multi_agent import MultiAgentWorker, makes_multi_agent_env
 from workers import WorkerFactory
 from workers.worker import EPISODE_ID_STRIDE
 from workers.episode_batch import EpisodeBatch
