@@ -104,7 +104,8 @@ class EnvWorkers:
     """
 
     def __init__(self, env_fns, *, n_workers, backend, autoreset_mode,
-                 start_method, backend_options, merge_infos=False):
+                 start_method, backend_options, merge_infos=False,
+                 worker_class=EnvStepWorker):
         self.n_envs = len(env_fns)
         if n_workers is None:
             n_workers = min(available_cpus(), self.n_envs)
@@ -130,7 +131,7 @@ class EnvWorkers:
         cls = _backend_class(backend)
         self.sampler = cls(
             NoPolicy(), [EnvFns(env_fns[a:a + n], a) for a, n in self.shares],
-            n_workers=int(n_workers), worker_class=EnvStepWorker,
+            n_workers=int(n_workers), worker_class=worker_class,
             worker_args={'autoreset_mode': autoreset_mode,
                          'merge_infos': merge_infos}, seed=0,
             **options)
@@ -1019,4 +1020,8 @@ def __getattr__(name):
     raise AttributeError(f'module {__name__!r} has no attribute {name!r}')
 
 
-__all__ = ['AsyncVectorEnv']  # and SubprocVecEnv, with stable-baselines3
+# PettingZoo envs' agents as a vector env: the same workers and calls.
+from sampler._agent_vector import MultiAgentVectorEnv  # noqa: E402
+
+__all__ = ['AsyncVectorEnv', 'MultiAgentVectorEnv']  # and SubprocVecEnv,
+# with stable-baselines3

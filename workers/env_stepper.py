@@ -367,18 +367,23 @@ class EnvStepWorker(Worker):
                 continue
             if how == 'has':
                 try:
-                    env.get_wrapper_attr(name)
+                    self._env_attr(env, name)
                 except AttributeError:
                     results.append(False)
                 else:
                     results.append(True)
                 continue
-            value = env.get_wrapper_attr(name)
+            value = self._env_attr(env, name)
             if how == 'method' or (how == 'call' and callable(value)):
                 value = value(*args, **kwargs)
             results.append(value)
         self._done()
         return results
+
+    @staticmethod
+    def _env_attr(env, name):
+        """``env``'s attribute ``name``, looked up through its wrappers."""
+        return env.get_wrapper_attr(name)
 
     def set_env_attrs(self, name, values, outer=False, indices=None):
         """Set attribute ``name`` of each env (those at ``indices``, in
