@@ -113,3 +113,21 @@ def test_train_ppo_vector_learns_cartpole_on_our_vector_env(capsys):
     assert 'reached a mean return' in out
     first = float(re.search(r'mean return +([\d.]+)', out).group(1))
     assert first < 200  # it learned: it did not start there
+
+
+@pytest.mark.timeout(300)
+def test_train_ppo_multiagent_runs_on_our_vector_env_of_agents(tmp_path):
+    pytest.importorskip('torch')
+    pytest.importorskip('mpe2')
+    curve_file = tmp_path / 'spread.csv'
+    curve = load('train_ppo_multiagent').main([
+        '--total-steps', '9600', '--num-envs', '4', '--csv',
+        str(curve_file)])
+    # 4 envs x 3 agents x 50 steps per iteration: 16 iterations, every
+    # agent's episode of 25 steps ended twice in each.
+    assert [c[0] for c in curve] == [600 * (i + 1) for i in range(16)]
+    rows = curve_file.read_text().splitlines()
+    assert rows[0] == 'agent_steps,seconds,mean_return' and len(rows) == 17
+    # simple_spread's rewards are negative distances: a random policy's
+    # agents get about -25 an episode.
+    assert all(-80 < c[2] < 0 for c in curve)

@@ -304,9 +304,12 @@ def test_a_timed_out_call_replaces_the_hung_worker(process_backend,
                                                    tmp_path):
     # Worker 0's env hangs at its 40th step; the call held up by it
     # replaces it and returns what it holds, and the next calls go on.
+    # Worker 1's steps take 5 ms, so that it cannot make the call's 200
+    # transitions alone before worker 0 gets there (on a loaded machine
+    # worker 0 may be slow to begin).
     envs = [functools.partial(HangingEnv, 'step', 40,
                               str(tmp_path / 'hung')),
-            functools.partial(HangingEnv, 'none')]
+            functools.partial(HangingEnv, 'none', seconds_per_step=0.005)]
     with closing_samplers(process_backend) as make:
         s = make(HangingAgent(at=10 ** 9), envs, seed=0,
                  on_worker_error='restart')
