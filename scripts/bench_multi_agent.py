@@ -120,8 +120,11 @@ class VectorRow:
         self.envs = self.make(args)
         self.envs.reset(seed=0)
         n = self.envs.num_envs
-        self.actions = np.random.default_rng(0).integers(
-            0, self.envs.single_action_space.n, (256, n))
+        # SuperSuit's vector envs name their single space action_space.
+        space = getattr(self.envs, 'single_action_space',
+                        self.envs.action_space)
+        self.actions = np.random.default_rng(0).integers(0, space.n,
+                                                         (256, n))
         self.processes = args.workers
 
     def run(self, seconds):

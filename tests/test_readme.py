@@ -27,7 +27,7 @@ def run_main(block, name):
 
 def test_readme_training_loop_runs_and_improves(capsys):
     blocks = code_blocks()
-    assert len(blocks) == 3
+    assert len(blocks) == 4
     namespace = {'__name__': 'readme_example'}
     exec(compile(blocks[0], 'README.rst', 'exec'), namespace)
     assert capsys.readouterr().out == ''  # guarded: nothing ran on import
@@ -64,10 +64,17 @@ def test_readme_torch_example_samples_with_the_state_dict():
 
 def test_readme_envpool_example_steps_every_env_exactly():
     pytest.importorskip('envpool')
-    batch = run_main(2, 'readme_envpool_example')
+    batch = run_main(3, 'readme_envpool_example')
     assert len(batch) == 2 * 8 * 128
     assert batch.versions.tolist() == [3] * batch.n_episodes
     counts = [np.bincount(batch.env_infos['env_id'][
         np.repeat(batch.worker_numbers, batch.lengths) == w]).tolist()
         for w in (0, 1)]
     assert counts == [[128] * 8] * 2
+
+
+def test_readme_vector_env_of_agents_steps_every_slot():
+    pytest.importorskip('mpe2')
+    shape, active = run_main(2, 'readme_multi_agent_example')
+    assert shape == (12, 18)  # 4 envs x 3 agents, simple_spread's 18
+    assert active.tolist() == [True] * 12

@@ -172,6 +172,40 @@ class MultiAgentBatch:
         for batch in self.batches.values():
             batch.check()
 
+    def episode_stats(self) -> Dict[str, Any]:
+        """Per agent and per env episode, the episodes that ended in this
+        batch (their steps in earlier batches count too).
+
+        Returns:
+            dict: ``'agents'``: per policy id, its batch's
+            ``episode_stats()`` (``episode_ids``, ``agent_ids``,
+            ``returns``, ``lengths`` of each agent whose segment ended);
+            ``'episode_ids'``, ``'returns'`` and ``'n_agents'`` (arrays,
+            by env episode): the env episodes none of whose segments in
+            this batch is cut, the sum of their agents' returns and how
+            many agents that is. For whole-episode calls that is every
+            agent of the episode; in steps and streams an agent that
+            ended in an earlier batch was counted there.
+        """
+        per_policy = {policy_id: batch.episode_stats()
+                      for policy_id, batch in self.batches.items()}
+        ids, cut = self.episode_ids, self.cut
+        ended = sorted(set(ids[~cut].tolist()) - set(ids[cut].tolist()))
+        returns = dict.fromkeys(ended, 0.0)
+        agents = dict.fromkeys(ended, 0)
+        for stats in per_policy.values():
+            for episode, value in zip(stats['episode_ids'].tolist(),
+                                      stats['returns'].tolist()):
+                if episode in returns:
+                    returns[episode] += value
+                    agents[episode] += 1
+        return {'agents': per_policy,
+                'episode_ids': np.array(ended, dtype=np.int64),
+                'returns': np.array([returns[e] for e in ended],
+                                    dtype=np.float64),
+                'n_agents': np.array([agents[e] for e in ended],
+                                     dtype=np.int64)}
+
     @property
     def n_episodes(self) -> int:
         """The env episodes whose segments this batch holds."""

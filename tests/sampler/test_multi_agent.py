@@ -347,3 +347,36 @@ def test_pettingzoo_envs_on_every_backend(backend, make_env, module,
                      max_episode_length=20, policy_mapping=lambda a: SHARED,
                      ).obtain_exact_episodes(1)[SHARED]
     assert batch == local
+
+
+def test_episode_stats_per_agent_and_per_env_episode():
+    with closing_samplers(LocalSampler) as make:
+        s = make({'p1': CountingAgent(), 'p2': CountingAgent()},
+                 ComingAndGoingEnv, n_workers=1, seed=0,
+                 policy_mapping=mapped)
+        stats = s.obtain_exact_episodes(2).episode_stats()
+        # An agent's return: the sum of agent number + t / 10 over its
+        # steps (see ComingAndGoingEnv).
+        expected = {}
+        for name, steps in STEPS.items():
+            first = 1 if name == 'd' else 0
+            times = np.arange(first + 1, first + 1 + steps)
+            expected[name] = float(np.sum('abcd'.index(name) + times / 10))
+        for policy_id, agents in (('p1', 'ab'), ('p2', 'cd')):
+            per_agent = stats['agents'][policy_id]
+            assert sorted(per_agent['agent_ids'].tolist()) == \
+                sorted(list(agents) * 2)
+            for agent, value in zip(per_agent['agent_ids'],
+                                    per_agent['returns']):
+                assert value == pytest.approx(expected[str(agent)])
+        assert stats['episode_ids'].tolist() == [0, 1]
+        assert stats['n_agents'].tolist() == [4, 4]
+        np.testing.assert_allclose(stats['returns'],
+                                   [sum(expected.values())] * 2)
+        # Steps: an env episode counts in the call where its last
+        # agents' segments end.
+        counted = []
+        for _ in range(4):
+            counted += s.obtain_steps(3).episode_stats()[
+                'episode_ids'].tolist()
+        assert counted == [2, 3]
