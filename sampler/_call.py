@@ -111,6 +111,7 @@ class Collector:
                  budget=None):
         self.kind = kind
         self.n_envs = n_envs
+        self.unit = 'transitions'  # of steps: 'env steps' if multi-agent
         self.count = count
         self.round = round_number
         self.version = version
@@ -271,8 +272,14 @@ class Collector:
             self.sent[worker] += len(batch)
             return len(batch)
         self.kept[worker].append(batch)
-        got = batch.n_episodes if self.kind is RoundKind.EPISODES \
-            else len(batch)
+        if self.kind is RoundKind.EPISODES:
+            got = batch.n_episodes
+        elif isinstance(batch, MultiAgentBatch):
+            # Steps of a multi-agent env: counted in env steps (each has
+            # as many transitions as agents in it).
+            got, self.unit = segments.env_steps, 'env steps'
+        else:
+            got = len(batch)
         self.sent[worker] += got
         return got
 
@@ -369,8 +376,8 @@ class Collector:
             part = f'{{}} of {self.count} episodes'
         elif self.kind is RoundKind.STEPS:
             total = self.count * (self.n_envs or self.n_workers)
-            have = f'{sum(self.sent)} of {total} transitions were collected'
-            part = f'{{}} of {self.count * per_worker} transitions'
+            have = f'{sum(self.sent)} of {total} {self.unit} were collected'
+            part = f'{{}} of {self.count * per_worker} {self.unit}'
         else:
             have = f'{self.transitions} of {self.count} transitions were ' \
                    f'collected'

@@ -4,6 +4,7 @@ calls, steps and streams."""
 
 import functools
 import os
+import re
 import time
 
 import numpy as np
@@ -380,3 +381,21 @@ def test_episode_stats_per_agent_and_per_env_episode():
             counted += s.obtain_steps(3).episode_stats()[
                 'episode_ids'].tolist()
         assert counted == [2, 3]
+
+
+class SlowEnv(ComingAndGoingEnv):
+    def step(self, actions):
+        time.sleep(0.05)
+        return super().step(actions)
+
+
+def test_a_steps_call_that_times_out_counts_env_steps(process_backend):
+    from sampler import SamplerTimeoutError
+    with closing_samplers(process_backend) as make:
+        s = make(CountingAgent(), SlowEnv, n_workers=2, seed=0)
+        with pytest.raises(SamplerTimeoutError) as caught:
+            s.obtain_steps(100, timeout=1)
+        # Each env's steps, not its agents' transitions (up to 4 a step).
+        have = re.search(r'(\d+) of 200 env steps were collected',
+                         str(caught.value))
+        assert have and int(have.group(1)) <= 60, str(caught.value)
