@@ -175,6 +175,12 @@ def test_obtain_steps_steps_every_env_and_cuts_agents_segments(backend):
         assert s.stats['episodes'] == 4
         # Agent 'c' ended at step 2 of the first episode, cut by nobody.
         assert joined[(0, 'c')][2]
+        # Reproducible, and the same on every backend.
+        with closing_samplers(LocalSampler) as make_local:
+            local = make_local({'p1': CountingAgent(), 'p2': CountingAgent()},
+                               ComingAndGoingEnv, n_workers=2, seed=0,
+                               policy_mapping=mapped)
+            assert [local.obtain_steps(3) for _ in range(4)] == batches
         # The episodes go on into whole-episode calls no more: those
         # start afresh.
         check_whole_episodes(s.obtain_exact_episodes(1))
@@ -323,6 +329,47 @@ class SeededRandom:
 
     def get_action(self, observation):
         return int(self.rng.integers(0, 5)), {}
+
+
+def halves(env_agent):
+    """Two policies: the agents with an even number, and the others."""
+    return 'even' if int(env_agent.rsplit('_', 1)[1]) % 2 == 0 else 'odd'
+
+
+@pytest.mark.parametrize('make_env, module, agents', [
+    (pursuit, 'pettingzoo.sisl', 8), (spread, 'mpe2', 3)])
+def test_pettingzoo_envs_with_two_mapped_policies(backend, make_env, module,
+                                                  agents):
+    pytest.importorskip(module)
+    policies = {'even': SeededRandom(), 'odd': SeededRandom()}
+    with closing_samplers(backend) as make:
+        s = make(policies, make_env, n_workers=2, seed=1,
+                 max_episode_length=20, policy_mapping=halves)
+        batch = s.obtain_steps(15)
+        assert sorted(batch.keys()) == ['even', 'odd']
+        for policy_id, part in batch.items():
+            part.check()
+            assert {halves(a) for a in part.agent_ids} == {policy_id}
+        # 2 envs x 15 steps, every agent in each: one segment per agent
+        # and env, cut at the call's end.
+        assert len(batch) == 2 * 15 * agents
+        assert batch.cut.all() and len(batch.cut) == 2 * agents
+        # The episodes end at 20 env steps: each agent's goes on for 5
+        # steps and ends truncated, and a new one runs 10 steps, cut.
+        batch = s.obtain_steps(15)
+        assert len(batch) == 2 * 15 * agents
+        ends = ~batch.cut
+        lengths = np.concatenate([p.lengths for p in batch.batches.values()])
+        assert ends.sum() == 2 * agents and (lengths[ends] == 5).all()
+        assert (lengths[~ends] == 10).all() and batch.starts[~ends].all()
+        stats = batch.episode_stats()
+        assert stats['n_agents'].tolist() == [agents, agents]
+    with closing_samplers(LocalSampler) as make:
+        local = make({'even': SeededRandom(), 'odd': SeededRandom()},
+                     make_env, n_workers=2, seed=1, max_episode_length=20,
+                     policy_mapping=halves)
+        local.obtain_steps(15)
+        assert local.obtain_steps(15) == batch
 
 
 @pytest.mark.parametrize('make_env, module, agents', [
