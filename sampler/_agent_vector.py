@@ -19,10 +19,10 @@ import numbers
 
 import numpy as np
 from gymnasium.vector import AutoresetMode
-from gymnasium.vector.utils import batch_space, iterate
+from gymnasium.vector.utils import batch_space
 
 from sampler._protocol import CallEnvs, ResetEnvs, StepEnvs
-from sampler.vector import AsyncVectorEnv, EnvWorkers, _ARRAY_SPACES
+from sampler.vector import AsyncVectorEnv, EnvWorkers
 from workers.agent_slots import AgentSlotsWorker
 from workers.env_stepper import InfoMerger, as_autoreset_mode
 
@@ -157,19 +157,9 @@ class MultiAgentVectorEnv(AsyncVectorEnv):
         self._reset_mask_sent = None
 
     def step_async(self, actions):
-        self._assert_is_running()
-        self._assert_no_call('step_async')
-        if type(actions) is np.ndarray and \
-                type(self.action_space) in _ARRAY_SPACES:
-            rows = actions
-        else:
-            rows = list(iterate(self.action_space, actions))
-        if len(rows) != self.num_envs:
-            msg = (f'step_async got actions for {len(rows)} slots; this '
-                   f'vector env has num_envs={self.num_envs} '
-                   f'({self.n_pettingzoo_envs} envs of '
-                   f'{len(self.agent_ids)} agents)')
-            raise ValueError(msg)
+        rows = self._action_rows(
+            actions, f'slots ({self.n_pettingzoo_envs} envs of '
+                     f'{len(self.agent_ids)} agents)')
         self._workers.send('step', {
             k: StepEnvs(rows[a:a + n]) for k, (a, n) in
             enumerate(self._shares)})

@@ -567,17 +567,7 @@ class AsyncVectorEnv(VectorEnv):
         return self.step_wait()
 
     def step_async(self, actions):
-        self._assert_is_running()
-        self._assert_no_call('step_async')
-        if type(actions) is np.ndarray and \
-                type(self.action_space) in _ARRAY_SPACES:
-            rows = actions  # its rows are what iterate() would give
-        else:
-            rows = list(iterate(self.action_space, actions))
-        if len(rows) != self.num_envs:
-            msg = (f'step_async got actions for {len(rows)} envs; this '
-                   f'vector env has num_envs={self.num_envs}')
-            raise ValueError(msg)
+        rows = self._action_rows(actions)
         if self.autoreset_mode is AutoresetMode.DISABLED and \
                 self._ended.any():
             ended = np.flatnonzero(self._ended).tolist()
@@ -605,6 +595,22 @@ class AsyncVectorEnv(VectorEnv):
         self._ended = terminated | truncated
         return (self._observations(), rewards, terminated, truncated,
                 merge_info_blocks(n_envs, blocks))
+
+    def _action_rows(self, actions, what='envs'):
+        """For a step: the checks of the call, and ``actions`` as one row
+        per env."""
+        self._assert_is_running()
+        self._assert_no_call('step_async')
+        if type(actions) is np.ndarray and \
+                type(self.action_space) in _ARRAY_SPACES:
+            rows = actions  # its rows are what iterate() would give
+        else:
+            rows = list(iterate(self.action_space, actions))
+        if len(rows) != self.num_envs:
+            msg = (f'step_async got actions for {len(rows)} {what}; this '
+                   f'vector env has num_envs={self.num_envs}')
+            raise ValueError(msg)
+        return rows
 
     def call(self, name, *args, **kwargs):
         self.call_async(name, *args, **kwargs)

@@ -2,11 +2,11 @@
 for every agent, the envs' agents step in our workers as the slots of one
 vector env (``sampler.vector.MultiAgentVectorEnv``), CleanRL style.
 
-The loop is ``train_ppo_vector.py``'s (its actor-critic, GAE and clipped
-updates) on agents instead of envs: ``--num-envs`` copies of the env
-(MPE's ``simple_spread``: ``--agents`` agents cover as many landmarks
-and share the reward for it) make ``num_envs * agents`` slots. Rows of
-agents not in their env (``infos["active"]`` False: none in
+The loop is ``train_ppo_vector.py``'s (``train``: its actor-critic, GAE
+and clipped updates) on agents instead of envs: ``--num-envs`` copies of
+the env (MPE's ``simple_spread``: ``--agents`` agents cover as many
+landmarks and share the reward for it) make ``num_envs * agents`` slots.
+Rows of agents not in their env (``infos["active"]`` False: none in
 simple_spread, whose agents stay to the end) are left out of the
 updates. ``--vector supersuit`` runs the same loop on SuperSuit's
 ``concat_vec_envs_v1``, to compare.
@@ -18,18 +18,16 @@ Needs ``pip install "rollout-sampler[multiagent,torch]" mpe2``.
 """
 
 import argparse
-import collections
 import csv
 import os
 import sys
-import time
 
 import numpy as np
 import torch
 from gymnasium.vector import AutoresetMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_ppo_vector import ActorCritic, gae, update  # noqa: E402
+from train_ppo_vector import train  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -100,89 +98,12 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     envs = make_envs(args)
     try:
-        return train(args, envs)
+        curve = train(args, envs, unit='agent steps',
+                      window=100 * args.agents)
     finally:
         envs.close()
-
-
-def train(args, envs):
-    n_slots, n_steps = envs.num_envs, args.num_steps
-    obs_dim = int(np.prod(envs.single_observation_space.shape))
-    model = ActorCritic(obs_dim, envs.single_action_space.n, args.hidden)
-    optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
-    batch_size = n_slots * n_steps
-    iterations = max(1, args.total_steps // batch_size)
-    observations = torch.zeros((n_steps, n_slots, obs_dim))
-    actions = torch.zeros((n_steps, n_slots), dtype=torch.long)
-    log_probs = torch.zeros((n_steps, n_slots))
-    rewards = torch.zeros((n_steps, n_slots))
-    dones = torch.zeros((n_steps, n_slots))
-    values = torch.zeros((n_steps, n_slots))
-    acting = torch.ones((n_steps, n_slots), dtype=torch.bool)
-    returns_seen = collections.deque(maxlen=100 * args.agents)
-    episode_return = np.zeros(n_slots)
-    obs, infos = envs.reset(seed=args.seed)
-    active = _active(infos, n_slots)
-    obs = torch.as_tensor(obs, dtype=torch.float32)
-    start, mean_return, curve = time.perf_counter(), float('nan'), []
-    for iteration in range(iterations):
-        for group in optimizer.param_groups:
-            group['lr'] = args.lr * (1 - iteration / iterations)
-        for t in range(n_steps):
-            with torch.no_grad():
-                action, log_prob, _, value = model.act(obs)
-            observations[t], actions[t] = obs, action
-            log_probs[t], values[t] = log_prob, value
-            acting[t] = torch.as_tensor(active)
-            obs, reward, terminated, truncated, infos = envs.step(
-                action.numpy())
-            episode_return += reward
-            reward = torch.as_tensor(reward, dtype=torch.float32)
-            cut = np.flatnonzero(truncated & ~terminated)
-            if len(cut):  # bootstrap what the time limit cut off
-                final = np.stack([_final_obs(infos, i) for i in cut])
-                with torch.no_grad():
-                    reward[cut] += args.gamma * model.value(
-                        torch.as_tensor(final, dtype=torch.float32))
-            rewards[t] = reward
-            done = terminated | truncated
-            dones[t] = torch.as_tensor(done, dtype=torch.float32)
-            for i in np.flatnonzero(done):
-                returns_seen.append(episode_return[i])
-                episode_return[i] = 0.0
-            active = _active(infos, n_slots)
-            obs = torch.as_tensor(obs, dtype=torch.float32)
-        with torch.no_grad():
-            advantages = gae(args, rewards, values, dones, model.value(obs))
-        keep = acting.reshape(-1)
-        update(args, model, optimizer,
-               observations.reshape(-1, obs_dim)[keep],
-               actions.reshape(-1)[keep], log_probs.reshape(-1)[keep],
-               advantages.reshape(-1)[keep],
-               (advantages + values).reshape(-1)[keep])
-        if returns_seen:
-            mean_return = float(np.mean(returns_seen))
-        steps = (iteration + 1) * batch_size
-        seconds = time.perf_counter() - start
-        curve.append((steps, round(seconds, 2), round(mean_return, 3)))
-        print(f'{steps:>9} agent steps  {seconds:6.1f} s  mean return '
-              f'{mean_return:7.2f}', flush=True)
     write_curve(args, curve)
     return curve
-
-
-def _active(infos, n_slots):
-    """Per slot, whether its agent acts on the observation: SuperSuit's
-    vector envs have no mask (their agents are all there)."""
-    if isinstance(infos, dict) and 'active' in infos:
-        return np.asarray(infos['active'], dtype=bool)
-    return np.ones(n_slots, dtype=bool)
-
-
-def _final_obs(infos, i):
-    if isinstance(infos, dict):
-        return infos['final_obs'][i]
-    return infos[i]['terminal_observation']  # SuperSuit's, as SB3's
 
 
 def random_return(args, episodes=100):

@@ -102,15 +102,21 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     envs = make_envs(args)
     try:
-        return train(args, envs)
+        return train(args, envs)[-1][2]
     finally:
         envs.close()
 
 
-def train(args, envs):
-    n_envs, n_steps = args.num_envs, args.num_steps
+def train(args, envs, unit='env steps', window=20):
+    """PPO on ``envs`` for ``args.total_steps`` steps of all its envs;
+    the curve: per iteration ``(steps, seconds, mean return of the last
+    ``window`` episodes)``. Rows whose env is not acting
+    (``infos["active"]`` False, in a vector env of agents) are left out
+    of the updates."""
+    n_envs, n_steps = envs.num_envs, args.num_steps
     obs_dim = int(np.prod(envs.single_observation_space.shape))
-    model = ActorCritic(obs_dim, envs.single_action_space.n)
+    model = ActorCritic(obs_dim, envs.single_action_space.n,
+                        getattr(args, 'hidden', 64))
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
     batch_size = n_envs * n_steps
     iterations = max(1, args.total_steps // batch_size)
@@ -120,11 +126,14 @@ def train(args, envs):
     rewards = torch.zeros((n_steps, n_envs))
     dones = torch.zeros((n_steps, n_envs))
     values = torch.zeros((n_steps, n_envs))
-    returns_seen = collections.deque(maxlen=20)
+    acting = torch.ones((n_steps, n_envs), dtype=torch.bool)
+    returns_seen = collections.deque(maxlen=window)
     episode_return = np.zeros(n_envs)
-    obs, _ = envs.reset(seed=args.seed)
+    obs, infos = envs.reset(seed=args.seed)
+    active = _active(infos, n_envs)
     obs = torch.as_tensor(obs, dtype=torch.float32)
-    start, mean_return = time.perf_counter(), float('nan')
+    start, mean_return, curve = time.perf_counter(), float('nan'), []
+    target = getattr(args, 'target_return', None)
     for iteration in range(iterations):
         for group in optimizer.param_groups:
             group['lr'] = args.lr * (1 - iteration / iterations)
@@ -133,13 +142,14 @@ def train(args, envs):
                 action, log_prob, _, value = model.act(obs)
             observations[t], actions[t] = obs, action
             log_probs[t], values[t] = log_prob, value
+            acting[t] = torch.as_tensor(active)
             obs, reward, terminated, truncated, infos = envs.step(
                 action.numpy())
             episode_return += reward
             reward = torch.as_tensor(reward, dtype=torch.float32)
             cut = np.flatnonzero(truncated & ~terminated)
             if len(cut):  # bootstrap what the time limit cut off
-                final = np.stack([infos['final_obs'][i] for i in cut])
+                final = np.stack([_final_obs(infos, i) for i in cut])
                 with torch.no_grad():
                     reward[cut] += args.gamma * model.value(
                         torch.as_tensor(final, dtype=torch.float32))
@@ -149,23 +159,43 @@ def train(args, envs):
             for i in np.flatnonzero(done):
                 returns_seen.append(episode_return[i])
                 episode_return[i] = 0.0
+            active = _active(infos, n_envs)
             obs = torch.as_tensor(obs, dtype=torch.float32)
         with torch.no_grad():
             advantages = gae(args, rewards, values, dones, model.value(obs))
-        update(args, model, optimizer, observations.reshape(-1, obs_dim),
-               actions.reshape(-1), log_probs.reshape(-1),
-               advantages.reshape(-1), (advantages + values).reshape(-1))
+        keep = acting.reshape(-1)
+        update(args, model, optimizer,
+               observations.reshape(-1, obs_dim)[keep],
+               actions.reshape(-1)[keep], log_probs.reshape(-1)[keep],
+               advantages.reshape(-1)[keep],
+               (advantages + values).reshape(-1)[keep])
         if returns_seen:
             mean_return = float(np.mean(returns_seen))
         steps = (iteration + 1) * batch_size
-        print(f'{steps:>8} env steps  {time.perf_counter() - start:6.1f} s  '
-              f'mean return {mean_return:7.1f}', flush=True)
-        if args.target_return is not None and len(returns_seen) == 20 \
-                and mean_return >= args.target_return:
+        seconds = time.perf_counter() - start
+        curve.append((steps, round(seconds, 2), mean_return))
+        print(f'{steps:>9} {unit}  {seconds:6.1f} s  mean return '
+              f'{mean_return:7.2f}', flush=True)
+        if target is not None and len(returns_seen) == window \
+                and mean_return >= target:
             print(f'reached a mean return of {mean_return:.1f} in {steps} '
-                  f'env steps')
+                  f'{unit}')
             break
-    return mean_return
+    return curve
+
+
+def _active(infos, n_envs):
+    """Per env, whether it acts on its observation: a vector env of
+    agents says so in ``infos["active"]``; in others every env does."""
+    if isinstance(infos, dict) and 'active' in infos:
+        return np.asarray(infos['active'], dtype=bool)
+    return np.ones(n_envs, dtype=bool)
+
+
+def _final_obs(infos, i):
+    if isinstance(infos, dict):
+        return infos['final_obs'][i]
+    return infos[i]['terminal_observation']  # SuperSuit's, as SB3's
 
 
 def gae(args, rewards, values, dones, last_value):

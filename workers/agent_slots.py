@@ -70,34 +70,26 @@ class AgentSlotsWorker(EnvStepWorker):
         return len(self.envs) * len(self.agent_ids)
 
     def update_env(self, env_update):
-        self.check_env_update(env_update, 'env_update')
-        self.shutdown()
-        envs = []
-        try:
-            for j, fn in enumerate(env_update.env_fns):
-                index = env_update.first_index + j
-                self._at('building the env', index)
-                env = fn()
-                envs.append(env)
-                if not is_parallel_env(env):
-                    hint = (' It is an AEC env: return pettingzoo.utils.'
-                            'conversions.aec_to_parallel(env) instead.'
-                            if is_aec_env(env) else '')
-                    msg = (f'env_fns[{index}] returned {env!r}, not a '
-                           f'PettingZoo ParallelEnv.{hint}')
-                    raise TypeError(msg)
-                self._check_agents(env, index)
-        except BaseException:
-            for env in envs:
-                env.close()
-            raise
-        self.envs, self.first_index = envs, env_update.first_index
+        self.agent_ids, self._spaces = [], {}  # the new envs' own
+        super().update_env(env_update)
+
+    def _check_built(self, env, index):
+        if not is_parallel_env(env):
+            hint = (' It is an AEC env: return pettingzoo.utils.'
+                    'conversions.aec_to_parallel(env) instead.'
+                    if is_aec_env(env) else '')
+            msg = (f'env_fns[{index}] returned {env!r}, not a PettingZoo '
+                   f'ParallelEnv.{hint}')
+            raise TypeError(msg)
+        self._check_agents(env, index)
+
+    def _on_built(self):
+        n = len(self.envs)
         self._stacks = type(self._spaces['observation_space']) in \
             STACKING_SPACES
-        self._ended = [False] * len(envs)
-        self._observations = [None] * len(envs)
-        self._live = [frozenset()] * len(envs)
-        self._done()
+        self._ended = [False] * n
+        self._observations = [None] * n
+        self._live = [frozenset()] * n
 
     def _check_agents(self, env, index):
         agents = list(env.possible_agents)

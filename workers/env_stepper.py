@@ -167,25 +167,37 @@ class EnvStepWorker(Worker):
     def update_env(self, env_update):
         self.check_env_update(env_update, 'env_update')
         self.shutdown()
+        self.first_index = env_update.first_index
         envs = []
         try:
             for j, fn in enumerate(env_update.env_fns):
-                self._at('building the env', env_update.first_index + j)
-                env = fn()
-                if not isinstance(env, gymnasium.Env):
-                    msg = (f'env_fns[{env_update.first_index + j}] returned '
-                           f'{env!r}, not a gymnasium.Env')
-                    raise TypeError(msg)
-                envs.append(env)
+                index = env_update.first_index + j
+                self._at('building the env', index)
+                envs.append(fn())
+                self._check_built(envs[-1], index)
         except BaseException:
             for env in envs:
-                env.close()
+                close = getattr(env, 'close', None)
+                if callable(close):  # what was built, even if refused
+                    close()
             raise
-        self.envs, self.first_index = envs, env_update.first_index
+        self.envs = envs
+        self._on_built()
+        self._done()
+
+    def _check_built(self, env, index):
+        """Raise if ``env``, built by ``env_fns[index]``, is not an env
+        this worker steps."""
+        if not isinstance(env, gymnasium.Env):
+            msg = f'env_fns[{index}] returned {env!r}, not a gymnasium.Env'
+            raise TypeError(msg)
+
+    def _on_built(self):
+        """The new envs are in :attr:`envs`: the state kept per env."""
+        envs = self.envs
         self._stacks = type(envs[0].observation_space) in STACKING_SPACES
         self._ended = [False] * len(envs)
         self._observations = [None] * len(envs)
-        self._done()
 
     def _at(self, site, index):
         # The site names the env: a sampler's error says "in env.step of

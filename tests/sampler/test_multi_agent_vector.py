@@ -215,8 +215,8 @@ def test_what_is_refused_says_why(make_vector):
                             autoreset_mode=AutoresetMode.DISABLED)
     envs = make_vector([ComingAndGoingEnv] * 2, n_workers=2)
     envs.reset()
-    with pytest.raises(ValueError, match=r'actions for 3 slots; .* '
-                                         r'num_envs=8 \(2 envs of 4'):
+    with pytest.raises(ValueError, match=r'actions for 3 slots \(2 envs '
+                                         r'of 4 agents\); .* num_envs=8'):
         envs.step(np.zeros(3, int))
     with pytest.raises(ValueError, match='one seed per PettingZoo env'):
         envs.reset(seed=[1, 2, 3])
