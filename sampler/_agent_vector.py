@@ -22,7 +22,7 @@ from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
 from sampler._protocol import CallEnvs, ResetEnvs, StepEnvs
-from sampler.vector import AsyncVectorEnv, EnvWorkers
+from sampler.vector import AsyncVectorEnv, EnvWorkers, checked_env_fns
 from workers.agent_slots import AgentSlotsWorker
 from workers.env_stepper import InfoMerger, as_autoreset_mode
 
@@ -73,13 +73,7 @@ class MultiAgentVectorEnv(AsyncVectorEnv):
         self._workers = None
         self._ready = []
         self.closed = False
-        env_fns = list(env_fns)
-        if not env_fns:
-            raise ValueError('env_fns must hold at least one env constructor')
-        if on_worker_error not in ('raise', 'restart'):
-            msg = (f'on_worker_error must be "raise" or "restart", got '
-                   f'{on_worker_error!r}')
-            raise ValueError(msg)
+        env_fns = checked_env_fns(env_fns, on_worker_error)
         self.autoreset_mode = as_autoreset_mode(autoreset_mode)
         if self.autoreset_mode is AutoresetMode.DISABLED:
             msg = ('autoreset_mode=DISABLED: a vector env of agents resets '

@@ -54,17 +54,11 @@ class SubprocVecEnv(VecEnv):
     def __init__(self, env_fns, start_method=None, *, n_workers=None,
                  backend='multiprocessing', on_worker_error='raise',
                  **backend_options):
-        from sampler.vector import EnvWorkers
+        from sampler.vector import EnvWorkers, checked_env_fns
         self.closed = True  # until the workers are up
         self.waiting = False
         self._workers = None
-        env_fns = list(env_fns)
-        if not env_fns:
-            raise ValueError('env_fns must hold at least one env constructor')
-        if on_worker_error not in ('raise', 'restart'):
-            msg = (f'on_worker_error must be "raise" or "restart", got '
-                   f'{on_worker_error!r}')
-            raise ValueError(msg)
+        env_fns = checked_env_fns(env_fns, on_worker_error)
         if start_method is not None:
             multiprocessing.get_context(start_method)  # SB3's error
         self._workers = EnvWorkers(

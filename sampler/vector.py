@@ -80,6 +80,19 @@ def _backend_class(backend):
     raise ValueError(msg)
 
 
+def checked_env_fns(env_fns, on_worker_error):
+    """``env_fns`` as a list, and ``on_worker_error``, checked for a vector
+    env before it starts any worker."""
+    env_fns = list(env_fns)
+    if not env_fns:
+        raise ValueError('env_fns must hold at least one env constructor')
+    if on_worker_error not in ('raise', 'restart'):
+        msg = (f'on_worker_error must be "raise" or "restart", got '
+               f'{on_worker_error!r}')
+        raise ValueError(msg)
+    return env_fns
+
+
 def shares(n_envs, n_workers):
     """``(first env, number of envs)`` of each worker: ``n_envs`` envs
     spread over ``n_workers`` as evenly as they go, in order."""
@@ -413,18 +426,12 @@ class AsyncVectorEnv(VectorEnv):
         # envs' indices or None for all, result).
         self._ready = []
         self.closed = False
-        env_fns = list(env_fns)
-        if not env_fns:
-            raise ValueError('env_fns must hold at least one env constructor')
+        env_fns = checked_env_fns(env_fns, on_worker_error)
         if worker is not None:
             msg = (f'worker={worker!r}: AsyncVectorEnv steps the envs in its '
                    f'own workers and takes no custom worker function; leave '
                    f'worker out (or use gymnasium.vector.AsyncVectorEnv for '
                    f'one)')
-            raise ValueError(msg)
-        if on_worker_error not in ('raise', 'restart'):
-            msg = (f'on_worker_error must be "raise" or "restart", got '
-                   f'{on_worker_error!r}')
             raise ValueError(msg)
         self.env_fns = env_fns
         self.num_envs = len(env_fns)
