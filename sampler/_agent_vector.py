@@ -56,10 +56,14 @@ class MultiAgentVectorEnv(AsyncVectorEnv):
             array, valid until the next reset or step.
         autoreset_mode: NEXT_STEP (default, gymnasium's) or SAME_STEP
             (SuperSuit's and SB3's).
-        n_workers, backend, on_worker_error, step_timeout and the
-            backend's options: as :class:`AsyncVectorEnv`'s (a replaced
+        n_workers: worker processes (default: one per CPU, at most one
+            per env).
+        backend: ``"multiprocessing"``, ``"ray"`` or ``"local"``.
+        on_worker_error: ``"raise"`` or ``"restart"`` (a replaced
             worker's envs come back reset, each slot truncated, with
             ``infos["worker_restarted"]``).
+        backend_options: ``step_timeout`` and the backend's options, as
+            :class:`AsyncVectorEnv`'s.
 
     ``reset(seed=s)`` seeds env ``j`` with ``s + j`` (a list: one seed per
     env). ``call``, ``get_attr`` and ``render`` answer once per env, not

@@ -43,8 +43,9 @@ class SubprocVecEnv(VecEnv):
             (``"TimeLimit.truncated"``), with reward 0, their last
             observation as ``"terminal_observation"`` and
             ``"worker_restarted"`` True in their infos.
-        max_restarts, startup_timeout, shutdown_timeout, pin_workers,
-            step_timeout: as :class:`sampler.vector.AsyncVectorEnv`'s.
+        backend_options: ``max_restarts``, ``startup_timeout``,
+            ``shutdown_timeout``, ``pin_workers`` and ``step_timeout``, as
+            :class:`sampler.vector.AsyncVectorEnv`'s.
 
     An env that raises in a worker raises here as in
     :class:`sampler.vector.AsyncVectorEnv`: a :class:`~sampler.WorkerError`

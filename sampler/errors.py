@@ -92,9 +92,11 @@ class WorkerHungError(WorkerError):
     the worker's stack at the moment it was found hung, where it could be
     read.
 
-    Attributes (besides :class:`WorkerError`'s; ``site`` is the call it
+    Besides :class:`WorkerError`'s attributes (``site`` is the call it
     hung in, e.g. ``'env.step'``, or None if its stack could not be
-    read):
+    read), it has these.
+
+    Attributes:
         env_index: the env it was stepping or resetting last, its index
             among the worker's envs (None if unknown).
         env_name: that env in words (``'its env 2'``; a vector env names

@@ -145,7 +145,7 @@ class EpisodeBuffer:
         emptied. Valid by construction: one row per recorded step, flags
         only on each episode's last step.
 
-        ``observations_out``: an array (rows, *observation shape) to write
+        ``observations_out``: an array ``(rows, *observation_shape)`` to write
         the observations into (they must be plain arrays), e.g. shared
         memory the caller reads them from; each is copied into it once.
         """
