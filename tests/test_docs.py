@@ -87,8 +87,8 @@ def test_every_public_name_has_a_page_in_the_api_reference(site):
 def test_every_example_in_the_docs_is_run_by_a_test():
     # The examples and the tests below that run them: a new example needs
     # a test (or an entry here, if it has no main()).
-    tested = {'getting_started.rst': 1, 'pytorch.rst': 1,
-              'multi_agent.rst': 1, 'envpool.rst': 1}
+    tested = {'getting_started.rst': 1, 'pytorch.rst': 1, 'streams.rst': 1,
+              'vector_envs.rst': 2, 'multi_agent.rst': 2, 'envpool.rst': 1}
     found = {page.name: len(code_blocks(page.name))
              for page in DOCS.glob('*.rst') if code_blocks(page.name)}
     assert found == tested
@@ -123,6 +123,30 @@ def test_envpool_example_steps_every_env_exactly():
 
 def test_vector_env_of_agents_steps_every_slot():
     pytest.importorskip('mpe2')
-    shape, active = run_block('multi_agent.rst', 0, 'docs_multi_agent')
+    shape, active = run_block('multi_agent.rst', 1, 'docs_multi_agent')
     assert shape == (12, 18)  # 4 envs x 3 agents, simple_spread's 18
     assert active.tolist() == [True] * 12
+
+
+def test_stream_example_reads_while_workers_step():
+    batches = run_block('streams.rst', 0, 'docs_stream_example')
+    assert len(batches) == 10 and all(len(b) >= 256 for b in batches)
+    # The pushes reached the workers: later batches have newer versions.
+    assert batches[-1].versions.max() > batches[0].versions.max()
+
+
+def test_cleanrl_switch_example_steps_our_vector_env():
+    assert run_block('vector_envs.rst', 0, 'docs_cleanrl') == (8, 4)
+
+
+def test_sb3_example_learns_on_our_subproc_vec_env():
+    pytest.importorskip('stable_baselines3')
+    assert run_block('vector_envs.rst', 1, 'docs_sb3') >= 1024
+
+
+def test_two_mapped_policies_example_updates_one():
+    pytest.importorskip('pettingzoo')
+    hunters = run_block('multi_agent.rst', 0, 'docs_mapped_policies')
+    assert set(hunters.agent_ids.tolist()) == {'pursuer_0', 'pursuer_1'}
+    assert hunters.versions.tolist() == [1] * len(hunters.lengths)
+    assert (hunters.lengths == 50).all()
