@@ -37,3 +37,7 @@ html_title = 'rollout-sampler'
 html_static_path = []
 
 nitpicky = False
+
+# Plain ``::`` blocks are commands and printed tables, not Python: no
+# highlighting that would colour their figures.
+highlight_language = 'text'
