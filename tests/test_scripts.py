@@ -131,3 +131,11 @@ def test_train_ppo_multiagent_runs_on_our_vector_env_of_agents(tmp_path):
     # simple_spread's rewards are negative distances: a random policy's
     # agents get about -25 an episode.
     assert all(-80 < c[2] < 0 for c in curve)
+
+
+def test_draw_segments_draws_the_figure_of_the_docs(tmp_path):
+    pytest.importorskip('matplotlib')
+    out = tmp_path / 'segments.png'
+    load('draw_segments').main(str(out))
+    assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    assert out.stat().st_size > 10_000  # bars and words, not a blank
