@@ -2,6 +2,7 @@
 name has a page in its API reference, and every example in it runs."""
 
 import importlib
+import importlib.util
 import pathlib
 import re
 import subprocess
@@ -67,6 +68,46 @@ def test_the_site_builds_without_warnings(site):
         for image in re.findall(r'^\.\. image:: (\S+)', page.read_text(),
                                 re.M):
             assert (site / '_images' / image).exists(), (page.name, image)
+
+
+@pytest.mark.timeout(320)
+def test_the_front_page_is_the_readme_with_links_to_the_pages(site):
+    front = (site / 'index.html').read_text()
+    for section in ('Quick start', 'A training loop', 'Documentation'):
+        assert f'{section}<a class="headerlink"' in front
+    links = set(re.findall(r'href="([^"#?]+)"', front))
+    readme = (ROOT / 'README.rst').read_text()
+    for page in re.findall(r'<docs/(\w+)\.rst>`_', readme):
+        assert f'{page}.html' in links
+    assert not [link for link in links if link.endswith('.rst')]
+    assert 'src="_images/ppo_multiagent_spread.png"' in front
+
+
+@pytest.mark.timeout(320)
+def test_no_link_or_image_in_the_site_is_broken(site):
+    broken = []
+    for page in site.rglob('*.html'):
+        text = page.read_text()
+        for link in re.findall(r'(?:href|src)="([^"]+)"', text):
+            if re.match(r'[a-z]+:|#', link):
+                continue  # another site, or a place on this page
+            path = link.split('#')[0].split('?')[0]
+            if not (page.parent / path).resolve().exists():
+                broken.append(f'{page.relative_to(site)}: {link}')
+    assert not broken, broken[:20]
+
+
+def test_a_readme_link_the_site_cannot_follow_is_an_error():
+    pytest.importorskip('sphinx')
+    spec = importlib.util.spec_from_file_location('docs_conf',
+                                                  DOCS / 'conf.py')
+    conf = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(conf)
+    text = conf.readme_for_site(
+        'See `the guide\n<docs/calls.rst>`_.\n\n.. image:: docs/a.png\n')
+    assert text == 'See :doc:`the guide <calls>`.\n\n.. image:: a.png\n'
+    with pytest.raises(ValueError, match='docs/calls.md'):
+        conf.readme_for_site('See `the guide <docs/calls.md>`_.')
 
 
 @pytest.mark.timeout(320)

@@ -41,3 +41,14 @@ def test_readme_renders_without_warnings():
     docutils.core.publish_doctree(
         (ROOT / 'README.rst').read_text(),
         settings_overrides={'report_level': 2, 'halt_level': 2})
+
+
+def test_readme_links_and_figures_point_at_files_of_the_repository():
+    # On GitHub a relative link opens the file it names.
+    text = (ROOT / 'README.rst').read_text()
+    targets = re.findall(r'<([^>:]+)>`_', text)
+    targets += re.findall(r'^\.\. image:: (\S+)', text, re.M)
+    assert 'docs/multi_agent.rst' in targets
+    assert 'docs/ppo_multiagent_spread.png' in targets
+    missing = [t for t in targets if not (ROOT / t).exists()]
+    assert not missing
