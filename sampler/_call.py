@@ -25,7 +25,10 @@ def progress_bar(show, kind, count, n_workers, n_envs=None):
         return _NoBar()
     total = {RoundKind.EPISODES: count * n_workers,
              RoundKind.STEPS: count * (n_envs or n_workers)}.get(kind, count)
-    label = 'episodes' if kind is RoundKind.EPISODES else 'transitions'
+    # A steps call counts env steps: one transition each in a single-agent
+    # env, one per agent in it in a multi-agent one.
+    label = {RoundKind.EPISODES: 'episodes',
+             RoundKind.STEPS: 'env steps'}.get(kind, 'transitions')
     return _Bar(click.progressbar(length=total, label=f'sampling {label}',
                                   file=sys.stderr))
 

@@ -418,9 +418,11 @@ def test_progress_bar_on_stderr_when_asked(mp_sampler, capsys, progress):
                    progress=progress)
     s.obtain_samples(50)
     s.obtain_exact_episodes(3)
+    s.obtain_steps(4)
     err = capsys.readouterr().err
     assert ('sampling transitions' in err) is progress
     assert ('sampling episodes' in err) is progress
+    assert ('sampling env steps' in err) is progress
 
 
 def test_an_unknown_command_is_reported_by_name(mp_sampler):
