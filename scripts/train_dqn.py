@@ -16,7 +16,8 @@ Writes a CSV of (env steps, seconds, mean return) and, with ``--plot``
 """
 
 import argparse
-import csv
+import os
+import sys
 import time
 
 import gymnasium as gym
@@ -24,6 +25,9 @@ import numpy as np
 
 from sampler import MultiprocessingSampler
 from workers import TorchAgent, VecWorker
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _curves import save_curve  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -193,25 +197,10 @@ def main(argv=None):
         print(f'done: {steps} env steps, {updates} gradient steps, '
               f'parameters pushed up to version {sampler.version}, mean '
               f'return {mean_return:.1f}')
-    if args.csv:
-        with open(args.csv, 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['env_steps', 'seconds', 'mean_return'])
-            writer.writerows(curve)
-        print(f'wrote {args.csv}')
-    if args.plot:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([c[0] for c in curve], [c[2] for c in curve])
-        ax.set_xlabel('env steps')
-        ax.set_ylabel('mean return (last 20 episodes)')
-        ax.set_title(f'DQN from a stream on {args.env}, {args.workers} '
-                     f'workers x {args.envs_per_worker} envs')
-        fig.tight_layout()
-        fig.savefig(args.plot)
-        print(f'wrote {args.plot}')
+    save_curve(curve, args.csv, args.plot, 'env steps',
+               'mean return (last 20 episodes)',
+               f'DQN from a stream on {args.env}, {args.workers} workers x '
+               f'{args.envs_per_worker} envs')
     return mean_return
 
 

@@ -29,7 +29,8 @@ by the running deviation of the discounted return, as MuJoCo PPO needs::
 """
 
 import argparse
-import csv
+import os
+import sys
 import time
 
 import gymnasium as gym
@@ -37,6 +38,9 @@ import numpy as np
 
 from sampler import MultiprocessingSampler
 from workers import VecWorker, compute_gae
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _curves import save_curve  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -443,26 +447,10 @@ def main(argv=None):
                       f'{sampler.stats["env_steps"]} env steps')
                 break
             learner.update(batch, 1 - iteration / iterations)
-    if args.csv:
-        with open(args.csv, 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['env_steps', 'seconds', 'mean_return'])
-            writer.writerows(curve)
-        print(f'wrote {args.csv}')
-    if args.plot:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([c[0] for c in curve], [c[2] for c in curve])
-        ax.set_xlabel('env steps')
-        ax.set_ylabel('mean return (last 20 episodes)')
-        ax.set_title(f'PPO ({"torch" if args.torch else "numpy"}) on '
-                     f'{args.env}, {args.workers} workers x '
-                     f'{args.envs_per_worker} envs')
-        fig.tight_layout()
-        fig.savefig(args.plot)
-        print(f'wrote {args.plot}')
+    save_curve(curve, args.csv, args.plot, 'env steps',
+               'mean return (last 20 episodes)',
+               f'PPO ({"torch" if args.torch else "numpy"}) on {args.env}, '
+               f'{args.workers} workers x {args.envs_per_worker} envs')
     return mean_return
 
 

@@ -18,7 +18,6 @@ Needs ``pip install "rollout-sampler[multiagent,torch]" mpe2``.
 """
 
 import argparse
-import csv
 import os
 import sys
 
@@ -27,6 +26,7 @@ import torch
 from gymnasium.vector import AutoresetMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from _curves import save_curve  # noqa: E402
 from train_ppo_vector import train  # noqa: E402
 
 
@@ -123,30 +123,11 @@ def random_return(args, episodes=100):
 
 
 def write_curve(args, curve):
-    if args.csv:
-        with open(args.csv, 'w', newline='') as f:
-            writer = csv.writer(f)
-            writer.writerow(['agent_steps', 'seconds', 'mean_return'])
-            writer.writerows(curve)
-        print(f'wrote {args.csv}')
-    if args.plot:
-        import matplotlib
-        matplotlib.use('Agg')
-        import matplotlib.pyplot as plt
-        fig, ax = plt.subplots(figsize=(6, 4))
-        ax.plot([c[0] for c in curve], [c[2] for c in curve])
-        ax.set_xlabel('agent steps')
-        ax.set_ylabel('mean return of an agent (last 100 episodes)')
-        random = random_return(args)
-        ax.axhline(random, color='gray', linestyle='--',
-                   label=f'random actions ({random:.1f})')
-        ax.legend(loc='lower right')
-        ax.set_title(f'parameter-sharing PPO on simple_spread '
-                     f'({args.agents} agents), {args.num_envs} envs, '
-                     f'{args.workers} workers', fontsize=10)
-        fig.tight_layout()
-        fig.savefig(args.plot)
-        print(f'wrote {args.plot}')
+    save_curve(curve, args.csv, args.plot, 'agent steps',
+               'mean return of an agent (last 100 episodes)',
+               f'parameter-sharing PPO on simple_spread ({args.agents} '
+               f'agents), {args.num_envs} envs, {args.workers} workers',
+               baseline=lambda: ('random actions', random_return(args)))
 
 
 if __name__ == '__main__':

@@ -119,10 +119,13 @@ def test_train_ppo_vector_learns_cartpole_on_our_vector_env(capsys):
 def test_train_ppo_multiagent_runs_on_our_vector_env_of_agents(tmp_path):
     pytest.importorskip('torch')
     pytest.importorskip('mpe2')
-    curve_file = tmp_path / 'spread.csv'
+    pytest.importorskip('matplotlib')
+    curve_file, plot = tmp_path / 'spread.csv', tmp_path / 'spread.png'
     curve = load('train_ppo_multiagent').main([
         '--total-steps', '9600', '--num-envs', '4', '--csv',
-        str(curve_file)])
+        str(curve_file), '--plot', str(plot)])
+    # The figure of docs/, with its line of random actions.
+    assert plot.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
     # 4 envs x 3 agents x 50 steps per iteration: 16 iterations, every
     # agent's episode of 25 steps ended twice in each.
     assert [c[0] for c in curve] == [600 * (i + 1) for i in range(16)]
