@@ -129,7 +129,8 @@ def test_every_example_in_the_docs_is_run_by_a_test():
     # The examples and the tests below that run them: a new example needs
     # a test (or an entry here, if it has no main()).
     tested = {'getting_started.rst': 1, 'pytorch.rst': 1, 'streams.rst': 1,
-              'vector_envs.rst': 2, 'multi_agent.rst': 2, 'envpool.rst': 1}
+              'vector_envs.rst': 2, 'multi_agent.rst': 2, 'envpool.rst': 1,
+              'ray.rst': 1}
     found = {page.name: len(code_blocks(page.name))
              for page in DOCS.glob('*.rst') if code_blocks(page.name)}
     assert found == tested
@@ -191,3 +192,12 @@ def test_two_mapped_policies_example_updates_one():
     assert set(hunters.agent_ids.tolist()) == {'pursuer_0', 'pursuer_1'}
     assert hunters.versions.tolist() == [1] * len(hunters.lengths)
     assert (hunters.lengths == 50).all()
+
+
+@pytest.mark.timeout(120)
+def test_ray_example_samples_on_a_local_runtime(capsys):
+    pytest.importorskip('ray')
+    batch = run_block('ray.rst', 0, 'docs_ray_example')
+    assert len(batch) >= 4000
+    assert set(batch.worker_numbers.tolist()) == {0, 1}
+    assert capsys.readouterr().out.endswith('episodes from 2 workers\n')
