@@ -136,6 +136,19 @@ def test_every_example_in_the_docs_is_run_by_a_test():
     assert found == tested
 
 
+def test_no_python_hides_in_a_literal_block():
+    # ``::`` blocks are commands, printed tables and diagrams, which no
+    # test runs: Python there would rot unseen.
+    python = re.compile(r'^ *(import \w|from [\w.]+ import |def \w+\(|'
+                        r'\w+ = \w+\()', re.M)
+    hidden = []
+    for page in DOCS.glob('*.rst'):
+        for block in re.findall(r'::\n\n((?:    .*\n|\n)+)',
+                                page.read_text()):
+            hidden += [(page.name, line) for line in python.findall(block)]
+    assert not hidden, f'make these code-block:: python examples: {hidden}'
+
+
 def test_getting_started_training_loop_improves(capsys):
     best_return = run_block('getting_started.rst', 0, 'docs_first_loop')
     lines = capsys.readouterr().out.splitlines()
