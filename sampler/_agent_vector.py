@@ -112,17 +112,11 @@ class MultiAgentVectorEnv(AsyncVectorEnv):
                 self.single_observation_space, self.num_envs)
             self.action_space = batch_space(self.single_action_space,
                                             self.num_envs)
-            self.metadata = dict(self._first_env('metadata'))
-            self.metadata['autoreset_mode'] = self.autoreset_mode
-            self.render_mode = self._first_env('render_mode')
+            self._read_metadata()
         except BaseException:
             self.close()
             raise
-        self.observations = None
-        self._blocks = [None] * len(workers.shares)
-        self._ended = np.zeros(self.num_envs, dtype=bool)
-        self._busy = np.zeros(self.num_envs, dtype=bool)
-        self._reset_mask_sent = None
+        self._nothing_in_flight()
 
     def _first_env(self, name):
         # A ParallelEnv may lack what a gymnasium env always has.

@@ -466,19 +466,11 @@ class AsyncVectorEnv(VectorEnv):
             if shared_memory and observation_mode == 'same':
                 workers.share_observations(self.single_observation_space)
                 workers.before_restart = self._keep_block
-            self.metadata = dict(self._first_env('metadata'))
-            self.metadata['autoreset_mode'] = self.autoreset_mode
-            self.render_mode = self._first_env('render_mode')
+            self._read_metadata()
         except BaseException:
             self.close()
             raise
-        self.observations = None
-        # Per worker, its envs' observations: one array (the worker
-        # stacked them) or a list of one per env.
-        self._blocks = [None] * len(workers.shares)
-        self._ended = np.zeros(self.num_envs, dtype=bool)
-        self._busy = np.zeros(self.num_envs, dtype=bool)  # sent, not recv'd
-        self._reset_mask_sent = None
+        self._nothing_in_flight()
 
     def _set_spaces(self, workers):
         mode, n_envs = self.observation_mode, self.num_envs
@@ -498,6 +490,23 @@ class AsyncVectorEnv(VectorEnv):
             self.single_observation_space = workers.observation_spaces[0]
             self.observation_space = batch_differing_spaces(
                 workers.observation_spaces)
+
+    def _read_metadata(self):
+        """``metadata`` (with the autoreset mode) and ``render_mode``, the
+        first env's."""
+        self.metadata = dict(self._first_env('metadata'))
+        self.metadata['autoreset_mode'] = self.autoreset_mode
+        self.render_mode = self._first_env('render_mode')
+
+    def _nothing_in_flight(self):
+        """The stepping state of a vector env that has not been reset."""
+        self.observations = None
+        # Per worker, its envs' observations: one array (the worker
+        # stacked them) or a list of one per env.
+        self._blocks = [None] * len(self._workers.shares)
+        self._ended = np.zeros(self.num_envs, dtype=bool)
+        self._busy = np.zeros(self.num_envs, dtype=bool)  # sent, not recv'd
+        self._reset_mask_sent = None
 
     def _first_env(self, name):
         return self._workers.run('reading the env metadata', {0: CallEnvs(
