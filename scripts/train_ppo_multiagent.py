@@ -27,7 +27,7 @@ from gymnasium.vector import AutoresetMode
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _curves import save_curve  # noqa: E402
-from train_ppo_vector import train  # noqa: E402
+from train_ppo_vector import add_ppo_arguments, train  # noqa: E402
 
 
 def parse_args(argv=None):
@@ -41,22 +41,8 @@ def parse_args(argv=None):
     p.add_argument('--num-envs', type=int, default=16)
     p.add_argument('--workers', type=int, default=2,
                    help='worker processes of the vector env')
-    p.add_argument('--num-steps', type=int, default=50,
-                   help='steps of every env per iteration')
-    p.add_argument('--total-steps', type=int, default=1_200_000,
-                   help='agent steps (transitions) in all')
-    p.add_argument('--lr', type=float, default=1e-3,
-                   help='Adam step size, annealed to 0')
-    p.add_argument('--gamma', type=float, default=0.99)
-    p.add_argument('--gae-lambda', type=float, default=0.95)
-    p.add_argument('--epochs', type=int, default=4)
-    p.add_argument('--minibatches', type=int, default=4)
-    p.add_argument('--clip', type=float, default=0.2)
-    p.add_argument('--entropy-coef', type=float, default=0.01)
-    p.add_argument('--value-coef', type=float, default=0.5)
-    p.add_argument('--max-grad-norm', type=float, default=0.5)
-    p.add_argument('--hidden', type=int, default=64)
-    p.add_argument('--seed', type=int, default=1)
+    add_ppo_arguments(p, num_steps=50, total_steps=1_200_000, lr=1e-3,
+                      unit='agent steps (transitions)')
     p.add_argument('--csv', default=None, help='write the learning curve '
                    '(agent steps, seconds, mean return) here')
     p.add_argument('--plot', default=None, help='draw it into this PNG '

@@ -38,10 +38,21 @@ def parse_args(argv=None):
     p.add_argument('--num-envs', type=int, default=8)
     p.add_argument('--workers', type=int, default=2,
                    help='worker processes of our vector env')
-    p.add_argument('--num-steps', type=int, default=64,
+    add_ppo_arguments(p, num_steps=64, total_steps=300_000, lr=2.5e-3,
+                      unit='env steps')
+    p.add_argument('--target-return', type=float, default=None,
+                   help='stop once the mean return of the last 20 episodes '
+                        'reaches it')
+    return p.parse_args(argv)
+
+
+def add_ppo_arguments(p, num_steps, total_steps, lr, unit):
+    """The options of :func:`train`'s PPO, with a script's defaults."""
+    p.add_argument('--num-steps', type=int, default=num_steps,
                    help='steps of every env per iteration')
-    p.add_argument('--total-steps', type=int, default=300_000)
-    p.add_argument('--lr', type=float, default=2.5e-3,
+    p.add_argument('--total-steps', type=int, default=total_steps,
+                   help=f'{unit} in all')
+    p.add_argument('--lr', type=float, default=lr,
                    help='Adam step size, annealed to 0')
     p.add_argument('--gamma', type=float, default=0.99)
     p.add_argument('--gae-lambda', type=float, default=0.95)
@@ -51,11 +62,9 @@ def parse_args(argv=None):
     p.add_argument('--entropy-coef', type=float, default=0.01)
     p.add_argument('--value-coef', type=float, default=0.5)
     p.add_argument('--max-grad-norm', type=float, default=0.5)
-    p.add_argument('--target-return', type=float, default=None,
-                   help='stop once the mean return of the last 20 episodes '
-                        'reaches it')
+    p.add_argument('--hidden', type=int, default=64,
+                   help='units of each hidden layer')
     p.add_argument('--seed', type=int, default=1)
-    return p.parse_args(argv)
 
 
 def make_envs(args):
@@ -116,7 +125,7 @@ def train(args, envs, unit='env steps', window=20):
     n_envs, n_steps = envs.num_envs, args.num_steps
     obs_dim = int(np.prod(envs.single_observation_space.shape))
     model = ActorCritic(obs_dim, envs.single_action_space.n,
-                        getattr(args, 'hidden', 64))
+                        args.hidden)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr, eps=1e-5)
     batch_size = n_envs * n_steps
     iterations = max(1, args.total_steps // batch_size)
