@@ -8,8 +8,10 @@ Build it with the ``docs`` extra installed::
 import os
 import sys
 
-# The packages from this checkout, whether or not they are installed.
-sys.path.insert(0, os.path.abspath('..'))
+# The packages from this checkout, whether or not they are installed (the
+# checkout found from this file, not from the directory Sphinx runs in).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 
 project = 'rollout-sampler'
 author = 'the rollout-sampler developers'
@@ -56,8 +58,7 @@ import re  # noqa: E402
 from docutils.parsers.rst import Directive  # noqa: E402
 from docutils.statemachine import StringList  # noqa: E402
 
-README = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..',
-                      'README.rst')
+README = os.path.join(ROOT, 'README.rst')
 
 
 def readme_for_site(text):
